@@ -1,0 +1,1 @@
+"""Data: sources (raw Amazon, RecBole, TFDS, synthetic) -> one representation -> tokenized batches."""

@@ -1,0 +1,161 @@
+"""Amazon Review 2018 (and 2014) raw files: reviews + `meta_` JSON lines, plain or gzip.
+
+Each line is a JSON object, or (2014 release) a Python dict literal. Every problem names the file and line;
+with `skip_malformed=True` bad lines are counted instead (the counts end up in the statistics).
+"""
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import os
+from typing import Iterator
+
+from calrec_jax.data.records import CategoryData
+from calrec_jax.data.sequences import build_category
+from calrec_jax.data.text import clean_value
+from calrec_jax.errors import DataError
+
+REVIEW_FIELDS = ("reviewerID", "asin")
+
+
+def _open_text(path: str):
+  if not os.path.exists(path):
+    raise DataError("file not found", path)
+  raw = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+  return raw
+
+
+def iter_records(path: str, skipped: dict[str, int], skip_malformed: bool) -> Iterator[tuple[int, dict]]:
+  """Yield (line number, record) for each non-empty line of a JSON-lines / dict-literal file."""
+  any_line = False
+  with _open_text(path) as f:
+    try:
+      for lineno, raw in enumerate(f, 1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          if skip_malformed:
+            skipped["non_utf8_lines"] = skipped.get("non_utf8_lines", 0) + 1
+            continue
+          raise DataError(f"bytes that are not UTF-8 at column {e.start}", path, lineno) from None
+        if not line.strip():
+          continue
+        any_line = True
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          try:  # 2014 release: Python dict literals
+            rec = ast.literal_eval(line.strip())
+          except (ValueError, SyntaxError):
+            rec = None
+        if not isinstance(rec, dict):
+          if skip_malformed:
+            skipped["malformed_lines"] = skipped.get("malformed_lines", 0) + 1
+            continue
+          raise DataError("malformed line: neither a JSON object nor a Python dict literal "
+                          "(set data.skip_malformed=True to count and skip such lines)", path, lineno)
+        yield lineno, rec
+    except (OSError, EOFError) as e:  # truncated or corrupt gzip
+      raise DataError(f"cannot read the file ({e}); re-download it", path) from None
+  if not any_line:
+    raise DataError("the file is empty", path)
+
+
+def read_reviews(path: str, skipped: dict[str, int], skip_malformed: bool = False
+                 ) -> list[tuple[str, str, int, int]]:
+  """(user, item, unix time, line number) for every review line."""
+  events = []
+  for lineno, rec in iter_records(path, skipped, skip_malformed):
+    missing = [k for k in REVIEW_FIELDS if not rec.get(k)]
+    t = rec.get("unixReviewTime")
+    if t is None and rec.get("reviewTime"):
+      t = _parse_review_time(rec["reviewTime"])
+    if t is None:
+      missing.append("unixReviewTime")
+    if missing:
+      if skip_malformed:
+        skipped["reviews_missing_fields"] = skipped.get("reviews_missing_fields", 0) + 1
+        continue
+      raise DataError(f"review without {', '.join(missing)}", path, lineno)
+    try:
+      t = int(t)
+    except (TypeError, ValueError):
+      raise DataError(f"unixReviewTime is not an integer: {t!r}", path, lineno) from None
+    events.append((str(rec["reviewerID"]), str(rec["asin"]), t, lineno))
+  return events
+
+
+def _parse_review_time(text: str) -> int | None:
+  """'01 5, 2013' (month day, year) -> unix seconds at midnight UTC."""
+  import datetime
+  try:
+    dt = datetime.datetime.strptime(text.strip(), "%m %d, %Y").replace(tzinfo=datetime.timezone.utc)
+  except ValueError:
+    return None
+  return int(dt.timestamp())
+
+
+def read_meta(path: str, skipped: dict[str, int], skip_malformed: bool = False) -> dict[str, dict[str, str]]:
+  """asin -> {title, category, brand, price}; the first row of a duplicated asin wins (counted)."""
+  meta: dict[str, dict[str, str]] = {}
+  for lineno, rec in iter_records(path, skipped, skip_malformed):
+    asin = rec.get("asin")
+    if not asin:
+      if skip_malformed:
+        skipped["meta_missing_asin"] = skipped.get("meta_missing_asin", 0) + 1
+        continue
+      raise DataError("metadata row without 'asin'", path, lineno)
+    if asin in meta:
+      skipped["meta_duplicate_rows"] = skipped.get("meta_duplicate_rows", 0) + 1
+      continue
+    category = rec.get("category") or rec.get("categories")
+    if isinstance(category, list) and category and isinstance(category[0], list):  # 2014: list of paths
+      category = category[0]
+    meta[asin] = {
+        "title": clean_value(rec.get("title")),
+        "category": clean_value(category) or clean_value(rec.get("main_cat")),
+        "brand": clean_value(rec.get("brand")),
+        "price": clean_value(rec.get("price")) if str(rec.get("price", "")).startswith("$") else "",
+    }
+  return meta
+
+
+def find_category_files(raw_dir: str, category: str) -> tuple[str, str]:
+  """Locate `<Category>[_5].json[.gz]` and `meta_<Category>.json[.gz]` in raw_dir."""
+  def first(names):
+    for n in names:
+      p = os.path.join(raw_dir, n)
+      if os.path.exists(p):
+        return p
+    return None
+  reviews = first([f"{category}{s}.json{z}" for s in ("", "_5") for z in (".gz", "")] +
+                  [f"reviews_{category}{s}.json{z}" for s in ("", "_5") for z in (".gz", "")])
+  meta = first([f"meta_{category}.json{z}" for z in (".gz", "")])
+  if reviews is None or meta is None:
+    known = sorted(n for n in os.listdir(raw_dir)) if os.path.isdir(raw_dir) else []
+    missing = "reviews file" if reviews is None else "meta file"
+    raise DataError(f"no {missing} for category {category!r} (expected {category}.json.gz or "
+                    f"{category}_5.json.gz and meta_{category}.json.gz); files there: {known[:20]}", raw_dir)
+  return reviews, meta
+
+
+def load_amazon_category(raw_dir: str, category: str, kcore: int = 5, dedup: bool = True,
+                         skip_malformed: bool = False, min_sequence_length: int = 3,
+                         require_title: bool = True) -> CategoryData:
+  """Raw reviews + metadata of one category -> filtered CategoryData."""
+  reviews_path, meta_path = find_category_files(raw_dir, category)
+  return load_amazon_files(reviews_path, meta_path, category, kcore, dedup, skip_malformed,
+                           min_sequence_length, require_title)
+
+
+def load_amazon_files(reviews_path: str, meta_path: str, category: str, kcore: int = 5, dedup: bool = True,
+                      skip_malformed: bool = False, min_sequence_length: int = 3,
+                      require_title: bool = True) -> CategoryData:
+  """A reviews file and a metadata file (any names) -> filtered CategoryData."""
+  skipped: dict[str, int] = {}
+  events = read_reviews(reviews_path, skipped, skip_malformed)
+  meta = read_meta(meta_path, skipped, skip_malformed)
+  return build_category(category, events, meta, skipped, kcore=kcore, dedup=dedup,
+                        min_sequence_length=min_sequence_length, require_title=require_title,
+                        source=reviews_path)

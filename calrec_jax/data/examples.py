@@ -1,0 +1,131 @@
+"""Tokenized two-tower examples with fixed shapes (calrec-method.md §1-2).
+
+Joint tower:  [BOS] header (first|next item text \\n)* next-connector | target tokens EOS | pad
+Item tower:   [BOS] target tokens EOS | pad
+Lengths are bucketed so that jit compiles once per bucket, not per batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from calrec_jax.data.records import CategoryData
+from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item
+from calrec_jax.data.tokenizer import Tokenizer
+from calrec_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSpec:
+  max_len: int = 256            # joint tower length (prompt + target), tokens
+  max_history: int = 20         # most recent history items kept before length truncation
+  max_item_tokens: int = 48     # an item text is cut to this many tokens
+  length_buckets: tuple[int, ...] = (64, 128, 256)  # joint lengths jit compiles for (last == max_len)
+  attributes: tuple[str, ...] = ("title", "category", "brand", "price")
+
+  @property
+  def target_len(self) -> int:  # item tokens + EOS
+    return self.max_item_tokens + 1
+
+  @property
+  def item_len(self) -> int:  # BOS + item tokens + EOS
+    return self.max_item_tokens + 2
+
+
+class ExampleEncoder:
+  """Turns (category, history item indices, target item index) into arrays; caches item tokens."""
+
+  def __init__(self, tokenizer: Tokenizer, categories: Sequence[CategoryData], spec: ExampleSpec):
+    self.tok, self.spec = tokenizer, spec
+    self.categories = list(categories)
+    buckets = tuple(sorted(b for b in spec.length_buckets if b < spec.max_len)) + (spec.max_len,)
+    self.buckets = buckets
+    self.item_offsets = np.cumsum([0] + [len(c.catalog) for c in self.categories])
+    self.header = [tokenizer.bos_id] + tokenizer.encode(PROMPT_HEADER + "\n")
+    self.first = tokenizer.encode(FIRST_ITEM + "\n")
+    self.next = tokenizer.encode(NEXT_ITEM + "\n")
+    self.newline = tokenizer.encode("\n")
+    self._items: list[list[list[int] | None]] = [[None] * len(c.catalog) for c in self.categories]
+    longest = max(len(self.first), len(self.next))
+    need = len(self.header) + 2 * (longest + spec.max_item_tokens + len(self.newline)) + 1
+    if spec.max_len < need:
+      raise ConfigError(f"data.max_len={spec.max_len} cannot hold one history item and the target "
+                        f"({need} tokens with data.max_item_tokens={spec.max_item_tokens}); raise data.max_len")
+
+  def item_text(self, category: int, item: int) -> str:
+    return render_item(self.categories[category].catalog.attributes[item], self.spec.attributes)
+
+  def item_tokens(self, category: int, item: int) -> list[int]:
+    cached = self._items[category][item]
+    if cached is None:
+      cached = self.tok.encode(self.item_text(category, item))[: self.spec.max_item_tokens]
+      self._items[category][item] = cached
+    return cached
+
+  def prompt_tokens(self, category: int, history: Sequence[int]) -> tuple[list[int], int]:
+    """Prompt ids for the most recent history that fits with a full-length target; and items kept."""
+    hist = list(history)[-self.spec.max_history:]
+    budget = self.spec.max_len - self.spec.target_len
+    while True:
+      ids = list(self.header)
+      for k, item in enumerate(hist):
+        ids += (self.first if k == 0 else self.next) + self.item_tokens(category, item) + self.newline
+      ids += self.next if hist else self.first
+      if len(ids) <= budget or len(hist) <= 1:
+        return ids, len(hist)
+      hist = hist[1:]  # drop the oldest item
+
+  def encode(self, category: int, history: Sequence[int], target: int) -> dict[str, np.ndarray]:
+    """Variable-length arrays of one example (see `collate` for the batch layout)."""
+    prompt, kept = self.prompt_tokens(category, history)
+    target_ids = self.item_tokens(category, target) + [self.tok.eos_id]
+    return {"prompt": np.asarray(prompt, np.int32), "target": np.asarray(target_ids, np.int32),
+            "target_id": np.int32(self.item_offsets[category] + target), "history_kept": kept}
+
+  def bucket(self, length: int) -> int:
+    for b in self.buckets:
+      if length <= b:
+        return b
+    raise ValueError(f"example of {length} tokens exceeds data.max_len={self.spec.max_len}")
+
+  def collate(self, examples: Sequence[dict], batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Stack examples into fixed-shape arrays; rows past len(examples) are padding (weight 0).
+
+    tokens/positions/input_mask/history_mask/target_mask: [B, T]; lm_positions/lm_labels/lm_weights: [B, Lt];
+    item_tokens/item_positions/item_mask/item_text_mask: [B, Li]; target_id, example_weight: [B].
+    """
+    spec, pad = self.spec, self.tok.pad_id
+    b = batch_size or len(examples)
+    t = self.bucket(max(len(e["prompt"]) + len(e["target"]) for e in examples))
+    lt, li = spec.target_len, spec.item_len
+    out = {
+        "tokens": np.full((b, t), pad, np.int32), "input_mask": np.zeros((b, t), bool),
+        "history_mask": np.zeros((b, t), bool), "target_mask": np.zeros((b, t), bool),
+        "lm_positions": np.zeros((b, lt), np.int32), "lm_labels": np.full((b, lt), pad, np.int32),
+        "lm_weights": np.zeros((b, lt), np.float32),
+        "item_tokens": np.full((b, li), pad, np.int32), "item_mask": np.zeros((b, li), bool),
+        "item_text_mask": np.zeros((b, li), bool),
+        "target_id": np.full((b,), -1, np.int32), "example_weight": np.zeros((b,), np.float32),
+    }
+    for r, e in enumerate(examples):
+      p, g = e["prompt"], e["target"]
+      n_p, n_g = len(p), len(g)
+      out["tokens"][r, :n_p] = p
+      out["tokens"][r, n_p:n_p + n_g] = g
+      out["input_mask"][r, :n_p + n_g] = True
+      out["history_mask"][r, 1:n_p] = True          # the prompt without BOS
+      out["target_mask"][r, n_p:n_p + n_g - 1] = True  # the target item text without EOS
+      out["lm_positions"][r, :n_g] = np.arange(n_p - 1, n_p + n_g - 1)  # hidden state that predicts g[j]
+      out["lm_labels"][r, :n_g] = g
+      out["lm_weights"][r, :n_g] = 1.0
+      item = np.concatenate([[self.tok.bos_id], g])
+      out["item_tokens"][r, :len(item)] = item
+      out["item_mask"][r, :len(item)] = True
+      out["item_text_mask"][r, 1:len(item) - 1] = True
+      out["target_id"][r] = e["target_id"]
+      out["example_weight"][r] = 1.0
+    out["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+    out["item_positions"] = np.broadcast_to(np.arange(li, dtype=np.int32), (b, li)).copy()
+    return out

@@ -1,0 +1,105 @@
+"""Batch iterators: the stage-1/2 training mixture (resumable, per-host) and ordered evaluation batches."""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from calrec_jax.data.examples import ExampleEncoder
+from calrec_jax.data.records import split_examples
+
+
+def mixture_probabilities(num_users: Sequence[int], alpha: float) -> np.ndarray:
+  """p(category) proportional to n_users ** alpha (alpha=0: uniform, alpha=1: proportional)."""
+  w = np.asarray(num_users, np.float64) ** alpha
+  return w / w.sum()
+
+
+class MixtureIterator:
+  """Training batches drawn across categories with p(c) ∝ n_users(c)^alpha.
+
+  Within a category, examples (every training prefix of every user) are visited in a fresh random order each
+  epoch. Batch `s` depends only on (seed, s, how many examples each category has given so far), so the state
+  {'step', 'drawn'} restores the exact stream. Every host computes the same global choice and encodes only its
+  own rows [process_index * B/P, (process_index + 1) * B/P).
+  """
+
+  def __init__(self, encoder: ExampleEncoder, global_batch: int, alpha: float = 0.3, seed: int = 0,
+               process_index: int = 0, process_count: int = 1, split: str = "train"):
+    if global_batch % process_count:
+      raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    self.encoder, self.global_batch, self.seed = encoder, global_batch, seed
+    self.process_index, self.process_count = process_index, process_count
+    cats = encoder.categories
+    self.examples = [np.asarray(split_examples(c.sequences, split), np.int64).reshape(-1, 2) for c in cats]
+    empty = [c.name for c, e in zip(cats, self.examples) if len(e) == 0]
+    if empty:
+      raise ValueError(f"categories with no {split} examples: {empty}")
+    self.probs = mixture_probabilities([len(c.sequences) for c in cats], alpha)
+    self.step = 0
+    self.drawn = [0] * len(cats)
+    self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+  def get_state(self) -> dict:
+    return {"step": self.step, "drawn": list(self.drawn)}
+
+  def set_state(self, state: dict) -> None:
+    if len(state["drawn"]) != len(self.drawn):
+      raise ValueError(f"iterator state has {len(state['drawn'])} categories, the data has {len(self.drawn)}")
+    self.step, self.drawn = int(state["step"]), [int(x) for x in state["drawn"]]
+
+  def _permutation(self, cat: int, epoch: int) -> np.ndarray:
+    key = (cat, epoch)
+    if key not in self._perm_cache:
+      if len(self._perm_cache) > 4 * len(self.drawn):
+        self._perm_cache.clear()
+      rng = np.random.default_rng([self.seed, 1, cat, epoch])
+      self._perm_cache[key] = rng.permutation(len(self.examples[cat]))
+    return self._perm_cache[key]
+
+  def next_global_choice(self) -> list[tuple[int, int]]:
+    """(category, example row) for every row of the next global batch; advances the state."""
+    rng = np.random.default_rng([self.seed, 0, self.step])
+    cats = rng.choice(len(self.probs), size=self.global_batch, p=self.probs)
+    choice = []
+    for c in cats:
+      n = len(self.examples[c])
+      k = self.drawn[c]
+      choice.append((int(c), int(self._permutation(int(c), k // n)[k % n])))
+      self.drawn[c] += 1
+    self.step += 1
+    return choice
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    choice = self.next_global_choice()
+    per_host = self.global_batch // self.process_count
+    mine = choice[self.process_index * per_host:(self.process_index + 1) * per_host]
+    encoded = []
+    for c, row in mine:
+      user, t = self.examples[c][row]
+      seq = self.encoder.categories[c].sequences[user]
+      encoded.append(self.encoder.encode(c, seq[:t], seq[t]))
+    return self.encoder.collate(encoded)
+
+
+def eval_examples(encoder: ExampleEncoder, category: int, split: str, max_users: int = 0,
+                  seed: int = 0) -> list[tuple[int, list[int], int]]:
+  """(user, history, target) of the valid/test split; a fixed random subset when max_users > 0."""
+  seqs = encoder.categories[category].sequences
+  rows = split_examples(seqs, split)
+  if max_users and max_users < len(rows):
+    pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_users, replace=False))
+    rows = [rows[i] for i in pick]
+  return [(u, seqs[u][:t], seqs[u][t]) for u, t in rows]
+
+
+def eval_batches(encoder: ExampleEncoder, category: int, rows: list[tuple[int, list[int], int]],
+                 batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], list[int]]]:
+  """Fixed-size batches in order; the last is padded with zero-weight rows. Yields (batch, user ids)."""
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start:start + batch_size]
+    batch = encoder.collate([encoder.encode(category, h, t) for _, h, t in chunk], batch_size)
+    yield batch, [u for u, _, _ in chunk]

@@ -1,0 +1,147 @@
+"""RecBole atomic files (the UniSRec-processed layout of `shared/data/amazon2018-scientific/`).
+
+Reads `<name>.test.inter` (full history + last item per user) or a plain `<name>.inter` with
+`user_id`, `item_id`, `timestamp` columns; item ids map through `<name>.item2index`; attributes come from
+`<name>.meta.jsonl` (structured) or else `<name>.text` / `<name>.item` (title only).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from calrec_jax.data.records import Catalog, CategoryData, validate
+from calrec_jax.data.text import clean_value
+from calrec_jax.errors import DataError
+
+
+def _read_tsv(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+  """Header field names (without `:type`) and (line number, fields) rows."""
+  if not os.path.exists(path):
+    raise DataError("file not found", path)
+  with open(path, encoding="utf-8", errors="strict") as f:
+    try:
+      lines = f.read().split("\n")
+    except UnicodeDecodeError as e:
+      raise DataError(f"bytes that are not UTF-8 at offset {e.start}", path) from None
+  if not lines or not lines[0].strip():
+    raise DataError("the file is empty", path)
+  header = [h.split(":")[0] for h in lines[0].rstrip("\r").split("\t")]
+  rows = []
+  for lineno, line in enumerate(lines[1:], 2):
+    if not line.strip():
+      continue
+    fields = line.rstrip("\r").split("\t")
+    if len(fields) != len(header):
+      raise DataError(f"expected {len(header)} tab-separated fields {header}, found {len(fields)}", path, lineno)
+    rows.append((lineno, fields))
+  if not rows:
+    raise DataError("the file has a header but no rows", path)
+  return header, rows
+
+
+def _read_index(path: str) -> list[str]:
+  """`<token>\\t<int>` lines -> list indexed by the int."""
+  if not os.path.exists(path):
+    raise DataError("file not found", path)
+  pairs = {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      parts = line.rstrip("\n").split("\t")
+      if len(parts) != 2 or not parts[1].strip().isdigit():
+        raise DataError("expected '<token><TAB><integer id>'", path, lineno)
+      pairs[int(parts[1])] = parts[0]
+  if sorted(pairs) != list(range(len(pairs))):
+    raise DataError("ids are not 0..N-1 without gaps", path)
+  return [pairs[i] for i in range(len(pairs))]
+
+
+def _attributes(directory: str, name: str, item_ids: list[str]) -> list[dict[str, str]]:
+  meta_path = os.path.join(directory, f"{name}.meta.jsonl")
+  text_path = os.path.join(directory, f"{name}.text")
+  by_asin: dict[str, dict[str, str]] = {}
+  if os.path.exists(meta_path):
+    with open(meta_path, encoding="utf-8") as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"malformed JSON ({e.msg})", meta_path, lineno) from None
+        if "asin" not in rec:
+          raise DataError("metadata row without 'asin'", meta_path, lineno)
+        clean = {k: clean_value(v) for k, v in rec.items()}
+        by_asin[rec["asin"]] = {
+            "title": clean.get("title", ""),
+            "category": clean.get("category") or clean.get("main_cat", ""),
+            "brand": clean.get("brand", ""),
+            "price": clean.get("price", ""),
+        }
+        for key in by_asin[rec["asin"]]:
+          if by_asin[rec["asin"]][key] == "Unknown":
+            by_asin[rec["asin"]][key] = ""
+  elif os.path.exists(text_path):
+    _, rows = _read_tsv(text_path)
+    for _, (asin, text) in rows:
+      by_asin[asin] = {"title": clean_value(text)}
+  else:
+    raise DataError(f"no item attributes: expected {name}.meta.jsonl or {name}.text", directory)
+  missing = [a for a in item_ids if a not in by_asin]
+  if missing:
+    raise DataError(f"{len(missing)} items have no attributes (first: {missing[:3]})", meta_path)
+  return [by_asin[a] for a in item_ids]
+
+
+def load_recbole(directory: str, name: str) -> CategoryData:
+  """Read one RecBole-format dataset `<directory>/<name>.*` into a CategoryData."""
+  item_ids = _read_index(os.path.join(directory, f"{name}.item2index"))
+  user_path = os.path.join(directory, f"{name}.user2index")
+  test_path = os.path.join(directory, f"{name}.test.inter")
+  plain_path = os.path.join(directory, f"{name}.inter")
+  sequences: dict[str, list[int]] = {}
+  if os.path.exists(test_path):
+    header, rows = _read_tsv(test_path)
+    need = ("user_id", "item_id_list", "item_id")
+    if any(h not in header for h in need):
+      raise DataError(f"header must have {need}, has {header}", test_path, 1)
+    cu, cl, ci = (header.index(h) for h in need)
+    for lineno, fields in rows:
+      try:
+        seq = [int(x) for x in fields[cl].split()] + [int(fields[ci])]
+      except ValueError:
+        raise DataError("item ids must be integers", test_path, lineno) from None
+      if max(seq) >= len(item_ids) or min(seq) < 0:
+        raise DataError(f"item id outside {name}.item2index (0..{len(item_ids) - 1})", test_path, lineno)
+      if fields[cu] in sequences:
+        raise DataError(f"user {fields[cu]} appears twice", test_path, lineno)
+      sequences[fields[cu]] = seq
+  elif os.path.exists(plain_path):
+    header, rows = _read_tsv(plain_path)
+    need = ("user_id", "item_id", "timestamp")
+    if any(h not in header for h in need):
+      raise DataError(f"header must have {need}, has {header}", plain_path, 1)
+    cu, ci, ct = (header.index(h) for h in need)
+    events = []
+    index = {a: i for i, a in enumerate(item_ids)}
+    for lineno, fields in rows:
+      item = fields[ci]
+      if item not in index:
+        raise DataError(f"item {item!r} not in {name}.item2index", plain_path, lineno)
+      try:
+        events.append((fields[cu], float(fields[ct]), lineno, index[item]))
+      except ValueError:
+        raise DataError("timestamp is not a number", plain_path, lineno) from None
+    for user, _, _, item in sorted(events):
+      sequences.setdefault(user, []).append(item)
+  else:
+    raise DataError(f"no interactions: expected {name}.test.inter or {name}.inter", directory)
+  user_names = _read_index(user_path) if os.path.exists(user_path) else None
+  users = sorted(sequences, key=lambda u: int(u) if u.isdigit() else u)
+  user_ids = [user_names[int(u)] if user_names and u.isdigit() and int(u) < len(user_names) else u
+              for u in users]
+  data = CategoryData(name, Catalog(item_ids, _attributes(directory, name, item_ids)),
+                      user_ids, [sequences[u] for u in users], {})
+  validate(data, directory)
+  return data

@@ -1,0 +1,55 @@
+"""One entry point from a data config to a list of CategoryData, whatever the source."""
+from __future__ import annotations
+
+import os
+
+from calrec_jax.data import amazon_raw, recbole, records, synthetic
+from calrec_jax.errors import ConfigError, DataError
+
+SOURCES = ("synthetic", "prepared", "recbole", "amazon_raw", "tfds")
+
+
+def split_names(text: str) -> list[str]:
+  return [c.strip() for c in str(text).split(",") if c.strip()]
+
+
+def load_categories(cfg) -> list[records.CategoryData]:
+  """cfg: the `data` ConfigDict (source, path, categories, kcore, ...)."""
+  names = split_names(cfg.categories)
+  if cfg.source == "synthetic":
+    users = [int(x) for x in split_names(cfg.synthetic_users)] if cfg.synthetic_users else None
+    if users and len(users) != len(names or synthetic.CATEGORIES):
+      raise ConfigError("data.synthetic_users needs one count per category in data.categories")
+    return synthetic.make_dataset(names or None, users, seed=cfg.synthetic_seed)
+  if cfg.source not in SOURCES:
+    raise ConfigError(f"data.source={cfg.source!r}; choose one of {SOURCES}")
+  if not cfg.path:
+    raise ConfigError(f"data.path is required for data.source={cfg.source!r}")
+  if not os.path.isdir(cfg.path) and cfg.source != "tfds":
+    raise DataError("data.path is not a directory", cfg.path)
+  if cfg.source == "prepared":
+    if not names:
+      names = sorted(d for d in os.listdir(cfg.path) if os.path.exists(os.path.join(cfg.path, d, "catalog.jsonl")))
+      if not names:
+        raise DataError("no prepared categories (sub-folders with catalog.jsonl) here", cfg.path)
+    return [records.load_category(os.path.join(cfg.path, n), n) for n in names]
+  if not names:
+    raise ConfigError(f"data.categories must name the categories to read for data.source={cfg.source!r}")
+  if cfg.source == "recbole":
+    return [recbole.load_recbole(cfg.path, n) for n in names]
+  if cfg.source == "amazon_raw":
+    return [amazon_raw.load_amazon_category(cfg.path, n, kcore=cfg.kcore, dedup=cfg.dedup,
+                                            skip_malformed=cfg.skip_malformed,
+                                            min_sequence_length=cfg.min_sequence_length) for n in names]
+  # tfds
+  import tensorflow_datasets as tfds
+  from calrec_jax.data import tfds_amazon
+  out = []
+  for n in names:
+    if n not in tfds_amazon.CATEGORIES_2018:
+      raise ConfigError(f"unknown Amazon 2018 category {n!r}; known: {', '.join(tfds_amazon.CATEGORIES_2018)}")
+    builder = tfds_amazon.AmazonReviews2018(config=n, data_dir=cfg.path, file_format="array_record")
+    manual = cfg.tfds_manual_dir or None
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    out.append(tfds_amazon.load_tfds_category(builder))
+  return out

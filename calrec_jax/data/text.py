@@ -1,0 +1,48 @@
+"""Item text and prompt rendering (calrec-method.md §1).
+
+`render_item` is THE item text: the generation target, the BM25 document and the item-tower input all use it.
+"""
+from __future__ import annotations
+
+import html
+import re
+from typing import Mapping, Sequence
+
+DEFAULT_ATTRIBUTES = ("title", "category", "brand", "price")
+MISSING = "Unknown"
+
+PROMPT_HEADER = "This is a summary of the user's purchase history."
+FIRST_ITEM = "The first purchased item is as follows:"
+NEXT_ITEM = "The next purchased item is as follows:"
+
+_WS = re.compile(r"\s+")
+
+
+def clean_value(value) -> str:
+  """Decode HTML entities (twice: Amazon has `&amp;quot;`), drop tags, collapse whitespace."""
+  if value is None:
+    return ""
+  if isinstance(value, (list, tuple)):
+    value = value[-1] if value else ""
+  text = html.unescape(html.unescape(str(value)))
+  text = re.sub(r"<[^>]{0,200}>", " ", text)
+  return _WS.sub(" ", text).strip()
+
+
+def render_item(attributes: Mapping[str, str], attribute_names: Sequence[str] = DEFAULT_ATTRIBUTES) -> str:
+  """`Title: <t>, Category: <c>, Brand: <b>, Price: <p>.`; a missing or empty value is `Unknown`."""
+  parts = []
+  for name in attribute_names:
+    value = clean_value(attributes.get(name))
+    parts.append(f"{name.capitalize()}: {value or MISSING}")
+  return ", ".join(parts) + "."
+
+
+def render_prompt(history_texts: Sequence[str]) -> str:
+  """The history prompt, ending where the target item's text begins (oldest item first)."""
+  lines = [PROMPT_HEADER]
+  for i, text in enumerate(history_texts):
+    lines.append(FIRST_ITEM if i == 0 else NEXT_ITEM)
+    lines.append(text)
+  lines.append(NEXT_ITEM if history_texts else FIRST_ITEM)
+  return "\n".join(lines) + "\n"

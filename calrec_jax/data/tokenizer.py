@@ -1,0 +1,61 @@
+"""SentencePiece tokenizer: load a model file, or train a small one on the fly on item texts (tests, demo)."""
+from __future__ import annotations
+
+import io
+import os
+from typing import Iterable
+
+import sentencepiece as spm
+
+from calrec_jax.errors import DataError
+
+
+class Tokenizer:
+  """Thin wrapper: `encode` returns ids without BOS/EOS; special ids are attributes."""
+
+  def __init__(self, model_proto: bytes, source: str = "<bytes>"):
+    self.proto = model_proto
+    self.sp = spm.SentencePieceProcessor()
+    try:
+      self.sp.LoadFromSerializedProto(model_proto)
+    except (RuntimeError, OSError) as e:
+      raise DataError(f"not a valid SentencePiece model ({e})", source) from None
+    self.source = source
+    self.bos_id = self.sp.bos_id()
+    self.eos_id = self.sp.eos_id()
+    self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else 0
+    self.vocab_size = self.sp.get_piece_size()
+
+  @classmethod
+  def load(cls, path: str) -> "Tokenizer":
+    if not os.path.exists(path):
+      raise DataError("tokenizer model not found", path)
+    with open(path, "rb") as f:
+      return cls(f.read(), path)
+
+  def save(self, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+      f.write(self.proto)
+    os.replace(tmp, path)
+
+  def encode(self, text: str) -> list[int]:
+    return self.sp.encode(text)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    ids = [int(i) for i in ids]
+    return self.sp.decode(ids)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> Tokenizer:
+  """A unigram SentencePiece model with byte fallback (every string encodes), newline kept as a piece.
+
+  Special ids follow Gemma: pad 0, eos 1, bos 2, unk 3.
+  """
+  buf = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(list(texts)), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
+      byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, user_defined_symbols=["\n"],
+      normalization_rule_name="identity", remove_extra_whitespaces=False, hard_vocab_limit=False,
+      split_digits=True, character_coverage=1.0, num_threads=2, minloglevel=2, train_extremely_large_corpus=False)
+  return Tokenizer(buf.getvalue(), "<trained on the fly>")
