@@ -56,6 +56,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> Tokenizer:
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(list(texts)), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
       byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, user_defined_symbols=["\n"],
-      normalization_rule_name="identity", remove_extra_whitespaces=False, hard_vocab_limit=False,
+      normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False, hard_vocab_limit=False,
       split_digits=True, character_coverage=1.0, num_threads=2, minloglevel=2, train_extremely_large_corpus=False)
   return Tokenizer(buf.getvalue(), "<trained on the fly>")

@@ -1,0 +1,1 @@
+"""Generation, BM25 / dense retrieval, quasi-round-robin merge and full-ranking metrics."""

@@ -1,0 +1,144 @@
+"""Generate -> BM25 -> quasi-round-robin -> full-ranking metrics; dense retrieval as the alternative."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from calrec_jax.data.iterators import eval_examples
+from calrec_jax.data.sources import split_names
+from calrec_jax.eval.bm25 import BM25Index, tokenize
+from calrec_jax.eval.generate import generate
+from calrec_jax.eval.merge import merge_generations
+from calrec_jax.eval.metrics import rank_of, ranking_metrics
+from calrec_jax.model.decoder import Decoder
+from calrec_jax.train.two_tower import TwoTower
+
+log = logging.getLogger(__name__)
+
+
+def eval_category_index(config, parts) -> int:
+  names = [c.name for c in parts.categories]
+  want = config.data.eval_category
+  if not want:
+    return 0
+  if want not in names:
+    from calrec_jax.errors import ConfigError
+    raise ConfigError(f"data.eval_category={want!r} is not among the loaded categories {names}")
+  return names.index(want)
+
+
+def item_texts(parts, cat: int) -> list[str]:
+  return [parts.encoder.item_text(cat, i) for i in range(len(parts.categories[cat].catalog))]
+
+
+def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True) -> tuple[dict, list[dict]]:
+  """Ranked lists by generation + BM25 for each (user, history, target) row; returns metrics and records."""
+  ec = config.eval
+  ks = [int(k) for k in split_names(ec.ks)]
+  kmax = max(ks)
+  index = BM25Index.from_texts(item_texts(parts, cat), k1=ec.bm25_k1, b=ec.bm25_b, epsilon=ec.bm25_epsilon)
+  tok = parts.tokenizer
+  stop_ids = [tok.eos_id] + [i for i in tok.encode("\n") if tok.decode([i]) == "\n"]
+  dec = Decoder(parts.model_cfg, parts.model.dtype)
+  ranks, records = [], []
+  bar = tqdm(total=len(rows), desc="evaluate", unit="user", disable=not progress, dynamic_ncols=True)
+  for start in range(0, len(rows), ec.batch_size):
+    chunk = rows[start:start + ec.batch_size]
+    prompts = [parts.encoder.prompt_tokens(cat, h)[0] for _, h, _ in chunk]
+    samples = generate(dec, params["decoder"], prompts, ec.num_samples, ec.max_new_tokens, stop_ids,
+                       seed=config.seed + start, temperature=ec.temperature, top_k=ec.top_k, top_p=ec.top_p)
+    for (user, hist, target), gens in zip(chunk, samples):
+      texts = [tok.decode(g).strip() for g in gens]
+      depth = kmax + (len(hist) if ec.exclude_history else 0)
+      ranked, scores = index.top_k([tokenize(t) for t in texts], depth)
+      top = merge_generations(texts, ranked, scores, kmax, set(hist) if ec.exclude_history else set())
+      r = rank_of(target, top)
+      ranks.append(r)
+      records.append({"user": parts.categories[cat].user_ids[user], "target": int(target), "rank": r,
+                      "top": top, "generations": texts})
+    bar.update(len(chunk))
+  bar.close()
+  return ranking_metrics(ranks, ks), records
+
+
+def item_embeddings(parts, params, cat: int, batch_size: int = 64) -> np.ndarray:
+  """v_T of every catalog item [I, E] (item tower on the item text alone)."""
+  enc, tok = parts.encoder, parts.tokenizer
+  li = enc.spec.item_len
+  n = len(parts.categories[cat].catalog)
+  fn = jax.jit(lambda p, t, pos, m, tm: parts.model.apply({"params": p}, t, pos, m, tm,
+                                                           method=TwoTower.item_embedding))
+  out = []
+  for start in range(0, n, batch_size):
+    ids = list(range(start, min(start + batch_size, n)))
+    toks = np.full((batch_size, li), tok.pad_id, np.int32)
+    mask = np.zeros((batch_size, li), bool)
+    tmask = np.zeros((batch_size, li), bool)
+    for r, i in enumerate(ids):
+      seq = [tok.bos_id] + enc.item_tokens(cat, i) + [tok.eos_id]
+      toks[r, :len(seq)], mask[r, :len(seq)], tmask[r, 1:len(seq) - 1] = seq, True, True
+    pos = np.broadcast_to(np.arange(li, dtype=np.int32), (batch_size, li))
+    out.append(np.asarray(fn(params, toks, pos, mask, tmask))[:len(ids)])
+  return np.concatenate(out)
+
+
+def evaluate_dense(config, parts, params, rows, cat: int, item_emb: np.ndarray | None = None) -> tuple[dict, list]:
+  """Rank every catalog item by v_U . v_T."""
+  ec = config.eval
+  ks = [int(k) for k in split_names(ec.ks)]
+  item_emb = item_embeddings(parts, params, cat) if item_emb is None else item_emb
+  fn = jax.jit(lambda p, b: parts.model.apply({"params": p}, b["tokens"], b["positions"], b["input_mask"],
+                                               b["history_mask"], method=TwoTower.user_embedding))
+  enc = parts.encoder
+  ranks, records = [], []
+  for start in range(0, len(rows), ec.batch_size):
+    chunk = rows[start:start + ec.batch_size]
+    batch = enc.collate([enc.encode(cat, h, t) for _, h, t in chunk], ec.batch_size)
+    # causal attention: hidden states over the history never see the target tokens that follow them
+    v_u = np.asarray(fn(params, batch))[:len(chunk)]
+    scores = v_u @ item_emb.T  # [U, I]
+    for (user, hist, target), s in zip(chunk, scores):
+      if ec.exclude_history:
+        s = s.copy()
+        s[list(hist)] = -np.inf
+      top = np.argsort(-s, kind="stable")[:max(ks)].tolist()
+      r = rank_of(target, top)
+      ranks.append(r)
+      records.append({"user": parts.categories[cat].user_ids[user], "target": int(target), "rank": r, "top": top})
+  return ranking_metrics(ranks, ks), records
+
+
+def run_evaluation(config, parts, params, out_dir: str, split: str | None = None) -> dict[str, dict]:
+  """Evaluate BM25 (and dense) retrieval on the eval category; writes metrics.json, metrics.md, records."""
+  from calrec_jax.eval.metrics import markdown_table
+  cat = eval_category_index(config, parts)
+  split = split or config.eval.split
+  rows = eval_examples(parts.encoder, cat, split, config.eval.max_users, config.seed)
+  if not rows:
+    from calrec_jax.errors import DataError
+    raise DataError(f"no {split} users in category {parts.categories[cat].name!r}")
+  results, records = {}, {}
+  methods = ["bm25", "dense"] if config.eval.retrieval == "bm25" else ["dense"]
+  for method in methods:
+    t0 = time.time()
+    fn = evaluate_bm25 if method == "bm25" else evaluate_dense
+    results[method], records[method] = fn(config, parts, params, rows, cat)
+    log.info("%s retrieval on %d %s users of %s: %.1fs", method, len(rows), split, parts.categories[cat].name,
+             time.time() - t0)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+    json.dump({"category": parts.categories[cat].name, "split": split, **results}, f, indent=1)
+  table = markdown_table({f"CALRec ({m})": r for m, r in results.items()})
+  with open(os.path.join(out_dir, "metrics.md"), "w", encoding="utf-8") as f:
+    f.write(f"{parts.categories[cat].name}, {split} split\n\n{table}\n")
+  for method, recs in records.items():
+    with open(os.path.join(out_dir, f"rankings_{method}.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+  print(table)
+  return results

@@ -1,0 +1,30 @@
+"""Periodic validation inside training: loss terms and dense-retrieval metrics on a fixed user subset."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from calrec_jax.data.iterators import eval_batches, eval_examples
+from calrec_jax.eval.evaluate import eval_category_index, evaluate_dense
+from calrec_jax.train.step import calrec_loss
+
+
+def validation_metrics(config, parts, params) -> dict[str, float]:
+  cat = eval_category_index(config, parts)
+  rows = eval_examples(parts.encoder, cat, "valid", config.eval.valid_users, config.seed)
+  from calrec_jax.train.loop import loss_config
+  lc = loss_config(config.loss)
+  fn = jax.jit(lambda p, b: calrec_loss(parts.model, p, b, lc)[1])
+  sums, n = {}, 0.0
+  bs = config.data.batch_size
+  for batch, users in eval_batches(parts.encoder, cat, rows, bs):
+    m = jax.device_get(fn(params, batch))
+    w = float(len(users))
+    for k, v in m.items():
+      if k != "tokens":
+        sums[k] = sums.get(k, 0.0) + float(v) * w
+    n += w
+  out = {f"valid/{k}": v / n for k, v in sums.items()}
+  dense, _ = evaluate_dense(config, parts, params, rows, cat)
+  out.update({f"valid/dense_{k}": v for k, v in dense.items() if k in ("recall@10", "ndcg@10", "mrr")})
+  return out

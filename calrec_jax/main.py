@@ -1,0 +1,48 @@
+"""Train CALRec (intentionally short: the logic lives in calrec_jax.train).
+
+  python -m calrec_jax.main --config=configs/stage1.py --workdir=workdirs/stage1 [--config.key=value ...]
+  python -m calrec_jax.main --config=configs/demo.py:smoke --workdir=workdirs/demo   (stage 1 + 2 + eval)
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from calrec_jax.errors import CalrecError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]); override keys with "
+                                "--config.section.key=value (see configs/base.py for every key).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, TensorBoard events, plots, export.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "pipeline"],
+                  "train: one training run; evaluate: evaluate the workdir's export; pipeline: the config's "
+                  "stage-1 -> stage-2 -> evaluation sequence (demo config).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  from calrec_jax.config_check import validate_config
+  from calrec_jax.runner import maybe_init_distributed, run_mode
+  try:
+    validate_config(FLAGS.config)
+    maybe_init_distributed(FLAGS.config)
+    run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+  except CalrecError as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

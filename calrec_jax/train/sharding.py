@@ -1,0 +1,83 @@
+"""Device mesh (data, fsdp, tensor) and logical-axis rules that place params, optimizer state and batches."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from calrec_jax.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or axes). Params: FSDP over 'embed', tensor parallel over heads/mlp/vocab.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"), ("head_dim", None),
+    ("mlp", "tensor"), ("norm", None),
+    ("activation_batch", ("data", "fsdp")), ("activation_length", None), ("activation_embed", None),
+    ("activation_heads", "tensor"), ("activation_mlp", "tensor"), ("activation_vocab", "tensor"),
+)
+
+
+def mesh_shape(sizes: Sequence[int], num_devices: int) -> tuple[int, ...]:
+  """Resolve one -1 entry so that the product equals the device count."""
+  sizes = list(sizes)
+  if sizes.count(-1) > 1:
+    raise ConfigError(f"mesh sizes {sizes}: at most one may be -1")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if num_devices % known:
+      raise ConfigError(f"mesh sizes {sizes} do not divide {num_devices} devices")
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
+    raise ConfigError(f"mesh sizes {sizes} (product {int(np.prod(sizes))}) must use all {num_devices} devices; "
+                      "set one of mesh.data/fsdp/tensor to -1 to fill")
+  return tuple(sizes)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+  devices = devices if devices is not None else jax.devices()
+  shape = mesh_shape([data, fsdp, tensor], len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def _mesh_axes_for(names: tuple, shape: tuple[int, ...], mesh: Mesh, rules) -> P:
+  """Logical names of one array -> PartitionSpec; a mesh axis is dropped where the dim is not divisible."""
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for name, dim in zip(names, shape):
+    axes = table.get(name) if name is not None else None
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    keep = []
+    for ax in axes:
+      size = mesh.shape[ax]
+      if ax in used or size == 1:
+        continue
+      if dim % int(np.prod([mesh.shape[a] for a in keep + [ax]])) == 0:
+        keep.append(ax)
+    used.update(keep)
+    out.append(tuple(keep) if len(keep) > 1 else (keep[0] if keep else None))
+  return P(*out)
+
+
+def shardings_from_boxed(abstract_boxed: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+  """A tree of NamedSharding for a tree whose leaves may be nn.LogicallyPartitioned (from eval_shape)."""
+  def one(x):
+    if isinstance(x, nn.LogicallyPartitioned):
+      return NamedSharding(mesh, _mesh_axes_for(tuple(x.names), x.value.shape, mesh, rules))
+    return NamedSharding(mesh, P())
+  return jax.tree_util.tree_map(one, abstract_boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dim split over data x fsdp; everything else replicated."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assemble each host's rows into global arrays sharded over the batch axes."""
+  sh = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sh, v) for k, v in local.items()}

@@ -1,0 +1,56 @@
+"""Two towers on one shared decoder: the joint pass (history + target) and the item pass (target alone)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from calrec_jax.model.config import ModelConfig
+from calrec_jax.model.decoder import Decoder
+from calrec_jax.train.losses import l2_normalize, masked_mean
+
+Array = jax.Array
+
+
+class TwoTower(nn.Module):
+  """Wraps the decoder (params under 'decoder') and an optional projection head (params under 'proj')."""
+  cfg: ModelConfig
+  projection_dim: int = 0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    self.decoder = Decoder(self.cfg, self.dtype, self.param_dtype, self.remat)
+    if self.projection_dim:
+      self.proj = nn.Dense(self.projection_dim, use_bias=False, param_dtype=self.param_dtype,
+                           kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                                    ("embed", None)))
+
+  def embed(self, pooled: Array) -> Array:
+    if self.projection_dim:
+      pooled = self.proj(pooled)
+    return l2_normalize(pooled.astype(jnp.float32))
+
+  def __call__(self, batch: dict[str, Array]) -> dict[str, Array]:
+    """Both towers; returns hidden states at the LM positions and the three L2-normalised embeddings."""
+    joint, _ = self.decoder(batch["tokens"], batch["positions"], batch["input_mask"])  # [B, T, D]
+    item, _ = self.decoder(batch["item_tokens"], batch["item_positions"], batch["item_mask"])  # [B, Li, D]
+    lm_hidden = jnp.take_along_axis(joint, batch["lm_positions"][..., None], axis=1)  # [B, Lt, D]
+    return {
+        "lm_hidden": lm_hidden,
+        "v_u": self.embed(masked_mean(joint, batch["history_mask"])),        # [B, E]
+        "v_t_given_u": self.embed(masked_mean(joint, batch["target_mask"])),  # [B, E]
+        "v_t": self.embed(masked_mean(item, batch["item_text_mask"])),       # [B, E]
+    }
+
+  def user_embedding(self, tokens: Array, positions: Array, input_mask: Array, history_mask: Array) -> Array:
+    hidden, _ = self.decoder(tokens, positions, input_mask)
+    return self.embed(masked_mean(hidden, history_mask))
+
+  def item_embedding(self, tokens: Array, positions: Array, input_mask: Array, text_mask: Array) -> Array:
+    hidden, _ = self.decoder(tokens, positions, input_mask)
+    return self.embed(masked_mean(hidden, text_mask))
+
+  def output_embedding(self) -> Array:
+    return self.decoder.output_embedding()

@@ -1,0 +1,110 @@
+"""Shared defaults for every calrec_jax run. Stage and demo configs start from `get_config()`.
+
+Restore order at start (first that applies wins):
+  1. the latest readable checkpoint in --workdir (full resume: params, optimizer, step, data position);
+  2. ckpt.init_from: params of another workdir or params checkpoint (fresh optimizer and step);
+  3. model.pretrained: pretrained weights (HF directory, GGUF file, converted checkpoint, or a package name);
+  4. random init of model.preset.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                         # init and data-order seed
+  c.stage = "stage1"                 # label written to logs and metrics
+
+  c.model = m = ml_collections.ConfigDict()
+  m.preset = "tiny"                  # architecture when not pretrained: tiny, tiny-llama, small, gemma3-270m, ...
+  m.pretrained = ""                  # HF dir | *.gguf | converted dir | 'gemma3-270m-gguf' | 'smollm2-135m-gguf'
+  m.compute_dtype = "float32"        # 'bfloat16' for speed; params, loss and softmax stay float32
+  m.remat = False                    # rematerialise blocks in the backward pass (less memory, ~30% slower)
+  m.projection_dim = 0               # optional linear head on tower embeddings (0: none)
+
+  c.tokenizer = t = ml_collections.ConfigDict()
+  t.path = ""                        # SentencePiece model; empty: the pretrained one, else trained on item texts
+  t.vocab_size = 2000                # vocabulary of a tokenizer trained on the fly
+
+  c.data = d = ml_collections.ConfigDict()
+  d.source = "synthetic"             # synthetic | prepared | recbole | amazon_raw | tfds
+  d.path = ""                        # folder of the source (prepared root, RecBole files, raw files, TFDS data_dir)
+  d.categories = ""                  # comma-separated; empty: all (prepared/synthetic)
+  d.eval_category = ""               # category evaluated (default: the first)
+  d.kcore = 5                        # raw/tfds: k-core filter
+  d.dedup = True                     # raw: drop repeated (user, item) events
+  d.skip_malformed = False           # raw: count and skip malformed lines instead of stopping
+  d.min_sequence_length = 3          # raw: shortest user kept after filtering
+  d.tfds_manual_dir = ""             # tfds: folder with the raw files (else download)
+  d.synthetic_users = ""             # synthetic: users per category, comma-separated
+  d.synthetic_seed = 0               # synthetic: generator seed
+  d.mixture_alpha = 0.3              # p(category) ∝ n_users ** alpha
+  d.max_len = 256                    # joint-tower tokens (prompt + target)
+  d.max_history = 20                 # most recent history items kept
+  d.max_item_tokens = 48             # tokens of one item text
+  d.length_buckets = "128,256"       # joint lengths compiled for (comma-separated; max_len is always added)
+  d.attributes = "title,category,brand,price"  # item attributes rendered, in order
+  d.batch_size = 16                  # GLOBAL batch (all devices and hosts)
+
+  c.loss = ls = ml_collections.ConfigDict()
+  ls.w_nig = 1.0                     # next-item generation (LM on target tokens)
+  ls.w_tt = 0.5                      # InfoNCE(v_T|U, v_T)
+  ls.w_ut = 0.5                      # InfoNCE(v_U, v_T)
+  ls.temperature = 0.05              # contrastive temperature
+  ls.symmetric = False               # also the key->query direction
+  ls.vocab_chunk = 16384             # vocabulary chunk of the LM loss
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.name = "adamw"                   # adamw | adafactor
+  o.learning_rate = 1e-4
+  o.schedule = "cosine"              # cosine | linear | constant (all with linear warmup)
+  o.warmup_steps = 100
+  o.final_lr_fraction = 0.1          # lr at the end, as a fraction of the peak
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.weight_decay = 0.01
+  o.grad_clip_norm = 1.0             # 0: off
+  o.grad_accum = 1                   # microbatches per step (batch_size must divide)
+
+  c.train = tr = ml_collections.ConfigDict()
+  tr.num_steps = 1000
+  tr.log_every = 10                  # steps between metric rows
+  tr.eval_every = 0                  # steps between validations (0: only at the end)
+  tr.max_consecutive_nonfinite = 5   # stop after this many non-finite losses in a row
+  tr.progress = True                 # progress bar
+
+  c.mesh = me = ml_collections.ConfigDict()
+  me.data = -1                       # data-parallel size (-1 fills the remaining devices)
+  me.fsdp = 1                        # parameter sharding size
+  me.tensor = 1                      # tensor-parallel size
+
+  c.ckpt = ck = ml_collections.ConfigDict()
+  ck.every = 200                     # steps between checkpoints
+  ck.keep = 3                        # checkpoints kept
+  ck.async_save = True
+  ck.init_from = ""                  # params of a stage-1 workdir (or params checkpoint) for stage 2
+
+  c.eval = ev = ml_collections.ConfigDict()
+  ev.split = "test"                  # valid | test
+  ev.max_users = 0                   # 0: every user; else a fixed random subset
+  ev.valid_users = 200               # users of the periodic validation during training
+  ev.batch_size = 16                 # users per generation batch
+  ev.num_samples = 8                 # sampled continuations per user
+  ev.temperature = 1.0
+  ev.top_k = 0                       # 0: off
+  ev.top_p = 1.0                     # 1.0: off
+  ev.beam_search = False             # beam search with num_samples beams instead of sampling
+  ev.max_new_tokens = 64
+  ev.retrieval = "bm25"              # bm25 | dense
+  ev.exclude_history = True          # never recommend items already in the history
+  ev.ks = "1,5,10,20"                # Recall@k / NDCG@k cut-offs
+  ev.bm25_k1 = 1.5
+  ev.bm25_b = 0.75
+  ev.bm25_epsilon = 0.25
+
+  c.multihost = ml_collections.ConfigDict()
+  c.multihost.enabled = False        # call jax.distributed.initialize (automatic on TPU pods)
+  c.multihost.coordinator = ""       # host:port of process 0 (empty: auto-detect)
+  c.multihost.num_processes = 0
+  c.multihost.process_id = -1
+  return c
