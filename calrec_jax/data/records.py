@@ -110,11 +110,11 @@ def format_statistics(stats_list: list[dict[str, Any]]) -> str:
 
 def validate(data: CategoryData, source: str) -> None:
   """Raise DataError if the category cannot be trained or evaluated on."""
-  if len(data.catalog) == 0:
-    raise DataError(f"category {data.name!r} has an empty catalog", source)
   if not data.sequences:
     raise DataError(f"category {data.name!r} has no users left after filtering "
                     "(lower data.kcore / min_sequence_length, or check the input files)", source)
+  if len(data.catalog) == 0:
+    raise DataError(f"category {data.name!r} has an empty catalog", source)
   n = len(data.catalog)
   for u, seq in enumerate(data.sequences):
     if len(seq) < 3:

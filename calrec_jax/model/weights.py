@@ -126,7 +126,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     base.update(model_type="gemma3_text", architectures=["Gemma3ForCausalLM"], hidden_activation="gelu_pytorch_tanh",
                 rope_local_base_freq=cfg.rope_local_theta, sliding_window=cfg.sliding_window,
                 layer_types=["sliding_attention" if t == "local" else "full_attention" for t in cfg.layer_types],
-                query_pre_attn_scalar=cfg.query_pre_attn_scalar, final_logit_softcapping=cfg.final_logit_softcap or None,
+                query_pre_attn_scalar=int(cfg.query_pre_attn_scalar), final_logit_softcapping=cfg.final_logit_softcap or None,
                 attn_logit_softcapping=None)
   else:
     base.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu")

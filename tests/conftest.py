@@ -1,0 +1,29 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared", "data", "amazon2018-scientific")
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def scientific_dir():
+  if not os.path.exists(os.path.join(SHARED, "Scientific.test.inter")):
+    pytest.skip("shared Scientific data not present")
+  return SHARED
+
+
+@pytest.fixture(scope="session")
+def synthetic_parts():
+  """Synthetic categories, a tokenizer trained on them and an encoder (shared by several tests)."""
+  from calrec_jax.data import synthetic
+  from calrec_jax.data.examples import ExampleEncoder, ExampleSpec
+  from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item
+  from calrec_jax.data.tokenizer import train_tokenizer
+  cats = synthetic.make_dataset(["Garden", "Office"], [120, 40])
+  texts = [render_item(a) for c in cats for a in c.catalog.attributes] + ["\n".join([PROMPT_HEADER, FIRST_ITEM, NEXT_ITEM])]
+  tok = train_tokenizer(texts, 500)
+  enc = ExampleEncoder(tok, cats, ExampleSpec(max_len=384, max_item_tokens=64, length_buckets=(192,), max_history=6))
+  return cats, tok, enc

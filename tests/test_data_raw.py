@@ -1,0 +1,169 @@
+"""Raw Amazon files, RecBole files, TFDS builder: sequences, order, k-core, splits, and bad input."""
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+from calrec_jax.data import amazon_raw, recbole, records
+from calrec_jax.errors import DataError
+
+
+def write_raw(d, reviews, meta, gz=True, category="Toys"):
+  def dump(path, rows):
+    data = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+    if gz:
+      with gzip.open(path + ".gz", "wb") as f:
+        f.write(data)
+    else:
+      with open(path, "wb") as f:
+        f.write(data)
+  dump(os.path.join(d, f"{category}.json"), reviews)
+  dump(os.path.join(d, f"meta_{category}.json"), meta)
+
+
+def review(u, i, t):
+  return {"reviewerID": u, "asin": i, "unixReviewTime": t, "overall": 5.0}
+
+
+def meta(i, title="T", brand="B", price="$1.00"):
+  return {"asin": i, "title": title, "brand": brand, "price": price, "category": ["Toys", "Sub " + i]}
+
+
+def test_sequences_are_chronological_with_deterministic_ties(tmp_path):
+  revs = [review("u1", "c", 30), review("u1", "a", 10), review("u1", "b", 20), review("u1", "d", 20),
+          review("u2", "a", 5), review("u2", "b", 6), review("u2", "c", 7)]
+  write_raw(tmp_path, revs, [meta(i) for i in "abcd"])
+  data = amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1)
+  seqs = {u: [data.catalog.item_ids[i] for i in s] for u, s in zip(data.user_ids, data.sequences)}
+  assert seqs["u1"] == ["a", "b", "d", "c"]  # the tie at t=20 keeps file order (b before d)
+  assert seqs["u2"] == ["a", "b", "c"]
+
+
+def test_dedup_kcore_and_title_filter(tmp_path):
+  revs = []
+  for u in range(6):
+    revs += [review(f"u{u}", i, t) for t, i in enumerate("abcde")]
+  revs += [review("u0", "a", 99)]  # duplicate (user, item)
+  revs += [review("u9", "z", 1), review("u9", "a", 2), review("u9", "b", 3)]  # z: rare item; u9 drops by k-core
+  revs += [review("u0", "notitle", 50)]
+  write_raw(tmp_path, revs, [meta(i) for i in "abcdez"] + [meta("notitle", title="")])
+  data = amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=5)
+  assert len(data.sequences) == 6 and all(len(s) == 5 for s in data.sequences)
+  assert sorted(data.catalog.item_ids) == list("abcde")
+  assert data.skipped["duplicate_user_item_events"] == 1
+  assert data.skipped["events_item_without_title_or_meta"] == 1
+  assert data.skipped["events_removed_by_kcore"] == 3
+  stats = records.statistics(data)
+  assert stats["interactions"] == 30 and stats["test"]["examples"] == 6 and stats["train"]["examples"] == 12
+
+
+def test_python_dict_literal_lines_and_plain_files(tmp_path):
+  revs = [str(review("u1", i, t)) for t, i in enumerate("abc")]  # 2014-style dict literals
+  write_raw(tmp_path, revs, [str(meta(i)) for i in "abc"], gz=False)
+  data = amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1)
+  assert data.sequences == [[0, 1, 2]]
+
+
+def test_leave_one_out_split():
+  seqs = [[0, 1, 2, 3, 4]]
+  assert records.split_examples(seqs, "test") == [(0, 4)]
+  assert records.split_examples(seqs, "valid") == [(0, 3)]
+  assert records.split_examples(seqs, "train") == [(0, 1), (0, 2)]
+
+
+@pytest.mark.parametrize("bad_line,needle", [
+    ('{"reviewerID": "u1", "asin": ', "malformed line"),
+    ('{"asin": "a", "unixReviewTime": 3}', "reviewerID"),
+    ('{"reviewerID": "u1", "asin": "a"}', "unixReviewTime"),
+])
+def test_bad_review_lines_name_file_and_line(tmp_path, bad_line, needle):
+  write_raw(tmp_path, [review("u1", "a", 1), bad_line], [meta("a")])
+  with pytest.raises(DataError) as e:
+    amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1)
+  assert "Toys.json.gz:2" in str(e.value) and needle in str(e.value)
+
+
+def test_non_utf8_and_skip_malformed_counts(tmp_path):
+  path = tmp_path / "Toys.json"
+  lines = [json.dumps(review("u1", i, t)).encode() for t, i in enumerate("abc")]
+  path.write_bytes(b"\n".join(lines[:1] + [b'{"reviewerID": "\xff\xfe"}'] + lines[1:] + [b"{broken"]) + b"\n")
+  (tmp_path / "meta_Toys.json").write_text("".join(json.dumps(meta(i)) + "\n" for i in "abc"))
+  with pytest.raises(DataError, match=r"Toys.json:2: bytes that are not UTF-8"):
+    amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1)
+  data = amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1, skip_malformed=True)
+  assert data.sequences == [[0, 1, 2]]
+  assert data.skipped["non_utf8_lines"] == 1 and data.skipped["malformed_lines"] == 1
+
+
+def test_empty_file_missing_files_and_no_users(tmp_path):
+  (tmp_path / "Toys.json").write_text("")
+  (tmp_path / "meta_Toys.json").write_text(json.dumps(meta("a")) + "\n")
+  with pytest.raises(DataError, match="Toys.json: the file is empty"):
+    amazon_raw.load_amazon_category(str(tmp_path), "Toys")
+  with pytest.raises(DataError, match="no reviews file for category 'Games'"):
+    amazon_raw.load_amazon_category(str(tmp_path), "Games")
+  write_raw(tmp_path, [review("u1", "a", 1), review("u1", "b", 2)], [meta("a"), meta("b")])
+  with pytest.raises(DataError, match="no users left after filtering"):
+    amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1)
+  write_raw(tmp_path, [review("u1", "a", 1), review("u1", "b", 2), review("u1", "zz", 3)], [meta("a"), meta("b")])
+  with pytest.raises(DataError, match="no users left"):  # item without metadata removed -> user too short
+    amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1)
+
+
+def test_prepared_round_trip_and_bad_prepared_file(tmp_path):
+  from calrec_jax.data import synthetic
+  cat = synthetic.make_category("Office", 30, seed=1)
+  records.save_category(cat, str(tmp_path / "Office"))
+  back = records.load_category(str(tmp_path / "Office"))
+  assert back.sequences == cat.sequences and back.catalog.attributes == cat.catalog.attributes
+  with open(tmp_path / "Office" / "sequences.jsonl", "a") as f:
+    f.write("{not json\n")
+  with pytest.raises(DataError, match=r"sequences.jsonl:31: malformed JSON"):
+    records.load_category(str(tmp_path / "Office"))
+
+
+def test_recbole_scientific_statistics(scientific_dir):
+  data = recbole.load_recbole(scientific_dir, "Scientific")
+  s = records.statistics(data)
+  assert (s["users"], s["items"], s["interactions"]) == (2928, 1585, 19712)
+  assert s["train"]["examples"] == 10928
+  # the test history + target reproduce the valid row: valid target = second-to-last item
+  first = data.sequences[0]
+  assert first == [0, 1, 2, 3, 4]
+  assert "&amp;" not in "".join(a["title"] for a in data.catalog.attributes)
+
+
+def test_prepare_cli_on_scientific(scientific_dir, tmp_path, capsys):
+  from calrec_jax.data import prepare
+  stats = prepare.main(["--source=recbole", f"--input={scientific_dir}", "--categories=Scientific",
+                        f"--output={tmp_path}"])
+  assert stats[0]["users"] == 2928 and stats[0]["items"] == 1585 and stats[0]["interactions"] == 19712
+  assert "Scientific" in capsys.readouterr().out
+  assert records.load_category(str(tmp_path / "Scientific")).num_interactions() == 19712
+
+
+def test_recbole_bad_rows(tmp_path):
+  (tmp_path / "X.item2index").write_text("A\t0\nB\t1\nC\t2\n")
+  (tmp_path / "X.text").write_text("item_id:token\ttext:token_seq\nA\ta\nB\tb\nC\tc\n")
+  (tmp_path / "X.test.inter").write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n0\t0 1\t7\n")
+  with pytest.raises(DataError, match=r"X.test.inter:2: item id outside"):
+    recbole.load_recbole(str(tmp_path), "X")
+
+
+def test_tfds_builder_from_manual_dir_without_tensorflow(tmp_path):
+  import sys
+  import tensorflow_datasets as tfds
+  from calrec_jax.data.tfds_amazon import AmazonReviews2018, load_tfds_category
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  revs = [review(f"u{u}", i, t) for u in range(5) for t, i in enumerate("abcde")]
+  write_raw(str(raw), revs, [meta(i, title=f"Item &amp; {i}") for i in "abcde"], category="Industrial_and_Scientific")
+  b = AmazonReviews2018(config="Industrial_and_Scientific", data_dir=str(tmp_path / "tfds"), file_format="array_record")
+  b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(raw)))
+  data = load_tfds_category(b)
+  direct = amazon_raw.load_amazon_category(str(raw), "Industrial_and_Scientific")
+  assert data.sequences == direct.sequences and data.catalog.attributes == direct.catalog.attributes
+  assert data.catalog.attributes[0]["title"] == "Item & a"
+  assert "tensorflow" not in sys.modules

@@ -1,0 +1,113 @@
+"""Decoder vs transformers on the same weights, KV-cache decoding, HF export round trip, full-size shapes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from calrec_jax.model.config import preset
+from calrec_jax.model.decoder import Decoder, count_params, init_cache
+from calrec_jax.model.weights import export_hf_checkpoint, load_hf_checkpoint
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_hf(family, tmp_path):
+  torch.manual_seed(0)
+  if family == "gemma3":
+    cfg = transformers.Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                                        layer_types=["sliding_attention", "full_attention"] * 2,
+                                        query_pre_attn_scalar=16, rope_theta=10000.0)
+    model = transformers.Gemma3ForCausalLM(cfg)
+  else:
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg)
+  with torch.no_grad():  # non-trivial norm weights so (1 + w) vs w mistakes show
+    for n, p in model.named_parameters():
+      if "norm" in n:
+        p.add_(torch.randn_like(p) * 0.1)
+  model.eval()
+  model.save_pretrained(tmp_path)
+  return model
+
+
+def padded_batch():
+  rng = np.random.default_rng(0)
+  toks = rng.integers(3, 300, size=(2, 10)).astype(np.int32)
+  mask = np.ones((2, 10), bool)
+  mask[1, 7:] = False  # right padding
+  return toks, mask
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_logits_match_transformers(family, tmp_path):
+  ref = tiny_hf(family, tmp_path)
+  cfg, params = load_hf_checkpoint(str(tmp_path))
+  toks, mask = padded_batch()
+  pos = np.broadcast_to(np.arange(10), (2, 10))
+  dec = Decoder(cfg)
+  h, _ = dec.apply({"params": params}, jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(mask))
+  ours = np.asarray(dec.apply({"params": params}, h, method=Decoder.logits))
+  with torch.no_grad():
+    theirs = ref(torch.tensor(toks, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+  assert np.abs(ours[mask] - theirs[mask]).max() < 1e-4
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_hf_export_round_trip(family, tmp_path):
+  ref = tiny_hf(family, tmp_path / "a")
+  cfg, params = load_hf_checkpoint(str(tmp_path / "a"))
+  export_hf_checkpoint(params, cfg, str(tmp_path / "b"))
+  cfg2, params2 = load_hf_checkpoint(str(tmp_path / "b"))
+  assert cfg2 == cfg
+  back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "b")).eval()
+  toks, mask = padded_batch()
+  with torch.no_grad():
+    a = ref(torch.tensor(toks, dtype=torch.long)).logits.numpy()
+    b = back(torch.tensor(toks, dtype=torch.long)).logits.numpy()
+  assert np.abs(a - b).max() < 1e-5
+
+
+def test_missing_and_misshapen_tensors_are_named(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  from calrec_jax.errors import WeightImportError
+  tiny_hf("llama", tmp_path)
+  f = tmp_path / "model.safetensors"
+  t = load_file(str(f))
+  del t["model.layers.1.mlp.up_proj.weight"]
+  save_file(t, str(f))
+  with pytest.raises(WeightImportError, match="missing tensor 'layers.1.mlp.up_proj.weight'"):
+    load_hf_checkpoint(str(tmp_path))
+  t["model.layers.1.mlp.up_proj.weight"] = np.zeros((5, 5), np.float32)
+  save_file(t, str(f))
+  with pytest.raises(WeightImportError, match="up_proj.weight' has shape"):
+    load_hf_checkpoint(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_kv_cache_decoding_equals_full_forward(name):
+  cfg = preset(name, vocab_size=100)
+  dec = Decoder(cfg)
+  toks = jnp.asarray(np.random.default_rng(1).integers(3, 100, size=(2, 24)), jnp.int32)
+  pos = jnp.broadcast_to(jnp.arange(24), (2, 24))
+  params = dec.init(jax.random.PRNGKey(0), toks, pos, toks > -1)["params"]
+  full, _ = dec.apply({"params": params}, toks, pos, toks > -1)
+  cache = init_cache(cfg, 2, 24)
+  keymask = jnp.ones((2, 24), bool)
+  h, cache = dec.apply({"params": params}, toks[:, :8], pos[:, :8], keymask, cache, 0)  # prefill
+  steps = [h]
+  for t in range(8, 24):
+    h, cache = dec.apply({"params": params}, toks[:, t:t + 1], pos[:, t:t + 1], keymask, cache, t)
+    steps.append(h)
+  np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+
+
+def test_full_size_presets_have_published_parameter_counts():
+  published = {"gemma3-270m": 268_098_176, "gemma3-1b": 999_885_952, "llama-3.2-1b": 1_235_814_400,
+               "llama-3-8b": 8_030_261_248, "smollm2-135m": 134_515_008}
+  for name, n in published.items():
+    dec = Decoder(preset(name))
+    t = jnp.zeros((1, 4), jnp.int32)
+    assert count_params(jax.eval_shape(lambda: dec.init(jax.random.PRNGKey(0), t, t, t > -1))) == n, name
