@@ -1,6 +1,15 @@
 """Error types with messages that say where the problem is and what to do."""
 
 
+def run_cli(main) -> None:
+  """Run a command's main(); a CalrecError ends it with its message and exit status 1, not a traceback."""
+  import sys
+  try:
+    main()
+  except CalrecError as e:
+    sys.exit(f"error: {e}")
+
+
 class CalrecError(Exception):
   """Base class for every error this package raises on purpose."""
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import ml_collections
 
 from calrec_jax.data import records, sources
-from calrec_jax.errors import CalrecError
+from calrec_jax.errors import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,10 +64,7 @@ def main(argv=None) -> list[dict]:
 
 
 def run() -> None:
-  try:
-    main()
-  except CalrecError as e:
-    sys.exit(f"error: {e}")
+  run_cli(main)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import jax
-import numpy as np
 
 from calrec_jax.data.iterators import eval_batches, eval_examples
 from calrec_jax.eval.evaluate import eval_category_index, evaluate_dense

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from calrec_jax.errors import CalrecError
+from calrec_jax.errors import run_cli
 
 
 def main(argv=None) -> None:
@@ -35,10 +34,7 @@ def main(argv=None) -> None:
 
 
 def run() -> None:
-  try:
-    main()
-  except CalrecError as e:
-    sys.exit(f"error: {e}")
+  run_cli(main)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import logging
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from calrec_jax.errors import CheckpointError
@@ -77,13 +76,13 @@ def load_params(path: str, abstract_params: Any | None = None) -> Any:
 
 
 def params_from_workdir(workdir: str) -> Any:
-  """Params of a finished or running training workdir: its export if present, else its newest checkpoint."""
+  """Params of a training workdir (its export, else its newest checkpoint), or of a params checkpoint itself."""
   export = os.path.join(workdir, "export", "params")
   if os.path.isdir(export):
     return load_params(export)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
-    raise CheckpointError(f"{workdir}: neither export/params nor checkpoints/ found; is this a training workdir?")
+    return load_params(workdir)
   mgr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "data_iter"))
   for step in reversed(sorted(mgr.all_steps())):
     try:
@@ -93,6 +92,3 @@ def params_from_workdir(workdir: str) -> Any:
       log.error("checkpoint %s/%d unreadable (%s); trying the previous one", ckpt_dir, step, e)
   raise CheckpointError(f"{ckpt_dir}: no readable checkpoint")
 
-
-def to_host(tree: Any) -> Any:
-  return jax.device_get(tree)

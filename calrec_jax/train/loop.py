@@ -6,7 +6,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -43,10 +42,8 @@ def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr):
     return state, state_sh, it_state, f"resumed from {ckptr.directory} step {step}"
   params, how = None, f"random init ({config.model.preset})"
   if config.ckpt.init_from:
-    src = ckpt_lib.params_from_workdir(config.ckpt.init_from) if os.path.isdir(
-        os.path.join(config.ckpt.init_from, "checkpoints")) or os.path.isdir(
-        os.path.join(config.ckpt.init_from, "export")) else ckpt_lib.load_params(config.ckpt.init_from)
-    params, how = src, f"params from {config.ckpt.init_from} (fresh optimizer, step 0)"
+    params = ckpt_lib.params_from_workdir(config.ckpt.init_from)
+    how = f"params from {config.ckpt.init_from} (fresh optimizer, step 0)"
   elif parts.pretrained_params is not None:
     params = {"decoder": parts.pretrained_params}
     how = f"pretrained weights {config.model.pretrained}"

@@ -43,13 +43,10 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   pretrained, cfg, tok = None, None, None
   saved_tok = os.path.join(workdir, "tokenizer.model")
   saved_cfg = os.path.join(workdir, "model_config.json")
-  if config.model.pretrained and not os.path.exists(saved_cfg):
+  if config.model.pretrained:
     from calrec_jax.model.loading import load_pretrained
     cfg, pretrained, tok = load_pretrained(config.model.pretrained)
     log.info("pretrained %s: %s, %d layers, d_model %d", config.model.pretrained, cfg.family, cfg.n_layers, cfg.d_model)
-  elif config.model.pretrained:  # resuming: the workdir already holds config + tokenizer; params come from ckpt
-    from calrec_jax.model.loading import load_pretrained
-    cfg, pretrained, tok = load_pretrained(config.model.pretrained)
   if config.tokenizer.path:
     tok = Tokenizer.load(config.tokenizer.path)
   elif tok is None and os.path.exists(saved_tok):
