@@ -23,13 +23,17 @@ def maybe_init_distributed(config) -> None:
            jax.local_device_count(), jax.device_count())
 
 
-def evaluate_workdir(config, workdir: str, split: str | None = None) -> dict:
+def evaluate_workdir(config, workdir: str, split: str | None = None, step: int | None = None,
+                     out_dir: str | None = None) -> dict:
+  """Evaluate a workdir's export (or checkpoint `step`); results go to <workdir>/eval (or eval_step<N>)."""
   from calrec_jax.eval.evaluate import run_evaluation
   from calrec_jax.train.checkpoint import params_from_workdir
   from calrec_jax.train.setup import build
   parts = build(config, workdir)
-  params = params_from_workdir(workdir)
-  return run_evaluation(config, parts, params, os.path.join(workdir, "eval"), split)
+  params = params_from_workdir(workdir, step)
+  source = f"{workdir} checkpoint {step}" if step is not None else workdir
+  out_dir = out_dir or os.path.join(workdir, "eval" if step is None else f"eval_step{step}")
+  return run_evaluation(config, parts, params, out_dir, split, params_source=source)
 
 
 def run_mode(mode: str, config, workdir: str) -> dict:

@@ -72,3 +72,79 @@ def test_greedy_generation_with_cache_equals_argmax_recompute():
       h, _ = dec.apply({"params": params}, x, jnp.arange(len(seq))[None], x > -1)
       seq.append(int(dec.apply({"params": params}, h[0, -1], method=Decoder.logits).argmax()))
     assert g[0] == seq[len(p):]
+
+
+def tiny_decoder(vocab=64, seed=3, scale=8.0):
+  """A tiny random decoder with weights scaled up so that next-token distributions are peaked (no near-ties)."""
+  import jax
+  import jax.numpy as jnp
+  from calrec_jax.model.config import preset
+  from calrec_jax.model.decoder import Decoder
+  dec = Decoder(preset("tiny", vocab_size=vocab))
+  t = jnp.zeros((1, 4), jnp.int32)
+  params = dec.init(jax.random.PRNGKey(seed), t, t, t > -1)["params"]
+  return dec, jax.tree_util.tree_map(lambda x: x * scale if x.ndim > 1 else x, params)
+
+
+def reference_beam_search(dec, params, prompt, k, steps, stops, pad):
+  """Beam search by full recomputation (no cache), one prompt; returns beams best first with their scores."""
+  import jax
+  import jax.numpy as jnp
+  from calrec_jax.model.decoder import Decoder
+  beams = [(list(prompt), 0.0, False)]
+  for _ in range(steps):
+    cands = []
+    for seq, score, done in beams:
+      if done:
+        cands.append((seq + [pad], score, True))
+        continue
+      x = jnp.asarray([seq])
+      h, _ = dec.apply({"params": params}, x, jnp.arange(len(seq))[None], x > -1)
+      logp = np.asarray(jax.nn.log_softmax(dec.apply({"params": params}, h[0, -1], method=Decoder.logits)))
+      cands += [(seq + [v], score + float(logp[v]), v in stops) for v in range(len(logp))]
+    beams = sorted(cands, key=lambda c: -c[1])[:k]  # stable: ties keep (beam, token) order
+  out = []
+  for seq, score, _ in beams:
+    gen = []
+    for t in seq[len(prompt):]:
+      if t in stops:
+        break
+      gen.append(t)
+    out.append((gen, score))
+  return out
+
+
+def test_beam_search_with_cache_equals_recomputed_reference():
+  from calrec_jax.eval.generate import generate
+  dec, params = tiny_decoder()
+  prompts = [[2, 5, 9, 11, 4], [2, 7, 3]]
+  stops = [1, 17]
+  got = generate(dec, params, prompts, 4, 5, stop_ids=stops, beam_search=True)
+  for p, beams in zip(prompts, got):
+    ref = reference_beam_search(dec, params, p, 4, 5, set(stops), dec.cfg.pad_id)
+    assert beams == [g for g, _ in ref]
+  # one beam is greedy decoding
+  assert generate(dec, params, prompts, 1, 5, stop_ids=stops, beam_search=True) == \
+      generate(dec, params, prompts, 1, 5, stop_ids=stops, temperature=0.0)
+
+
+def test_sampling_is_seeded_and_respects_top_k():
+  import jax
+  from calrec_jax.eval.generate import generate
+  dec, params = tiny_decoder(scale=1.0)
+  prompts = [[2, 5, 9], [2, 7, 3, 8]]
+  a = generate(dec, params, prompts, 3, 6, stop_ids=[-1], seed=5, temperature=1.0, top_k=2)
+  assert a == generate(dec, params, prompts, 3, 6, stop_ids=[-1], seed=5, temperature=1.0, top_k=2)
+  assert a != generate(dec, params, prompts, 3, 6, stop_ids=[-1], seed=6, temperature=1.0, top_k=2)
+  # top_k=1 sampling is greedy decoding whatever the seed
+  assert generate(dec, params, prompts, 2, 6, stop_ids=[-1], seed=9, top_k=1) == \
+      generate(dec, params, prompts, 2, 6, stop_ids=[-1], temperature=0.0)
+  del jax
+
+
+def test_merge_ignores_empty_and_unmatched_generations():
+  ranked = np.asarray([[3, 1, 2], [0, 1, 2], [5, 4, 2]])
+  scores = np.asarray([[2.0, 1.0, 0.5], [0.0, 0.0, 0.0], [1.5, 0.0, 0.0]])
+  # generation 1 matches nothing (all scores 0); generation 2 retrieves only item 5
+  assert merge_generations(["a b", "zzz", "c"], ranked, scores, 10) == [3, 5, 1, 2]
+  assert merge_generations(["", "  ", "zzz"], ranked, np.zeros((3, 3)), 10) == []

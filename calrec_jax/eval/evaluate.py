@@ -37,8 +37,13 @@ def item_texts(parts, cat: int) -> list[str]:
   return [parts.encoder.item_text(cat, i) for i in range(len(parts.categories[cat].catalog))]
 
 
-def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True) -> tuple[dict, list[dict]]:
-  """Ranked lists by generation + BM25 for each (user, history, target) row; returns metrics and records."""
+def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, mesh=None
+                  ) -> tuple[dict, list[dict]]:
+  """Ranked lists by generation + BM25 for each (user, history, target) row; returns metrics and records.
+
+  A generation that is empty (or only whitespace) retrieves nothing and the user's list is filled from the other
+  generations; a user whose generations are all empty gets an empty list (rank: miss) and is counted.
+  """
   ec = config.eval
   ks = [int(k) for k in split_names(ec.ks)]
   kmax = max(ks)
@@ -46,13 +51,14 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True) 
   tok = parts.tokenizer
   stop_ids = [tok.eos_id] + [i for i in tok.encode("\n") if tok.decode([i]) == "\n"]
   dec = Decoder(parts.model_cfg, parts.model.dtype)
-  ranks, records = [], []
+  ranks, records, empty_users = [], [], 0
   bar = tqdm(total=len(rows), desc="evaluate", unit="user", disable=not progress, dynamic_ncols=True)
   for start in range(0, len(rows), ec.batch_size):
     chunk = rows[start:start + ec.batch_size]
     prompts = [parts.encoder.prompt_tokens(cat, h)[0] for _, h, _ in chunk]
     samples = generate(dec, params["decoder"], prompts, ec.num_samples, ec.max_new_tokens, stop_ids,
-                       seed=config.seed + start, temperature=ec.temperature, top_k=ec.top_k, top_p=ec.top_p)
+                       seed=config.seed + start, temperature=ec.temperature, top_k=ec.top_k, top_p=ec.top_p,
+                       beam_search=ec.beam_search, mesh=mesh)
     for (user, hist, target), gens in zip(chunk, samples):
       texts = [tok.decode(g).strip() for g in gens]
       depth = kmax + (len(hist) if ec.exclude_history else 0)
@@ -60,11 +66,17 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True) 
       top = merge_generations(texts, ranked, scores, kmax, set(hist) if ec.exclude_history else set())
       r = rank_of(target, top)
       ranks.append(r)
+      empty_users += not top
       records.append({"user": parts.categories[cat].user_ids[user], "target": int(target), "rank": r,
                       "top": top, "generations": texts})
     bar.update(len(chunk))
   bar.close()
-  return ranking_metrics(ranks, ks), records
+  if empty_users:
+    log.warning("%d of %d users: no generation matched any catalog item (empty or unmatched text); they count "
+                "as misses (see 'generations' in rankings_bm25.jsonl)", empty_users, len(rows))
+  metrics = ranking_metrics(ranks, ks)
+  metrics["users_without_retrieval"] = empty_users
+  return metrics, records
 
 
 def item_embeddings(parts, params, cat: int, batch_size: int = 64) -> np.ndarray:
@@ -114,11 +126,25 @@ def evaluate_dense(config, parts, params, rows, cat: int, item_emb: np.ndarray |
   return ranking_metrics(ranks, ks), records
 
 
-def run_evaluation(config, parts, params, out_dir: str, split: str | None = None) -> dict[str, dict]:
-  """Evaluate BM25 (and dense) retrieval on the eval category; writes metrics.json, metrics.md, records."""
+def run_evaluation(config, parts, params, out_dir: str, split: str | None = None, params_source: str = "params"
+                   ) -> dict[str, dict]:
+  """Evaluate BM25 (and dense) retrieval on the eval category; writes metrics.json, metrics.md, records.
+
+  Params are checked against the model config and placed on the mesh of `config.mesh`; generation is sharded
+  over its data x fsdp axes.
+  """
   from calrec_jax.eval.metrics import markdown_table
+  from calrec_jax.train import sharding as shd
+  from calrec_jax.train.checkpoint import check_params
+  from calrec_jax.train.step import example_batch, params_shardings
   cat = eval_category_index(config, parts)
   split = split or config.eval.split
+  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  spec = parts.encoder.spec
+  shardings, abstract = params_shardings(
+      parts.model, mesh, example_batch(1, parts.encoder.buckets[-1], spec.target_len, spec.item_len))
+  check_params(params, abstract, params_source)
+  params = jax.device_put(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), shardings)
   rows = eval_examples(parts.encoder, cat, split, config.eval.max_users, config.seed)
   if not rows:
     from calrec_jax.errors import DataError
@@ -127,8 +153,10 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
   methods = ["bm25", "dense"] if config.eval.retrieval == "bm25" else ["dense"]
   for method in methods:
     t0 = time.time()
-    fn = evaluate_bm25 if method == "bm25" else evaluate_dense
-    results[method], records[method] = fn(config, parts, params, rows, cat)
+    if method == "bm25":
+      results[method], records[method] = evaluate_bm25(config, parts, params, rows, cat, mesh=mesh)
+    else:
+      results[method], records[method] = evaluate_dense(config, parts, params, rows, cat)
     log.info("%s retrieval on %d %s users of %s: %.1fs", method, len(rows), split, parts.categories[cat].name,
              time.time() - t0)
   os.makedirs(out_dir, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Batched sampling with the KV cache: left-padded prefill, then one token per step inside `lax.while_loop`."""
+"""Batched sampling and beam search with the KV cache: left-padded prefill, then one token per step inside
+`lax.while_loop`; prompt rows optionally sharded over the training mesh."""
 from __future__ import annotations
 
 import functools
@@ -7,6 +8,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from calrec_jax.model.decoder import Decoder, init_cache
 
@@ -63,6 +65,54 @@ def _generate(decoder: Decoder, params, tokens, prompt_mask, stop_ids, rng, max_
   return jax.lax.while_loop(cond, body, carry)[5]
 
 
+@functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "num_beams"))
+def _beam_search(decoder: Decoder, params, tokens, prompt_mask, stop_ids, max_new_tokens: int, num_beams: int):
+  """tokens, prompt_mask: [B, P] -> (beams [B, K, max_new_tokens], log-probs [B, K]), best beam first.
+
+  A beam that emits a stop token is finished: it keeps its score and emits padding. Beams are ranked by the sum
+  of token log-probabilities (a finished short beam is not penalised for its length).
+  """
+  b, p = tokens.shape
+  k, cfg = num_beams, decoder.cfg
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)  # [B, P]
+  cache = init_cache(cfg, b, p + max_new_tokens, decoder.dtype)
+  key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # [B, S]
+  hidden, cache = decoder.apply({"params": params}, tokens, positions, key_mask, cache, 0)
+  logits = decoder.apply({"params": params}, hidden[:, -1], method=Decoder.logits)  # [B, V]
+  rep = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
+  cache = jax.tree_util.tree_map(rep, cache)
+  key_mask, logits, pos = rep(key_mask), rep(logits), rep(positions[:, -1] + 1)
+  scores = jnp.tile(jnp.asarray([0.0] + [-jnp.inf] * (k - 1), jnp.float32), (b, 1))  # [B, K]
+  v = logits.shape[-1]
+  base = (jnp.arange(b) * k)[:, None]  # [B, 1] first row of each prompt in [B*K]
+
+  def cond(carry):
+    t, _, _, _, done, _, _ = carry
+    return (t < max_new_tokens) & ~jnp.all(done)
+
+  def body(carry):
+    t, logits, cache, scores, done, out, pos = carry
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B*K, V]
+    frozen = jnp.full((v,), -jnp.inf).at[cfg.pad_id].set(0.0)  # a finished beam only extends with padding
+    logp = jnp.where(done[:, None], frozen[None], logp)
+    cand = (scores.reshape(-1, 1) + logp).reshape(b, k * v)  # [B, K*V]
+    scores, flat = jax.lax.top_k(cand, k)  # [B, K]
+    parent = (base + flat // v).reshape(-1)  # [B*K] rows the new beams extend
+    tok = (flat % v).reshape(-1).astype(jnp.int32)
+    cache = jax.tree_util.tree_map(lambda x: x[parent], cache)
+    out = out[parent].at[:, t].set(tok)
+    was_done = done[parent]
+    done = was_done | jnp.isin(tok, stop_ids)
+    h, cache = decoder.apply({"params": params}, tok[:, None], pos[:, None], key_mask, cache, p + t)
+    logits = decoder.apply({"params": params}, h[:, -1], method=Decoder.logits)
+    return t + 1, logits, cache, scores, done, out, pos + 1
+
+  out = jnp.full((b * k, max_new_tokens), cfg.pad_id, jnp.int32)
+  carry = (0, logits, cache, scores, jnp.zeros((b * k,), bool), out, pos)
+  _, _, _, scores, _, out, _ = jax.lax.while_loop(cond, body, carry)
+  return out.reshape(b, k, max_new_tokens), scores
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int = 32) -> tuple[np.ndarray, np.ndarray]:
   """[B, P] tokens and mask, P rounded up to a multiple of `bucket` (few compilations)."""
   p = max(len(x) for x in prompts)
@@ -75,25 +125,49 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int = 32) ->
   return toks, mask
 
 
+def _shard_rows(mesh: Mesh | None, *arrays: np.ndarray) -> tuple[list, int]:
+  """Pad the leading (row) dim to a multiple of the mesh's batch shards and place the rows over data x fsdp."""
+  if mesh is None:
+    return [jnp.asarray(a) for a in arrays], arrays[0].shape[0]
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  n = arrays[0].shape[0]
+  padded = -(-n // shards) * shards
+  sh = NamedSharding(mesh, P(("data", "fsdp")))
+  out = []
+  for a in arrays:
+    a = np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)]) if padded > n else a
+    out.append(jax.device_put(a, sh))
+  return out, n
+
+
+def _strip(row: np.ndarray, stops: set[int]) -> list[int]:
+  ids = []
+  for t in row:
+    if int(t) in stops:
+      break
+    ids.append(int(t))
+  return ids
+
+
 def generate(decoder: Decoder, params, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
-             stop_ids: Sequence[int], seed: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
-             ) -> list[list[list[int]]]:
-  """For each prompt, `num_samples` continuations (token ids up to, excluding, the first stop token)."""
+             stop_ids: Sequence[int], seed: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             beam_search: bool = False, mesh: Mesh | None = None) -> list[list[list[int]]]:
+  """For each prompt, `num_samples` continuations (token ids up to, excluding, the first stop token).
+
+  Sampling draws them independently (temperature 0: greedy); `beam_search` returns the `num_samples` best beams,
+  best first. With a `mesh`, prompt rows are split over its data x fsdp axes and params keep their shardings.
+  """
+  stops = set(int(s) for s in stop_ids)
+  stop_arr = jnp.asarray(sorted(stops), jnp.int32)
+  if beam_search:
+    toks, mask = left_pad(prompts, decoder.cfg.pad_id)
+    (toks, mask), n = _shard_rows(mesh, toks, mask)
+    beams, _ = _beam_search(decoder, params, toks, mask, stop_arr, max_new_tokens, num_samples)
+    beams = np.asarray(beams)[:n]  # [B, K, L]
+    return [[_strip(row, stops) for row in beams[i]] for i in range(len(prompts))]
   rep = [x for x in prompts for _ in range(num_samples)]
   toks, mask = left_pad(rep, decoder.cfg.pad_id)
-  out = np.asarray(_generate(decoder, params, jnp.asarray(toks), jnp.asarray(mask),
-                             jnp.asarray(list(stop_ids), jnp.int32), jax.random.PRNGKey(seed), max_new_tokens,
-                             float(temperature), int(top_k), float(top_p)))
-  stops = set(int(s) for s in stop_ids)
-  result = []
-  for i in range(len(prompts)):
-    samples = []
-    for row in out[i * num_samples:(i + 1) * num_samples]:
-      ids = []
-      for t in row:
-        if int(t) in stops:
-          break
-        ids.append(int(t))
-      samples.append(ids)
-    result.append(samples)
-  return result
+  (toks, mask), n = _shard_rows(mesh, toks, mask)
+  out = np.asarray(_generate(decoder, params, toks, mask, stop_arr, jax.random.PRNGKey(seed), max_new_tokens,
+                             float(temperature), int(top_k), float(top_p)))[:n]
+  return [[_strip(row, stops) for row in out[i * num_samples:(i + 1) * num_samples]] for i in range(len(prompts))]

@@ -37,9 +37,13 @@ def quasi_round_robin(ranked: Sequence[Sequence[int]], order: Sequence[int], k: 
 
 def merge_generations(texts: Sequence[str], ranked: np.ndarray, scores: np.ndarray, k: int,
                       exclude: set[int] | frozenset = frozenset()) -> list[int]:
-  """texts: N generations; ranked/scores: [N, depth] BM25 results of each. Empty generations are ignored."""
-  keep = [i for i, t in enumerate(texts) if t.strip()]
+  """texts: N generations; ranked/scores: [N, depth] BM25 results of each.
+
+  Empty generations, and documents a generation shares no term with (score 0), are not retrieved.
+  """
+  hits = [[int(d) for d, s in zip(r, sc) if s > 0] for r, sc in zip(ranked, scores)]
+  keep = [i for i, t in enumerate(texts) if t.strip() and hits[i]]
   if not keep:
     return []
-  sub = order_generations([texts[i] for i in keep], [float(scores[i][0]) if len(scores[i]) else 0.0 for i in keep])
-  return quasi_round_robin(ranked, [keep[j] for j in sub], k, exclude)
+  sub = order_generations([texts[i] for i in keep], [float(scores[i][0]) for i in keep])
+  return quasi_round_robin(hits, [keep[j] for j in sub], k, exclude)

@@ -33,7 +33,7 @@ def ranking_metrics(ranks: Sequence[int], ks: Sequence[int] = (1, 5, 10, 20)) ->
 
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:
   """| method | users | recall@1 | ... | for several result rows."""
-  keys = [k for k in next(iter(rows.values())) if k != "users"]
+  keys = [k for k in next(iter(rows.values())) if "@" in k or k == "mrr"]
   head = "| method | users | " + " | ".join(keys) + " |"
   sep = "|---|---:|" + "---:|" * len(keys)
   lines = [head, sep]

@@ -4,10 +4,17 @@ GGUF token types use SentencePiece's own enum (1 normal, 2 unknown, 3 control, 4
 6 byte), so pieces, scores and types carry over one to one. GPT-2 byte-level BPE vocabularies (SmolLM2,
 Llama 3: `tokenizer.ggml.model=gpt2`) cannot be expressed as SentencePiece: for those the weights load and
 `None` is returned; pass a SentencePiece model with tokenizer.path or use a Gemma checkpoint.
+
+Checked against transformers' tokenizer of the same GGUF (tests/test_pretrained_gguf.py): identical ids on
+whitespace and newline runs, digits, unicode, HTML leftovers; the one difference is a run of 32 or more spaces
+(longest-match here, a 16-space split there), which item texts never contain (whitespace is collapsed).
 """
 from __future__ import annotations
 
 from calrec_jax.data.tokenizer import Tokenizer
+
+
+USER_DEFINED = 4
 
 
 def tokenizer_from_gguf(reader, path: str = "") -> Tokenizer | None:
@@ -21,6 +28,8 @@ def tokenizer_from_gguf(reader, path: str = "") -> Tokenizer | None:
   get = lambda k, d: reader.fields[k].contents() if k in reader.fields else d  # noqa: E731
   m = pb.ModelProto()
   for piece, score, typ in zip(tokens, scores, types):
+    if int(typ) == USER_DEFINED:  # GGUF keeps the space runs with plain spaces; SentencePiece matches
+      piece = piece.replace(" ", "\u2581")  # user-defined pieces after escaping spaces to U+2581
     p = m.pieces.add()
     p.piece, p.score, p.type = piece, float(score), int(typ)
   ts = m.trainer_spec

@@ -56,9 +56,12 @@ def load_pretrained(spec: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
 
 def save_converted(out_dir: str, cfg: ModelConfig, params: dict, tokenizer: Tokenizer | None) -> None:
   """The converted form: params (orbax) + model_config.json (+ tokenizer.model); training loads it directly."""
+  import jax
   from calrec_jax.train.checkpoint import save_params
   os.makedirs(out_dir, exist_ok=True)
-  save_params(os.path.join(out_dir, "params"), params)
+  save_params(os.path.join(out_dir, "params"), params)  # collective across processes
+  if jax.process_index() != 0:
+    return
   with open(os.path.join(out_dir, "model_config.json"), "w", encoding="utf-8") as f:
     json.dump(cfg.to_dict(), f, indent=1)
   if tokenizer is not None:

@@ -48,16 +48,11 @@ def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr):
     params = {"decoder": parts.pretrained_params}
     how = f"pretrained weights {config.model.pretrained}"
   if params is not None:
-    expected = jax.tree_util.tree_structure(abstract["params"])
     if "proj" in abstract["params"] and "proj" not in params:  # new projection head on pretrained weights
       fresh = jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(parts.model, r, shapes)))(
           jax.random.PRNGKey(config.seed))
       params = dict(params, proj=jax.device_get(fresh["proj"]))
-    if jax.tree_util.tree_structure(params) != expected:
-      raise ckpt_lib.CheckpointError(f"{how}: parameter tree does not match model {config.model.preset!r}")
-    for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(abstract["params"])):
-      if tuple(np.shape(got)) != tuple(want.shape):
-        raise ckpt_lib.CheckpointError(f"{how}: a tensor of shape {np.shape(got)} where the model needs {want.shape}")
+    ckpt_lib.check_params(params, abstract["params"], how)
     params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
   state = step_lib.init_state(parts.model, tx, mesh, shapes, config.seed, state_sh, params)
   return state, state_sh, None, how
@@ -94,7 +89,7 @@ def train(config, workdir: str) -> dict:
     log.info("compiled step (batch %d x %d tokens): %.1f MiB arguments, %.1f MiB temporaries per device",
              dc.batch_size, shapes["tokens"].shape[1], mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20)
   start = int(jax.device_get(state["step"]))
-  writer = MetricsWriter(workdir, enabled=is_main)
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)
   bar = tqdm(total=tc.num_steps, initial=start, disable=not (tc.progress and is_main), unit="step",
              dynamic_ncols=True, desc=config.stage)
   acc: dict[str, float] = {}
@@ -137,10 +132,9 @@ def train(config, workdir: str) -> dict:
   final = validate(config, parts, state["params"], tc.num_steps)
   writer.write(tc.num_steps, final)
   last.update(final)
-  if is_main:
-    export(workdir, parts, state["params"])
-    if os.path.exists(writer.path):
-      plot_curves(writer.path, os.path.join(workdir, "training_curves.png"))
+  export(workdir, parts, gather_to_host(state["params"]))  # collective: every process joins
+  if is_main and os.path.exists(writer.path):
+    plot_curves(writer.path, os.path.join(workdir, "training_curves.png"))
   writer.close()
   return last
 
@@ -155,8 +149,17 @@ def validate(config, parts: RunParts, params, step: int) -> dict[str, float]:
   return out
 
 
-def export(workdir: str, parts: RunParts, params) -> None:
-  """Params-only export + tokenizer + model config: what evaluation, stage 2 and HF export read."""
+def gather_to_host(params):
+  """Host numpy copy of (possibly multi-host sharded) params; a collective when there are several processes."""
+  if jax.process_count() == 1:
+    return jax.device_get(params)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(params, tiled=True)
+
+
+def export(workdir: str, parts: RunParts, host_params) -> None:
+  """Params-only export + tokenizer + model config: what evaluation, stage 2 and HF export read.
+
+  Every process calls it (orbax saves collectively); only process 0 writes files."""
   from calrec_jax.model.loading import save_converted
-  host = jax.device_get(params)
-  save_converted(os.path.join(workdir, "export"), parts.model_cfg, host, parts.tokenizer)
+  save_converted(os.path.join(workdir, "export"), parts.model_cfg, host_params, parts.tokenizer)

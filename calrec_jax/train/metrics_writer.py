@@ -14,12 +14,32 @@ from tensorboardX import SummaryWriter  # noqa: E402
 class MetricsWriter:
   """Writes on process 0 only; `write(step, {'train/loss': ..})`."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+      self._truncate_after(resume_step)
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def _truncate_after(self, step: int) -> None:
+    """Drop rows past the restored step (a killed run logged them; the resumed run logs them again) and a
+    partially written last line."""
+    if not os.path.exists(self.path):
+      return
+    kept = []
+    with open(self.path, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if row.get("step", 0) <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = self.path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:

@@ -36,6 +36,20 @@ def example_spec(dc) -> ExampleSpec:
                      attributes=tuple(sources.split_names(dc.attributes)))
 
 
+def _from_process_zero(tok: Tokenizer) -> Tokenizer:
+  """Multi-host: every process uses process 0's trained tokenizer (training is not bit-for-bit reproducible)."""
+  import jax
+  if jax.process_count() == 1:
+    return tok
+  import numpy as np
+  from jax.experimental import multihost_utils
+  proto = np.frombuffer(tok.proto, np.uint8)
+  n = int(multihost_utils.broadcast_one_to_all(np.int64(len(proto))))
+  buf = np.zeros(n, np.uint8)
+  buf[:min(n, len(proto))] = proto[:n]
+  return Tokenizer(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))), "process 0's trained tokenizer")
+
+
 def build(config, workdir: str, categories: list[CategoryData] | None = None) -> RunParts:
   """Data -> tokenizer (pretrained, saved in workdir, given, or trained) -> model config -> model."""
   cats = categories if categories is not None else sources.load_categories(config.data)
@@ -53,10 +67,15 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
     tok = Tokenizer.load(saved_tok)
   elif tok is None and config.ckpt.init_from and os.path.exists(os.path.join(config.ckpt.init_from, "tokenizer.model")):
     tok = Tokenizer.load(os.path.join(config.ckpt.init_from, "tokenizer.model"))
+  if tok is None and config.model.pretrained:
+    from calrec_jax.errors import ConfigError
+    raise ConfigError(f"model.pretrained={config.model.pretrained!r} has no SentencePiece tokenizer (GPT-2 byte-level "
+                      "BPE vocabularies such as SmolLM2 / Llama 3 load as weights only); set tokenizer.path to the "
+                      "SentencePiece model that matches its vocabulary, or use a Gemma checkpoint")
   if tok is None:
     texts = [render_item(a, spec.attributes) for c in cats for a in c.catalog.attributes]
     texts.append("\n".join([PROMPT_HEADER, FIRST_ITEM, NEXT_ITEM]))
-    tok = train_tokenizer(texts, config.tokenizer.vocab_size)
+    tok = _from_process_zero(train_tokenizer(texts, config.tokenizer.vocab_size))
     log.info("trained a SentencePiece tokenizer on %d item texts (vocabulary %d)", len(texts), tok.vocab_size)
   if cfg is None:
     if os.path.exists(saved_cfg):

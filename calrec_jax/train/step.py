@@ -108,6 +108,12 @@ def state_shardings(model: TwoTower, tx, mesh: Mesh, batch_shapes, rules=shd.DEF
   return shardings, nn.meta.unbox(abstract)
 
 
+def params_shardings(model: TwoTower, mesh: Mesh, batch_shapes, rules=shd.DEFAULT_RULES) -> tuple[Any, Any]:
+  """(NamedSharding tree, abstract tree) of the params alone (evaluation, export)."""
+  abstract = jax.eval_shape(lambda r: _init_variables(model, r, batch_shapes), jax.random.PRNGKey(0))
+  return shd.shardings_from_boxed(abstract, mesh, rules), nn.meta.unbox(abstract)
+
+
 def init_state(model: TwoTower, tx, mesh: Mesh, batch_shapes, seed: int, state_sharding,
                params: Any | None = None) -> State:
   """Sharded init: every array is created directly with its sharding (jit out_shardings).
