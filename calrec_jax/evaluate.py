@@ -8,13 +8,8 @@ metrics.md and per-user rankings_{bm25,dense}.jsonl to <workdir>/eval (eval_step
 """
 from __future__ import annotations
 
-import logging
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
-
-from calrec_jax.errors import CalrecError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The config the workdir was trained with (configs/*.py[:arg]); "
@@ -28,17 +23,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv) -> None:
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "jax._src", "orbax"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  from calrec_jax.config_check import validate_config
-  from calrec_jax.runner import evaluate_workdir
-  try:
-    validate_config(FLAGS.config)
-    evaluate_workdir(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step, FLAGS.output)
-  except CalrecError as e:
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+  from calrec_jax.runner import evaluate_workdir, run_configured
+  run_configured(FLAGS.config, lambda: evaluate_workdir(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step,
+                                                        FLAGS.output))
 
 
 def run() -> None:

@@ -5,13 +5,8 @@
 """
 from __future__ import annotations
 
-import logging
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
-
-from calrec_jax.errors import CalrecError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]); override keys with "
@@ -26,18 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv) -> None:
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  from calrec_jax.config_check import validate_config
-  from calrec_jax.runner import maybe_init_distributed, run_mode
-  try:
-    validate_config(FLAGS.config)
-    maybe_init_distributed(FLAGS.config)
-    run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir)
-  except CalrecError as e:
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+  from calrec_jax.runner import run_configured, run_mode
+  run_configured(FLAGS.config, lambda: run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
 
 
 def run() -> None:

@@ -10,6 +10,24 @@ import jax
 log = logging.getLogger(__name__)
 
 
+def run_configured(config, action) -> None:
+  """The shared body of the absl commands: logging, config validation, multi-host join, then `action()`;
+  a CalrecError ends the command with its message (exit status 1) instead of a traceback."""
+  import sys
+  from calrec_jax.config_check import validate_config
+  from calrec_jax.errors import CalrecError
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    validate_config(config)
+    maybe_init_distributed(config)
+    action()
+  except CalrecError as e:
+    log.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
 def maybe_init_distributed(config) -> None:
   """Join a multi-host run (TPU pods detect everything; elsewhere give coordinator, count and id)."""
   mh = config.multihost

@@ -3,7 +3,6 @@ import gzip
 import json
 import os
 
-import numpy as np
 import pytest
 
 from calrec_jax.data import amazon_raw, recbole, records

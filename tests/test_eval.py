@@ -148,3 +148,32 @@ def test_merge_ignores_empty_and_unmatched_generations():
   # generation 1 matches nothing (all scores 0); generation 2 retrieves only item 5
   assert merge_generations(["a b", "zzz", "c"], ranked, scores, 10) == [3, 5, 1, 2]
   assert merge_generations(["", "  ", "zzz"], ranked, np.zeros((3, 3)), 10) == []
+
+
+def test_bm25_top_k_orders_by_score_then_document_index():
+  docs = [["red", "pen"], ["red", "pen"], ["blue", "pen"], ["red"], ["green", "ink"], ["red", "pen"]]
+  index = BM25Index(docs)
+  queries = [["red", "pen"], ["ink"], ["nothing"], []]
+  ids, scores = index.top_k(queries, 4)
+  full = index.scores(queries)
+  for q in range(len(queries)):
+    expect = sorted(range(len(docs)), key=lambda d: (-full[q, d], d))[:4]
+    assert ids[q].tolist() == expect
+    np.testing.assert_array_equal(scores[q], full[q, expect])
+  assert ids[0][:3].tolist() == [0, 1, 5]  # equal scores: lower index first
+  assert index.top_k([["red"]], 50)[0].shape == (1, len(docs))
+
+
+@pytest.mark.parametrize("top_k,top_p,allowed", [(2, 1.0, [0, 1]), (0, 0.5, [0, 1]), (3, 0.35, [0]), (0, 1.0, [0, 1, 2, 3])])
+def test_sample_token_draws_from_the_filtered_distribution(top_k, top_p, allowed):
+  import jax
+  import jax.numpy as jnp
+  from calrec_jax.eval.generate import sample_token
+  probs = np.asarray([0.4, 0.3, 0.2, 0.1])
+  logits = jnp.asarray(np.log(probs)[[3, 0, 2, 1]][None].repeat(20000, 0))  # shuffled token order
+  order = [1, 3, 2, 0]  # token ids of probs[0..3]
+  toks = np.asarray(sample_token(logits, jax.random.PRNGKey(0), 1.0, top_k, top_p))
+  counts = np.bincount(toks, minlength=4)[order] / len(toks)
+  expect = np.zeros(4)
+  expect[allowed] = probs[allowed] / probs[allowed].sum()
+  np.testing.assert_allclose(counts, expect, atol=0.015)

@@ -76,3 +76,26 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     np.testing.assert_allclose(x, y, atol=1e-6)
   assert os.path.exists(tmp_path / "full" / "training_curves.png")
   assert os.listdir(tmp_path / "full" / "tensorboard")
+
+
+def test_evaluate_a_named_checkpoint_and_reject_a_mismatched_config(tmp_path):
+  from calrec_jax.errors import CheckpointError
+  from calrec_jax.runner import evaluate_workdir
+  from calrec_jax.train.loop import train
+  wd = str(tmp_path / "run")
+  train(smoke_config(4, 2), wd)
+  c = smoke_config(4, 2)
+  c.eval.max_users, c.eval.num_samples, c.eval.max_new_tokens, c.eval.beam_search = 6, 2, 12, True
+  results = evaluate_workdir(c, wd, split="valid", step=2)
+  out = tmp_path / "run" / "eval_step2"
+  saved = json.load(open(out / "metrics.json"))
+  assert saved["split"] == "valid" and saved["bm25"]["users"] == saved["dense"]["users"] == 6
+  assert saved["bm25"] == pytest.approx(results["bm25"])
+  rows = [json.loads(x) for x in open(out / "rankings_bm25.jsonl")]
+  assert len(rows) == 6 and all(len(r["generations"]) == 2 for r in rows)
+  assert (out / "metrics.md").read_text().count("| CALRec") == 2
+  with pytest.raises(CheckpointError, match="no checkpoint at step 3"):
+    evaluate_workdir(c, wd, step=3)
+  c.model.projection_dim = 16  # a model with a projection head the checkpoint does not have
+  with pytest.raises(CheckpointError, match="missing.*proj"):
+    evaluate_workdir(c, wd)

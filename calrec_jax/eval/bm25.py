@@ -2,7 +2,8 @@
 
 rank-bm25: idf(t) = ln(N - df + 0.5) - ln(df + 0.5); a negative idf is replaced by epsilon * mean(idf);
 score(q, d) = sum over query tokens (repeats count) of idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * |d| / avgdl)).
-Here the per-(term, doc) weights are precomputed once, so a batch of queries costs one CSR product.
+Here the per-(term, doc) weights are precomputed once as a CSR [V, N] matrix; a query's scores are the sum of its
+tokens' rows (one bincount), and top-k selection partitions before sorting.
 """
 from __future__ import annotations
 
@@ -52,26 +53,36 @@ class BM25Index:
   def from_texts(cls, texts: list[str], **kw) -> "BM25Index":
     return cls([tokenize(t) for t in texts], **kw)
 
-  def _query_matrix(self, queries: list[list[str]]) -> sp.csr_matrix:
-    rows, cols = [], []
-    for q, toks in enumerate(queries):
-      for t in toks:
-        j = self.vocab.get(t)
-        if j is not None:
-          rows.append(q)
-          cols.append(j)
-    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(queries), len(self.vocab)))
+  def _score_row(self, tokens: list[str]) -> np.ndarray:
+    """[N] scores of one query: the weight rows of its tokens (repeats count) summed with one bincount."""
+    w = self.weights
+    rows = [self.vocab[t] for t in tokens if t in self.vocab]
+    if not rows:
+      return np.zeros(self.num_docs)
+    starts, ends = w.indptr[rows], w.indptr[np.asarray(rows) + 1]
+    idx = np.concatenate([w.indices[a:b] for a, b in zip(starts, ends)])
+    val = np.concatenate([w.data[a:b] for a, b in zip(starts, ends)])
+    return np.bincount(idx, weights=val, minlength=self.num_docs)
 
   def scores(self, queries: list[list[str]]) -> np.ndarray:
     """[Q, N] scores of tokenised queries against every document."""
-    return np.asarray((self._query_matrix(queries) @ self.weights).todense())
+    return np.stack([self._score_row(q) for q in queries]) if queries else np.zeros((0, self.num_docs))
 
   def top_k(self, queries: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """(doc indices [Q, k], scores [Q, k]) by score, ties broken by lower doc index."""
-    s = self.scores(queries)
     k = min(k, self.num_docs)
-    order = np.lexsort((np.broadcast_to(np.arange(self.num_docs), s.shape), -s), axis=-1)[:, :k]
-    return order, np.take_along_axis(s, order, axis=-1)
+    ids = np.zeros((len(queries), k), np.int64)
+    out = np.zeros((len(queries), k))
+    for i, q in enumerate(queries):
+      s = self._score_row(q)
+      if k < self.num_docs:  # every doc scoring at least the k-th best, then an exact (score, index) sort
+        kth = np.partition(s, self.num_docs - k)[self.num_docs - k]
+        cand = np.flatnonzero(s >= kth)
+      else:
+        cand = np.arange(self.num_docs)
+      order = cand[np.lexsort((cand, -s[cand]))][:k]
+      ids[i], out[i] = order, s[order]
+    return ids, out
 
   def save(self, path: str) -> None:
     sp.save_npz(path + ".weights.npz", self.weights)

@@ -126,6 +126,23 @@ def evaluate_dense(config, parts, params, rows, cat: int, item_emb: np.ndarray |
   return ranking_metrics(ranks, ks), records
 
 
+def evaluate_popularity(config, parts, rows, cat: int) -> tuple[dict, list]:
+  """Baseline: items ranked by their count in the training sequences (history items excluded as configured)."""
+  ec = config.eval
+  ks = [int(k) for k in split_names(ec.ks)]
+  counts = np.zeros(len(parts.categories[cat].catalog))
+  for seq in parts.categories[cat].sequences:
+    np.add.at(counts, np.asarray(seq[:-2], np.int64), 1)  # training part: without the valid and test items
+  order = np.argsort(-counts, kind="stable")
+  ranks, records = [], []
+  for user, hist, target in rows:
+    seen = set(hist) if ec.exclude_history else set()
+    top = [int(i) for i in order[:max(ks) + len(seen)] if int(i) not in seen][:max(ks)]
+    ranks.append(rank_of(target, top))
+    records.append({"user": parts.categories[cat].user_ids[user], "target": int(target), "rank": ranks[-1]})
+  return ranking_metrics(ranks, ks), records
+
+
 def run_evaluation(config, parts, params, out_dir: str, split: str | None = None, params_source: str = "params"
                    ) -> dict[str, dict]:
   """Evaluate BM25 (and dense) retrieval on the eval category; writes metrics.json, metrics.md, records.
@@ -162,7 +179,9 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump({"category": parts.categories[cat].name, "split": split, **results}, f, indent=1)
-  table = markdown_table({f"CALRec ({m})": r for m, r in results.items()})
+  results["popularity"], records["popularity"] = evaluate_popularity(config, parts, rows, cat)
+  table = markdown_table({("Popularity (baseline)" if m == "popularity" else f"CALRec ({m})"): r
+                          for m, r in results.items()})
   with open(os.path.join(out_dir, "metrics.md"), "w", encoding="utf-8") as f:
     f.write(f"{parts.categories[cat].name}, {split} split\n\n{table}\n")
   for method, recs in records.items():

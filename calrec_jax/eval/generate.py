@@ -13,18 +13,34 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from calrec_jax.model.decoder import Decoder, init_cache
 
 
-def _filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
-  """Keep the top-k logits and/or the smallest set whose probability reaches top_p; [B, V] float32."""
+def _top_p_mask(sorted_logits: jax.Array, top_p: float) -> jax.Array:
+  """sorted_logits [B, K] descending -> the same with everything past the top_p nucleus at -inf."""
+  cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+  keep = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < top_p  # the token that crosses top_p is kept
+  return jnp.where(keep, sorted_logits, -jnp.inf)
+
+
+def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+  """One token per row of logits [B, V]: greedy at temperature 0, else sampled after top-k / top-p filtering.
+
+  With top-k, only the k candidates are filtered and sampled (no pass over the whole vocabulary after
+  `lax.top_k`), which is most of the cost of a decode step on CPU for 262k-token vocabularies.
+  """
+  if temperature == 0.0:
+    return jnp.argmax(logits, -1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / temperature
   if top_k:
-    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
+    vals, idx = jax.lax.top_k(logits, top_k)  # [B, k] descending
+    if top_p < 1.0:
+      vals = _top_p_mask(vals, top_p)
+    choice = jax.random.categorical(key, vals, axis=-1)
+    return jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
   if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    cutoff_idx = jnp.sum(cum < top_p, axis=-1, keepdims=True)
-    cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
-    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-  return logits
+    order = jnp.argsort(-logits, axis=-1)
+    vals = _top_p_mask(jnp.take_along_axis(logits, order, axis=-1), top_p)
+    choice = jax.random.categorical(key, vals, axis=-1)
+    return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "temperature", "top_k", "top_p"))
@@ -40,12 +56,6 @@ def _generate(decoder: Decoder, params, tokens, prompt_mask, stop_ids, rng, max_
   last = decoder.apply({"params": params}, hidden[:, -1], method=Decoder.logits)  # [B, V]
   next_pos = positions[:, -1] + 1
 
-  def pick(logits, key):
-    if temperature == 0.0:
-      return jnp.argmax(logits, -1).astype(jnp.int32)
-    logits = _filter_logits(logits / temperature, top_k, top_p)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
-
   def cond(carry):
     t, _, _, _, done, _, _ = carry
     return (t < max_new_tokens) & ~jnp.all(done)
@@ -53,7 +63,7 @@ def _generate(decoder: Decoder, params, tokens, prompt_mask, stop_ids, rng, max_
   def body(carry):
     t, logits, cache, pos, done, out, key = carry
     key, sub = jax.random.split(key)
-    tok = jnp.where(done, cfg.pad_id, pick(logits, sub))
+    tok = jnp.where(done, cfg.pad_id, sample_token(logits, sub, temperature, top_k, top_p))
     out = out.at[:, t].set(tok)
     done = done | jnp.isin(tok, stop_ids)
     h, cache = decoder.apply({"params": params}, tok[:, None], pos[:, None], key_mask, cache, p + t)

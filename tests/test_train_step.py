@@ -1,0 +1,146 @@
+"""The fused train step on a tiny two-tower model: against a plain reference, bf16 compute, gradient
+accumulation, both optimizers, the non-finite guard, and mismatched checkpoints."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from calrec_jax.data.iterators import MixtureIterator
+from calrec_jax.model.config import preset
+from calrec_jax.model.decoder import Decoder
+from calrec_jax.train import optim
+from calrec_jax.train import sharding as shd
+from calrec_jax.train import step as step_lib
+from calrec_jax.train.two_tower import TwoTower
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_parts):
+  _, tok, enc = synthetic_parts
+  batch = next(MixtureIterator(enc, 8, seed=0))
+  batch["target_id"][1] = batch["target_id"][0]  # a duplicate target: must not be a negative
+  batch["example_weight"][-1] = 0.0                 # a padding row
+  cfg = preset("tiny", vocab_size=512, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  model = TwoTower(cfg)
+  params = jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(
+      model, r, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()})))(jax.random.PRNGKey(0))
+  return cfg, model, params, {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def plain_loss(cfg, params, b, temperature=0.05, w=(1.0, 0.5, 0.5)):
+  """The CALRec loss written directly: full-vocabulary logits, explicit masks, no chunking."""
+  dec = Decoder(cfg)
+  p = params["decoder"]
+  joint, _ = dec.apply({"params": p}, b["tokens"], b["positions"], b["input_mask"])
+  item, _ = dec.apply({"params": p}, b["item_tokens"], b["item_positions"], b["item_mask"])
+  logits = dec.apply({"params": p}, joint, method=Decoder.logits)  # [B, T, V]
+  logp = jax.nn.log_softmax(jnp.take_along_axis(logits, b["lm_positions"][..., None], 1), -1)  # [B, Lt, V]
+  nll = -jnp.take_along_axis(logp, b["lm_labels"][..., None], -1)[..., 0]
+  lw = b["lm_weights"] * b["example_weight"][:, None]
+  nig = (nll * lw).sum() / lw.sum()
+
+  def pool(h, m):
+    v = (h * m[..., None]).sum(1) / m.sum(1, keepdims=True).clip(1)
+    return v / jnp.linalg.norm(v, axis=-1, keepdims=True).clip(1e-6)
+  v_u, v_tu, v_t = pool(joint, b["history_mask"]), pool(joint, b["target_mask"]), pool(item, b["item_text_mask"])
+  valid = b["example_weight"] > 0
+  n = len(valid)
+
+  def nce(q, k):
+    total = 0.0
+    for i in range(n):
+      if not valid[i]:
+        continue
+      neg = [j for j in range(n) if valid[j] and (j == i or b["target_id"][j] != b["target_id"][i])]
+      s = jnp.stack([q[i] @ k[j] for j in neg]) / temperature
+      total = total - (s[neg.index(i)] - jax.nn.logsumexp(s))
+    return total / valid.sum()
+  return w[0] * nig + w[1] * nce(v_tu, v_t) + w[2] * nce(v_u, v_t)
+
+
+def test_fused_loss_equals_plain_reference_values_and_grads(setup):
+  cfg, model, params, b = setup
+  lc = step_lib.LossConfig(vocab_chunk=100)  # several chunks, the last one partial
+  fused = lambda p: step_lib.calrec_loss(model, p, b, lc)[0]  # noqa: E731
+  plain = lambda p: plain_loss(cfg, p, b)  # noqa: E731
+  np.testing.assert_allclose(fused(params), plain(params), rtol=1e-5)
+  g_fused, g_plain = jax.grad(fused)(params), jax.grad(plain)(params)
+  for a, c in zip(jax.tree_util.tree_leaves(g_fused), jax.tree_util.tree_leaves(g_plain)):
+    np.testing.assert_allclose(a, c, atol=2e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_loss(setup):
+  cfg, model, params, b = setup
+  lc = step_lib.LossConfig()
+  bf = TwoTower(cfg, dtype=jnp.bfloat16)
+  l32, m32 = step_lib.calrec_loss(model, params, b, lc)
+  l16, m16 = jax.jit(lambda p: step_lib.calrec_loss(bf, p, b, lc))(params)
+  assert l16.dtype == jnp.float32  # loss and softmax in float32
+  assert abs(float(l16) - float(l32)) < 0.05 * abs(float(l32))
+  grads = jax.grad(lambda p: step_lib.calrec_loss(bf, p, b, lc)[0])(params)
+  assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
+
+
+def state_of(model, params, tx):
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def test_gradient_accumulation_averages_microbatch_gradients(setup):
+  _, model, params, b = setup
+  lc = step_lib.LossConfig()
+  tx = optax.sgd(1.0)  # update = -gradient, so new params expose the accumulated gradient
+  new, metrics = jax.jit(step_lib.make_train_step(model, tx, lc, grad_accum=2))(state_of(model, params, tx), b)
+  halves = [jax.tree_util.tree_map(lambda x: x[i * 4:(i + 1) * 4], b) for i in range(2)]
+  grads = [jax.grad(lambda p: step_lib.calrec_loss(model, p, h, lc)[0])(params) for h in halves]
+  mean = jax.tree_util.tree_map(lambda a, c: (a + c) / 2, *grads)
+  for p_new, p_old, g in zip(*(jax.tree_util.tree_leaves(t) for t in (new["params"], params, mean))):
+    np.testing.assert_allclose(p_old - p_new, g, atol=1e-5)
+  losses = [float(step_lib.calrec_loss(model, params, h, lc)[0]) for h in halves]
+  np.testing.assert_allclose(float(metrics["loss"]), np.mean(losses), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_optimizers_lower_the_loss_on_a_fixed_batch(setup, name):
+  _, model, params, b = setup
+  c = ml_collections.ConfigDict(dict(name=name, learning_rate=3e-3, schedule="cosine", warmup_steps=2,
+                                     final_lr_fraction=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
+                                     grad_clip_norm=1.0, grad_accum=1))
+  tx = optim.make_optimizer(c, 12)
+  step = jax.jit(step_lib.make_train_step(model, tx, step_lib.LossConfig()))
+  state = state_of(model, params, tx)
+  losses = []
+  for _ in range(12):
+    state, m = step(state, b)
+    losses.append(float(m["loss"]))
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_non_finite_loss_leaves_params_unchanged(setup):
+  _, model, params, b = setup
+  tx = optax.adamw(1e-3)
+  bad = dict(b, lm_weights=b["lm_weights"].at[0, 0].set(jnp.nan))
+  new, m = jax.jit(step_lib.make_train_step(model, tx, step_lib.LossConfig()))(state_of(model, params, tx), bad)
+  assert int(m["skipped"]) == 1
+  for a, c in zip(jax.tree_util.tree_leaves(new["params"]), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(a, c)
+
+
+def test_params_of_another_model_are_named_in_the_error(setup, tmp_path):
+  from calrec_jax.errors import CheckpointError
+  from calrec_jax.train.checkpoint import check_params, load_params, save_params
+  cfg, model, params, b = setup
+  _, abstract = step_lib.params_shardings(model, shd.make_mesh(), {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+                                                                  for k, v in b.items()})
+  check_params(params, abstract, "ok")  # the matching tree passes
+  other = TwoTower(preset("tiny", vocab_size=600))
+  _, other_abstract = step_lib.params_shardings(other, shd.make_mesh(), {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+                                                                         for k, v in b.items()})
+  save_params(str(tmp_path / "p"), jax.device_get(params))
+  with pytest.raises(CheckpointError, match=r"embedding.*\(512, 64\).*\(600, 64\)"):
+    check_params(load_params(str(tmp_path / "p")), other_abstract, str(tmp_path / "p"))
+  with pytest.raises(CheckpointError, match="missing"):
+    check_params({"decoder": {k: v for k, v in params["decoder"].items() if k != "final_norm"}}, abstract, "x")
+  with pytest.raises(CheckpointError, match="no params checkpoint"):
+    load_params(str(tmp_path / "absent"))
