@@ -163,6 +163,9 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
   check_params(params, abstract, params_source)
   params = jax.device_put(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), shardings)
   rows = eval_examples(parts.encoder, cat, split, config.eval.max_users, config.seed)
+  if not len(parts.categories[cat].catalog):
+    from calrec_jax.errors import DataError
+    raise DataError(f"category {parts.categories[cat].name!r} has an empty catalog: nothing to rank")
   if not rows:
     from calrec_jax.errors import DataError
     raise DataError(f"no {split} users in category {parts.categories[cat].name!r}")
