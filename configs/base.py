@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8
   o.weight_decay = 0.01
   o.grad_clip_norm = 1.0             # 0: off
-  o.grad_accum = 1                   # microbatches per step (batch_size must divide)
+  o.grad_accum = 1                   # microbatches per step: same gradient, less memory (batch_size must divide)
 
   c.train = tr = ml_collections.ConfigDict()
   tr.num_steps = 1000

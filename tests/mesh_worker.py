@@ -1,7 +1,7 @@
 """Run in a subprocess with 8 simulated CPU devices (XLA_FLAGS); prints JSON of sharded-vs-single differences.
 
-For each mesh shape: three train steps (losses, updated params) and sampled / beam generation, compared with the
-same computation on one device.
+For each mesh shape (and one with gradient accumulation): three train steps (losses, updated params) and sampled /
+beam generation, compared with the same computation on one device without accumulation.
 """
 import json
 import os
@@ -41,10 +41,11 @@ def main():
   shapes = step_lib.example_batch(16, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
   prompts = [enc.prompt_tokens(0, cats[0].sequences[u][:3])[0] for u in range(5)]
 
-  def run(mesh):
+  def run(mesh, grad_accum=1):
     state_sh, _ = step_lib.state_shardings(model, tx, mesh, shapes)
     state = step_lib.init_state(model, tx, mesh, shapes, 0, state_sh)
-    step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig()), mesh, state_sh)
+    step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig(), grad_accum), mesh,
+                                   state_sh)
     losses = []
     for b in batches:
       state, m = step(state, shd.global_batch(b, mesh))
@@ -58,13 +59,24 @@ def main():
 
   ref_losses, ref_params, ref_sampled, ref_beams, _ = run(shd.make_mesh(devices=jax.devices()[:1]))
   out = {"ref_losses": ref_losses}
-  for shape in SHAPES:
-    losses, params, sampled, beams, emb_sharding = run(shd.make_mesh(*shape))
+  for shape, grad_accum in [(s, 1) for s in SHAPES] + [((2, 2, 2), 2)]:
+    losses, params, sampled, beams, emb_sharding = run(shd.make_mesh(*shape), grad_accum)
     diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), params, ref_params))
-    out[str(shape)] = {"loss_diff": float(np.abs(np.asarray(losses) - ref_losses).max()), "param_diff": max(diffs),
+    out[str(shape) + (f" grad_accum={grad_accum}" if grad_accum > 1 else "")] = {"loss_diff": float(np.abs(np.asarray(losses) - ref_losses).max()), "param_diff": max(diffs),
                        "sampled_equal": sampled == ref_sampled, "beams_equal": beams == ref_beams,
                        "embedding_spec": str(emb_sharding.spec)}
+  out["activation_constraints"] = activation_constraints(model, tx, shapes, shd.make_mesh(2, 2, 2))
   print("RESULT " + json.dumps(out))
+
+
+def activation_constraints(model, tx, shapes, mesh) -> list[str]:
+  """The sharding constraints the lowered train step carries (the layers' logical activation names)."""
+  state_sh, abstract = step_lib.state_shardings(model, tx, mesh, shapes)
+  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+  step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig()), mesh, state_sh)
+  text = step.lower(abstract, shapes).as_text()
+  return sorted({line.split("<@mesh, ", 1)[1].split(">", 1)[0] for line in text.splitlines()
+                 if "sdy.sharding_constraint" in line})
 
 
 if __name__ == "__main__":

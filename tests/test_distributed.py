@@ -51,11 +51,14 @@ def test_mesh_shapes_equal_single_device():
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.split("RESULT ", 1)[1])
-  for shape in ["(8, 1, 1)", "(2, 4, 1)", "(2, 2, 2)"]:
+  for shape in ["(8, 1, 1)", "(2, 4, 1)", "(2, 2, 2)", "(2, 2, 2) grad_accum=2"]:
     r = result[shape]
     assert r["loss_diff"] < 1e-4 and r["param_diff"] < 1e-4, (shape, r)
     assert r["sampled_equal"] and r["beams_equal"], (shape, r)
   assert result["(2, 2, 2)"]["embedding_spec"] == "P('tensor', 'fsdp')"  # params really are sharded
+  constraints = result["activation_constraints"]  # activations are placed by the logical rules
+  assert '[{"data", "fsdp"}, {}, {}]' in constraints  # [batch, length, embed]
+  assert '[{"data", "fsdp"}, {}, {"tensor"}]' in constraints  # [batch, length, mlp]
 
 
 def test_two_processes_equal_one_process(tmp_path):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from calrec_jax.model.config import ModelConfig
 from calrec_jax.model.layers import Block, RMSNorm, _param
+from calrec_jax.model.partitioning import constrain
 
 Array = jax.Array
 
@@ -42,7 +43,7 @@ class Decoder(nn.Module):
     x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [B, T, D]
     if self.cfg.is_gemma:
       x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.dtype)
-    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     new_cache, key_pos = None, None
     if cache is not None:
       new_cache = []

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from calrec_jax.model.config import ModelConfig
+from calrec_jax.model.partitioning import constrain
 
 Array = jax.Array
 NEG_INF = -2.3819763e38  # finite: a row with no visible key gives a uniform softmax, never NaN
@@ -97,7 +98,7 @@ class Attention(nn.Module):
     inv_freq = rope_frequencies(cfg, self.local)
     q = apply_rope(q, positions, inv_freq)
     key = apply_rope(key, positions, inv_freq)
-    q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
+    q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
 
     new_cache = None
     key_pos = positions
@@ -137,7 +138,7 @@ class MLP(nn.Module):
     g = jnp.einsum("BTD,DF->BTF", x, gate.astype(self.dtype))
     g = jax.nn.gelu(g, approximate=True) if self.cfg.is_gemma else jax.nn.silu(g)
     hdn = g * jnp.einsum("BTD,DF->BTF", x, up.astype(self.dtype))
-    hdn = nn.with_logical_constraint(hdn, ("activation_batch", "activation_length", "activation_mlp"))
+    hdn = constrain(hdn, ("activation_batch", "activation_length", "activation_mlp"))
     return jnp.einsum("BTF,FD->BTD", hdn, down.astype(self.dtype))
 
 
@@ -161,5 +162,5 @@ class Block(nn.Module):
     if cfg.is_gemma:
       h = norm("post_mlp_norm")(h)
     x = x + h
-    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     return x, new_cache

@@ -11,10 +11,11 @@ Array = jax.Array
 
 
 def chunked_lm_loss(hidden: Array, out_embedding: Array, labels: Array, weights: Array, chunk: int,
-                    softcap: float = 0.0) -> tuple[Array, Array]:
+                    softcap: float = 0.0, denominator: Array | None = None) -> tuple[Array, Array]:
   """Mean token cross-entropy and token accuracy without materialising [B, L, V] logits.
 
   hidden: [B, L, D] at the positions that predict `labels` [B, L]; out_embedding: [V, D]; weights: [B, L].
+  `denominator` (default: the weight sum here) lets microbatches divide by the whole batch's weight sum.
   The vocabulary is scanned in chunks of `chunk` rows with an online logsumexp; each chunk is rematerialised
   in the backward pass, so memory is O(B * L * chunk).
   """
@@ -51,7 +52,7 @@ def chunked_lm_loss(hidden: Array, out_embedding: Array, labels: Array, weights:
   starts = jnp.arange(n_chunks, dtype=jnp.int32) * chunk
   (m, s, label_logit, _, best_id), _ = jax.lax.scan(body, init, (w, starts))
   nll = m + jnp.log(s) - label_logit  # [B, L]
-  denom = jnp.maximum(weights.sum(), 1.0)
+  denom = jnp.maximum(weights.sum() if denominator is None else denominator, 1.0)
   loss = (nll * weights).sum() / denom
   acc = ((best_id == labels) * weights).sum() / denom
   return loss, acc

@@ -9,6 +9,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from calrec_jax.errors import ConfigError
+from calrec_jax.model.partitioning import logical_spec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -43,31 +44,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
-def _mesh_axes_for(names: tuple, shape: tuple[int, ...], mesh: Mesh, rules) -> P:
-  """Logical names of one array -> PartitionSpec; a mesh axis is dropped where the dim is not divisible."""
-  table = dict(rules)
-  used: set[str] = set()
-  out = []
-  for name, dim in zip(names, shape):
-    axes = table.get(name) if name is not None else None
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    keep = []
-    for ax in axes:
-      size = mesh.shape[ax]
-      if ax in used or size == 1:
-        continue
-      if dim % int(np.prod([mesh.shape[a] for a in keep + [ax]])) == 0:
-        keep.append(ax)
-    used.update(keep)
-    out.append(tuple(keep) if len(keep) > 1 else (keep[0] if keep else None))
-  return P(*out)
-
-
 def shardings_from_boxed(abstract_boxed: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
   """A tree of NamedSharding for a tree whose leaves may be nn.LogicallyPartitioned (from eval_shape)."""
   def one(x):
     if isinstance(x, nn.LogicallyPartitioned):
-      return NamedSharding(mesh, _mesh_axes_for(tuple(x.names), x.value.shape, mesh, rules))
+      return NamedSharding(mesh, logical_spec(tuple(x.names), x.value.shape, mesh, rules))
     return NamedSharding(mesh, P())
   return jax.tree_util.tree_map(one, abstract_boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 

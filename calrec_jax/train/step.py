@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from calrec_jax.model.partitioning import activation_sharding, constrain
 from calrec_jax.train import sharding as shd
 from calrec_jax.train.losses import chunked_lm_loss, info_nce
 from calrec_jax.train.two_tower import TwoTower
@@ -27,46 +28,100 @@ class LossConfig:
   vocab_chunk: int = 16_384
 
 
+def contrastive_loss(v_u: jax.Array, v_tu: jax.Array, v_t: jax.Array, target_id: jax.Array, valid: jax.Array,
+                     lc: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """w_tt * InfoNCE(v_T|U, v_T) + w_ut * InfoNCE(v_U, v_T) over all rows given ([B, E] each)."""
+  tt, tt_acc = info_nce(v_tu, v_t, target_id, valid, lc.temperature, lc.symmetric)
+  ut, ut_acc = info_nce(v_u, v_t, target_id, valid, lc.temperature, lc.symmetric)
+  return lc.w_tt * tt + lc.w_ut * ut, {"loss_tt": tt, "loss_ut": ut, "acc_tt": tt_acc, "acc_ut": ut_acc}
+
+
+def _lm_weights(batch: dict[str, jax.Array]) -> jax.Array:
+  return batch["lm_weights"] * batch["example_weight"][:, None]  # [B, Lt]
+
+
+def _lm_loss(model: TwoTower, params, out: dict, batch: dict, lc: LossConfig, denominator=None):
+  w_out = model.apply({"params": params}, method=TwoTower.output_embedding)
+  return chunked_lm_loss(out["lm_hidden"], w_out, batch["lm_labels"], _lm_weights(batch), lc.vocab_chunk,
+                         model.cfg.final_logit_softcap, denominator)
+
+
+def _tokens(batch: dict[str, jax.Array]) -> jax.Array:
+  return batch["input_mask"].sum() + batch["item_mask"].sum()
+
+
 def calrec_loss(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossConfig
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Fused loss of one (micro)batch and its metrics."""
+  """Fused loss of one batch and its metrics."""
   out = model.apply({"params": params}, batch)
-  w_out = model.apply({"params": params}, method=TwoTower.output_embedding)
-  valid = batch["example_weight"] > 0
-  lm_w = batch["lm_weights"] * batch["example_weight"][:, None]
-  nig, nig_acc = chunked_lm_loss(out["lm_hidden"], w_out, batch["lm_labels"], lm_w, lc.vocab_chunk,
-                                 model.cfg.final_logit_softcap)
-  tt, tt_acc = info_nce(out["v_t_given_u"], out["v_t"], batch["target_id"], valid, lc.temperature, lc.symmetric)
-  ut, ut_acc = info_nce(out["v_u"], out["v_t"], batch["target_id"], valid, lc.temperature, lc.symmetric)
-  loss = lc.w_nig * nig + lc.w_tt * tt + lc.w_ut * ut
-  metrics = {"loss": loss, "loss_nig": nig, "loss_tt": tt, "loss_ut": ut, "acc_nig": nig_acc,
-             "acc_tt": tt_acc, "acc_ut": ut_acc, "tokens": batch["input_mask"].sum() + batch["item_mask"].sum()}
-  return loss, metrics
+  nig, nig_acc = _lm_loss(model, params, out, batch, lc)
+  con, con_metrics = contrastive_loss(out["v_u"], out["v_t_given_u"], out["v_t"], batch["target_id"],
+                                      batch["example_weight"] > 0, lc)
+  loss = lc.w_nig * nig + con
+  return loss, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch)}
+
+
+def split_microbatches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
+  """[B, ...] -> [n, B/n, ...]; microbatch a holds rows a, a+n, a+2n, ... so that every device keeps an
+  equal share of every microbatch when the batch dim is sharded in contiguous blocks."""
+  return jax.tree_util.tree_map(lambda x: x.reshape(-1, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossConfig, n: int
+                           ) -> tuple[Any, dict[str, jax.Array]]:
+  """Gradient of the whole-batch loss computed `n` microbatches at a time (gradient caching).
+
+  The contrastive terms still see the WHOLE batch as negatives: a first pass (no gradient) embeds every
+  microbatch; the InfoNCE losses and their gradients with respect to the [B, E] embeddings are computed once;
+  a second pass backpropagates, per microbatch, its LM loss plus <embeddings, cached embedding gradients>.
+  The result equals the single-pass gradient (the model is deterministic) for one extra forward pass, with
+  activation memory of one microbatch.
+  """
+  micro = jax.tree_util.tree_map(lambda x: constrain(x, (None, "activation_batch") + (None,) * (x.ndim - 2)),
+                                 split_microbatches(batch, n))  # [n, B/n, ...]
+
+  def embed(carry, mb):
+    out = model.apply({"params": params}, mb)
+    return carry, {k: out[k] for k in ("v_u", "v_t_given_u", "v_t")}  # [B/n, E] each
+  _, embs = jax.lax.scan(embed, None, micro)  # [n, B/n, E] each
+  flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [n, B/n, ...] -> [B, ...] in microbatch order
+  valid = flat(micro["example_weight"]) > 0
+  (con, con_metrics), d_embs = jax.value_and_grad(
+      lambda e: contrastive_loss(flat(e["v_u"]), flat(e["v_t_given_u"]), flat(e["v_t"]),
+                                 flat(micro["target_id"]), valid, lc), has_aux=True)(embs)
+  lm_total = _lm_weights(batch).sum()
+
+  def surrogate(p, mb, d_emb):
+    out = model.apply({"params": p}, mb)
+    nig, nig_acc = _lm_loss(model, p, out, mb, lc, lm_total)  # this microbatch's share of the batch mean
+    dot = sum((out[k] * d_emb[k]).sum() for k in d_emb)
+    return lc.w_nig * nig + dot, (nig, nig_acc)
+
+  def body(acc, xs):
+    mb, d_emb = xs
+    (_, aux), g = jax.value_and_grad(surrogate, has_aux=True)(params, mb, d_emb)
+    return jax.tree_util.tree_map(jnp.add, acc, (g, aux)), None
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, (params, (jnp.zeros(()), jnp.zeros(()))))
+  (grads, (nig, nig_acc)), _ = jax.lax.scan(body, zeros, (micro, d_embs))
+  loss = lc.w_nig * nig + con
+  return grads, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch)}
 
 
 def make_train_step(model: TwoTower, tx: optax.GradientTransformation, lc: LossConfig, grad_accum: int = 1
                     ) -> Callable[[State, dict], tuple[State, dict]]:
-  """Pure `train_step(state, batch) -> (state, metrics)`; a non-finite loss or gradient leaves params unchanged."""
+  """Pure `train_step(state, batch) -> (state, metrics)`; a non-finite loss or gradient leaves params unchanged.
 
-  def grads_of(params, batch):
-    (_, metrics), grads = jax.value_and_grad(lambda p: calrec_loss(model, p, batch, lc), has_aux=True)(params)
-    return grads, metrics
+  With grad_accum > 1 the batch is processed in microbatches and the gradient is still that of the whole
+  batch (see `accumulated_loss_grads`).
+  """
 
   def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
     params = state["params"]
     if grad_accum == 1:
-      grads, metrics = grads_of(params, batch)
-    else:  # microbatches [A, B/A, ...]; contrastive negatives come from each microbatch
-      micro = jax.tree_util.tree_map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
-
-      def body(acc, mb):
-        g, m = grads_of(params, mb)
-        return jax.tree_util.tree_map(jnp.add, acc, (g, m)), None
-      zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grads_of, params,
-                                                                    jax.tree_util.tree_map(lambda x: x[0], micro)))
-      (grads, metrics), _ = jax.lax.scan(body, zeros, micro)
-      grads = jax.tree_util.tree_map(lambda g: g / grad_accum, grads)
-      metrics = {k: (v if k == "tokens" else v / grad_accum) for k, v in metrics.items()}
+      (_, metrics), grads = jax.value_and_grad(lambda p: calrec_loss(model, p, batch, lc), has_aux=True)(params)
+    else:
+      grads, metrics = accumulated_loss_grads(model, params, batch, lc, grad_accum)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -133,7 +188,12 @@ def init_state(model: TwoTower, tx, mesh: Mesh, batch_shapes, seed: int, state_s
   return jax.jit(with_params, out_shardings=state_sharding, donate_argnums=0)(params)
 
 
-def jit_train_step(step_fn, mesh: Mesh, state_sharding) -> Callable:
+def jit_train_step(step_fn, mesh: Mesh, state_sharding, rules=shd.DEFAULT_RULES) -> Callable:
+  """Jit with state/batch shardings, the state donated; activations are placed by `rules` while tracing."""
   batch_sh = shd.batch_sharding(mesh)
-  return jax.jit(step_fn, in_shardings=(state_sharding, batch_sh),
+
+  def traced(state, batch):
+    with activation_sharding(mesh, rules):
+      return step_fn(state, batch)
+  return jax.jit(traced, in_shardings=(state_sharding, batch_sh),
                  out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=0)
