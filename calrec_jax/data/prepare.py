@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--skip-malformed", action="store_true",
                  help="count and skip malformed lines instead of stopping at the first one (raw only)")
   p.add_argument("--min-sequence-length", type=int, default=3, help="drop shorter users after filtering")
-  p.add_argument("--manual-dir", default="", help="TFDS: folder with the raw files (else download)")
+  p.add_argument("--manual-dir", default="", help="TFDS: folder with the raw files (else download from the official URL, or from $CALREC_AMAZON2018_URL)")
   p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
   p.add_argument("--json", action="store_true", help="also print the statistics as JSON")
   return p.parse_args(argv)

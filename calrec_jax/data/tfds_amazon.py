@@ -1,7 +1,8 @@
 """A tensorflow_datasets builder for Amazon Review 2018: one config per category, array_record, no TensorFlow.
 
 Reads `<Category>.json.gz` (or `<Category>_5.json.gz`) and `meta_<Category>.json.gz` from `manual_dir`, or
-downloads them from the official location when online. One example per user (after dedup, title filter and
+downloads them from the official location when online (or from a mirror with the same layout, named by the
+environment variable CALREC_AMAZON2018_URL). One example per user (after dedup, title filter and
 k-core): the chronological items with their attributes. Read it back with `as_data_source()`:
 
     builder = AmazonReviews2018(config="Industrial_and_Scientific", data_dir=..., file_format="array_record")
@@ -19,6 +20,7 @@ from calrec_jax.data.amazon_raw import find_category_files, load_amazon_files
 from calrec_jax.data.records import Catalog, CategoryData, validate
 
 BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
+MIRROR_ENV = "CALREC_AMAZON2018_URL"
 CATEGORIES_2018 = (
     "AMAZON_FASHION", "All_Beauty", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Books",
     "CDs_and_Vinyl", "Cell_Phones_and_Accessories", "Clothing_Shoes_and_Jewelry", "Digital_Music",
@@ -27,6 +29,14 @@ CATEGORIES_2018 = (
     "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies", "Prime_Pantry", "Software",
     "Sports_and_Outdoors", "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games")
 ATTRS = ("title", "category", "brand", "price")
+
+
+def download_urls(category: str, five_core: bool = True, base_url: str | None = None) -> dict[str, str]:
+  """{'reviews', 'meta'} URLs of one category under the official layout (or a mirror of it)."""
+  base = (base_url or os.environ.get(MIRROR_ENV) or BASE_URL).rstrip("/")
+  reviews = f"{base}/categoryFilesSmall/{category}_5.json.gz" if five_core else \
+      f"{base}/categoryFiles/{category}.json.gz"
+  return {"reviews": reviews, "meta": f"{base}/metaFiles2/meta_{category}.json.gz"}
 
 
 class AmazonReviews2018Config(tfds.core.BuilderConfig):
@@ -62,9 +72,7 @@ class AmazonReviews2018(tfds.core.GeneratorBasedBuilder):
       manual = None
     paths = find_category_files(manual, cat) if manual and os.path.isdir(manual) else None
     if paths is None:
-      reviews = f"{BASE_URL}/categoryFilesSmall/{cat}_5.json.gz" if self.builder_config.five_core else \
-          f"{BASE_URL}/categoryFiles/{cat}.json.gz"
-      got = dl_manager.download({"reviews": reviews, "meta": f"{BASE_URL}/metaFiles2/meta_{cat}.json.gz"})
+      got = dl_manager.download(download_urls(cat, self.builder_config.five_core))
       paths = (os.fspath(got["reviews"]), os.fspath(got["meta"]))
     return {"train": self._generate_examples(*paths)}
 
