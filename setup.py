@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.11",
     "gguf>=0.17",
     "safetensors>=0.4",
+    "huggingface_hub>=0.23",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",

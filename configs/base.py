@@ -3,7 +3,8 @@
 Restore order at start (first that applies wins):
   1. the latest readable checkpoint in --workdir (full resume: params, optimizer, step, data position);
   2. ckpt.init_from: params of another workdir or params checkpoint (fresh optimizer and step);
-  3. model.pretrained: pretrained weights (HF directory, GGUF file, converted checkpoint, or a package name);
+  3. model.pretrained: pretrained weights (HF directory or hf:// Hub id, GGUF file, converted checkpoint,
+     or a package name);
   4. random init of model.preset.
 """
 import ml_collections
@@ -16,7 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = m = ml_collections.ConfigDict()
   m.preset = "tiny"                  # architecture when not pretrained: tiny, tiny-llama, small, gemma3-270m, ...
-  m.pretrained = ""                  # HF dir | *.gguf | converted dir | 'gemma3-270m-gguf' | 'smollm2-135m-gguf'
+  m.pretrained = ""                  # HF dir | hf://org/name | *.gguf | converted dir | packaged name
+  #                                    ('gemma3-270m-gguf', 'smollm2-135m-gguf')
   m.compute_dtype = "float32"        # 'bfloat16' for speed; params, loss and softmax stay float32
   m.remat = False                    # rematerialise blocks in the backward pass (less memory, ~30% slower)
   m.projection_dim = 0               # optional linear head on tower embeddings (0: none)

@@ -111,3 +111,27 @@ def test_full_size_presets_have_published_parameter_counts():
     dec = Decoder(preset(name))
     t = jnp.zeros((1, 4), jnp.int32)
     assert count_params(jax.eval_shape(lambda: dec.init(jax.random.PRNGKey(0), t, t, t > -1))) == n, name
+
+
+def test_hub_id_loads_the_cached_snapshot(tmp_path, monkeypatch):
+  """hf://org/name goes through huggingface_hub's snapshot resolution; offline it reads the HF cache."""
+  import huggingface_hub.constants as hub_constants
+  from calrec_jax.errors import WeightImportError
+  from calrec_jax.model.loading import load_pretrained
+  revision = "0123456789abcdef0123456789abcdef01234567"
+  repo_dir = tmp_path / "hub" / "models--acme--tiny-llama"
+  tiny_hf("llama", repo_dir / "snapshots" / revision)
+  (repo_dir / "refs").mkdir()
+  (repo_dir / "refs" / "main").write_text(revision)
+  monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+  monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  cfg, params, _ = load_pretrained("hf://acme/tiny-llama")
+  cfg_dir, params_dir = load_hf_checkpoint(str(repo_dir / "snapshots" / revision))
+  assert cfg == cfg_dir
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params_dir)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(WeightImportError, match=r"hf://acme/missing.*Hugging Face Hub.*local checkpoint"):
+    load_pretrained("hf://acme/missing")
+  with pytest.raises(WeightImportError, match=r"expected hf://<org>/<name>"):
+    load_pretrained("hf://just-a-name")

@@ -16,7 +16,8 @@ from calrec_jax.errors import run_cli
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="python -m calrec_jax.model.convert", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--input", required=True, help="GGUF file, HF dir, converted dir, packaged name, or training workdir")
+  p.add_argument("--input", required=True,
+                 help="GGUF file, HF dir, hf://org/name Hub id, converted dir, packaged name, or training workdir")
   p.add_argument("--output", required=True, help="output folder")
   p.add_argument("--to", choices=("orbax", "hf"), default="orbax", help="output format (default: orbax params)")
   a = p.parse_args(argv)

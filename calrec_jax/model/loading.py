@@ -1,4 +1,5 @@
-"""Resolve `model.pretrained` to (ModelConfig, decoder params, tokenizer): HF dir, GGUF, converted dir, package."""
+"""Resolve `model.pretrained` to (ModelConfig, decoder params, tokenizer): HF dir or Hub id, GGUF, converted dir,
+package."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -31,16 +32,44 @@ def packaged_path(name: str) -> str:
   raise WeightImportError(f"unknown packaged weights {name!r}")
 
 
+HUB_PREFIX = "hf://"
+HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.model"]
+
+
+def hub_snapshot(spec: str) -> str:
+  """`hf://org/name[@revision]` -> local folder of that Hugging Face Hub checkpoint.
+
+  Downloaded once into the Hugging Face cache (HF_HOME / HF_HUB_CACHE); later runs, and runs with
+  HF_HUB_OFFLINE=1, read the cached snapshot. Only the files the loader needs are fetched.
+  """
+  repo, _, revision = spec[len(HUB_PREFIX):].partition("@")
+  if repo.count("/") != 1 or not all(repo.split("/")):
+    raise WeightImportError(f"model.pretrained={spec!r}: expected hf://<org>/<name>[@revision], "
+                            "e.g. hf://google/gemma-3-1b-pt")
+  try:
+    from huggingface_hub import snapshot_download
+    return snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
+  except Exception as e:  # offline without a cached copy, gated repo without a token, unknown repo
+    raise WeightImportError(
+        f"model.pretrained={spec!r}: could not get it from the Hugging Face Hub ({type(e).__name__}: {e}). "
+        "Gated models (Gemma, Llama) need accepted terms and `huggingface-cli login` or HF_TOKEN; offline, "
+        "point model.pretrained at a local checkpoint directory or .gguf file instead.") from e
+
+
 def load_pretrained(spec: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
+  """Config, decoder params and tokenizer (None where the checkpoint has no SentencePiece model) of `spec`."""
   if spec in ("gemma3-270m-gguf", "smollm2-135m-gguf"):
     spec = packaged_path(spec)
+  elif spec.startswith(HUB_PREFIX):
+    spec = hub_snapshot(spec)
   spec = os.path.expanduser(spec)
   if spec.endswith(".gguf"):
     from calrec_jax.model.gguf_import import load_gguf
     return load_gguf(spec)
   if not os.path.isdir(spec):
-    raise WeightImportError(f"model.pretrained={spec!r}: not a .gguf file, a HF checkpoint directory, "
-                            "a converted directory or a packaged name (gemma3-270m-gguf, smollm2-135m-gguf)")
+    raise WeightImportError(f"model.pretrained={spec!r}: not a .gguf file, a HF checkpoint directory, a Hub id "
+                            "(hf://org/name), a converted directory or a packaged name (gemma3-270m-gguf, "
+                            "smollm2-135m-gguf)")
   tok_path = os.path.join(spec, "tokenizer.model")
   tok = Tokenizer.load(tok_path) if os.path.exists(tok_path) else None
   if os.path.exists(os.path.join(spec, "model_config.json")):  # written by calrec_jax.model.convert / export
