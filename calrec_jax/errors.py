@@ -35,3 +35,7 @@ class CheckpointError(CalrecError):
 
 class WeightImportError(CalrecError):
   """A pretrained checkpoint does not match the model config (missing/unexpected tensor, bad shape)."""
+
+
+class Interrupted(CalrecError):
+  """A run stopped on request (SIGTERM / SIGINT) after saving what it needs to continue."""

@@ -3,12 +3,15 @@
   python -m calrec_jax.evaluate --config=configs/stage2.py --workdir=workdirs/stage2
   python -m calrec_jax.evaluate --config=configs/stage2.py --workdir=workdirs/stage2 --step=400 --split=valid
 
-Reads the workdir's export (or checkpoint --step), its tokenizer and model config; writes metrics.json,
-metrics.md and per-user rankings_{bm25,dense}.jsonl to <workdir>/eval (eval_step<N> for a named step).
+Reads the workdir's export (or checkpoint --step), its tokenizer and model config, and the data config it was
+trained with (<workdir>/config.json; a --config.data.* override that differs is used and logged). Writes
+metrics.json, metrics.md and per-user rankings_{bm25,dense}.jsonl (rank: 1-based position of the held-out item,
+0 when it is not in the top list) to --output, by default <workdir>/eval (eval_step<N> for a named step), or
+eval-2, eval-3, ... when earlier results are there: nothing is overwritten.
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -23,13 +26,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv) -> None:
   del argv
-  from calrec_jax.runner import evaluate_workdir, run_configured
-  run_configured(FLAGS.config, lambda: evaluate_workdir(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step,
-                                                        FLAGS.output))
+  import sys
+  from calrec_jax.runner import evaluate_workdir, recorded_data_config, run_configured
+  explicit = frozenset(a[len("--config."):].split("=")[0] for a in sys.argv if a.startswith("--config.data."))
+
+  def action():
+    from calrec_jax.config_check import validate_config
+    config = recorded_data_config(FLAGS.config, FLAGS.workdir, explicit)  # what the workdir was trained on
+    validate_config(config)
+    evaluate_workdir(config, FLAGS.workdir, FLAGS.split, FLAGS.step, FLAGS.output)
+  run_configured(FLAGS.config, action)
 
 
 def run() -> None:
-  app.run(main)
+  from calrec_jax.cli import run_absl
+  run_absl(main)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Train CALRec (intentionally short: the logic lives in calrec_jax.train).
 
+  python -m calrec_jax.main --config=configs/demo.py:smoke --workdir=workdirs/smoke --mode=pipeline
+      stage 1 -> stage 2 -> evaluation on the embedded synthetic data (about 80 s on 2 CPU cores)
   python -m calrec_jax.main --config=configs/stage1.py --workdir=workdirs/stage1 [--config.key=value ...]
-  python -m calrec_jax.main --config=configs/demo.py:smoke --workdir=workdirs/demo   (stage 1 + 2 + eval)
+      one training run (configs/base.py documents every key)
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -26,7 +28,8 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  app.run(main)
+  from calrec_jax.cli import run_absl
+  run_absl(main)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 
@@ -10,19 +11,24 @@ import jax
 log = logging.getLogger(__name__)
 
 
-def run_configured(config, action) -> None:
-  """The shared body of the absl commands: logging, config validation, multi-host join, then `action()`;
-  a CalrecError ends the command with its message (exit status 1) instead of a traceback."""
+def run_configured(config, action, validate=None, multihost=None) -> None:
+  """The shared body of the absl commands: logging, config validation (`validate`, default: the run config's),
+  multi-host join (from `multihost`'s config, default `config`), then `action()`; a CalrecError ends the
+  command with its message (exit status 1) instead of a traceback."""
   import sys
   from calrec_jax.config_check import validate_config
-  from calrec_jax.errors import CalrecError
+  from calrec_jax.errors import CalrecError, Interrupted
+  validate = validate or validate_config
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
-    validate_config(config)
-    maybe_init_distributed(config)
+    validate(config)
+    maybe_init_distributed(multihost if multihost is not None else config)
     action()
+  except Interrupted as e:
+    log.warning("%s", e)
+    sys.exit(f"stopped: {e}")
   except CalrecError as e:
     log.error("%s", e)
     sys.exit(f"error: {e}")
@@ -41,32 +47,103 @@ def maybe_init_distributed(config) -> None:
            jax.local_device_count(), jax.device_count())
 
 
+def recorded_data_config(config, workdir: str, explicit: frozenset[str] = frozenset()):
+  """`config` with its data section taken from the run recorded in <workdir>/config.json (what the workdir was
+  trained on), except keys given on the command line (`explicit`, e.g. {'data.categories'}); differences are
+  logged either way."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return config
+  try:
+    with open(path, encoding="utf-8") as f:
+      recorded = json.load(f).get("data", {})
+  except (OSError, ValueError) as e:
+    log.warning("%s is unreadable (%s); evaluating with the given data config", path, e)
+    return config
+  config = copy.deepcopy(config)
+  for key, value in recorded.items():
+    if key not in config.data or config.data[key] == value:
+      continue
+    if f"data.{key}" in explicit:
+      log.warning("data.%s=%r as given on the command line; %s was trained with %r", key, config.data[key],
+                  workdir, value)
+      continue
+    log.info("data.%s=%r: what %s was trained with (the config file says %r)", key, value, workdir, config.data[key])
+    with config.unlocked():
+      config.data[key] = type(config.data[key])(value) if config.data[key] is not None else value
+  return config
+
+
+def fresh_output_dir(base: str) -> str:
+  """`base`, or base-2, base-3, ... when earlier results are there: an evaluation never overwrites them."""
+  out, k = base, 1
+  while os.path.exists(os.path.join(out, "metrics.json")):
+    k += 1
+    out = f"{base}-{k}"
+  if out != base:
+    log.info("%s holds earlier results, which are kept; this evaluation writes to %s", base, out)
+  return out
+
+
 def evaluate_workdir(config, workdir: str, split: str | None = None, step: int | None = None,
-                     out_dir: str | None = None) -> dict:
-  """Evaluate a workdir's export (or checkpoint `step`); results go to <workdir>/eval (or eval_step<N>)."""
+                     out_dir: str | None = None, announce: bool = True) -> dict:
+  """Evaluate a workdir's export (or checkpoint `step`); results go to `out_dir`, by default <workdir>/eval
+  (eval_step<N>), or eval-2, eval-3 ... when earlier results are there."""
   from calrec_jax.eval.evaluate import run_evaluation
   from calrec_jax.train.checkpoint import params_from_workdir
   from calrec_jax.train.setup import build
-  parts = build(config, workdir)
+  if not os.path.isdir(workdir):
+    from calrec_jax.errors import CheckpointError
+    raise CheckpointError(f"{workdir}: no such workdir; train first (python -m calrec_jax.main ...) or give the "
+                          "folder of a trained run")
+  from calrec_jax.paths import require_writable_dir
+  out_dir = out_dir or fresh_output_dir(os.path.join(workdir, "eval" if step is None else f"eval_step{step}"))
+  if jax.process_index() == 0:
+    require_writable_dir(out_dir, "--output")  # before the generation, not after it
   params = params_from_workdir(workdir, step)
+  parts = build(config, workdir)
   source = f"{workdir} checkpoint {step}" if step is not None else workdir
-  out_dir = out_dir or os.path.join(workdir, "eval" if step is None else f"eval_step{step}")
-  return run_evaluation(config, parts, params, out_dir, split, params_source=source)
+  results = run_evaluation(config, parts, params, out_dir, split, params_source=source)
+  if announce:
+    print_outputs([out_dir])
+  return results
 
 
-def run_mode(mode: str, config, workdir: str) -> dict:
+def print_outputs(folders: list[str]) -> None:
+  """The closing lines of a command: where its tables, plots, exports and TensorBoard events are."""
+  names = [("metrics.md", "evaluation table"), ("metrics.json", "evaluation metrics"),
+           ("rankings_bm25.jsonl", "per-user rankings (rank 0: not in the top list)"),
+           ("training_curves.png", "training curves"), ("metrics.jsonl", "training metrics"),
+           ("export", "export (params, tokenizer, model config)"), ("checkpoints", "checkpoints")]
+  lines = []
+  for folder in folders:
+    for name, what in names:
+      path = os.path.join(folder, name)
+      if os.path.exists(path):
+        lines.append(f"  {what}: {path}")
+  boards = [f for f in folders if os.path.isdir(os.path.join(f, "tensorboard"))]
+  if boards:
+    lines.append(f"  TensorBoard: tensorboard --logdir {os.path.commonpath(boards) if len(boards) > 1 else boards[0]}")
+  if lines and jax.process_index() == 0:
+    print("wrote:\n" + "\n".join(lines), flush=True)
+
+
+def train_run(config, workdir: str) -> dict:
+  """One training run with the evaluation layer's validation (train.eval_every steps and at the end)."""
+  from calrec_jax.eval.validation import validation_metrics
   from calrec_jax.train.loop import train
-  if mode == "train":
-    return train(config, workdir)
-  if mode == "evaluate":
-    return evaluate_workdir(config, workdir)
-  # pipeline: stage 1 on the mixture, stage 2 on the target category, evaluation of stage 2
+  return train(config, workdir, validation_metrics)
+
+
+def train_pipeline(config, workdir: str):
+  """Stage 1 on the mixture (<workdir>/stage1), then stage 2 on the target category from its params
+  (<workdir>/stage2); returns the stage-2 config."""
   s1 = copy.deepcopy(config)
   s1.stage = "stage1"
   with s1.unlocked():
     s1.data.categories = config.pipeline.stage1_categories
     s1.train.num_steps = config.pipeline.stage1_steps
-  train(s1, os.path.join(workdir, "stage1"))
+  train_run(s1, os.path.join(workdir, "stage1"))
   s2 = copy.deepcopy(config)
   s2.stage = "stage2"
   with s2.unlocked():
@@ -74,5 +151,27 @@ def run_mode(mode: str, config, workdir: str) -> dict:
     s2.train.num_steps = config.pipeline.stage2_steps
     s2.ckpt.init_from = os.path.join(workdir, "stage1")
     s2.optim.learning_rate = config.pipeline.stage2_learning_rate
-  train(s2, os.path.join(workdir, "stage2"))
-  return evaluate_workdir(s2, os.path.join(workdir, "stage2"))
+  train_run(s2, os.path.join(workdir, "stage2"))
+  return s2
+
+
+def run_mode(mode: str, config, workdir: str) -> dict:
+  if mode == "train":
+    out = train_run(config, workdir)
+    print_outputs([workdir])
+    return out
+  if mode == "evaluate":
+    return evaluate_workdir(config, workdir)
+  s2 = train_pipeline(config, workdir)  # pipeline: stage 1 -> stage 2 -> evaluation of stage 2
+  stage2 = os.path.join(workdir, "stage2")
+  done = os.path.join(stage2, "eval", "metrics.json")
+  export = os.path.join(stage2, "export", "model_config.json")
+  if os.path.exists(done) and os.path.getmtime(done) >= os.path.getmtime(export):  # a finished pipeline again
+    log.info("the evaluation of %s finished earlier (%s): not run again", stage2, done)
+    print_outputs([os.path.join(workdir, "stage1"), stage2, os.path.dirname(done)])
+    with open(done, encoding="utf-8") as f:
+      return json.load(f)
+  out_dir = fresh_output_dir(os.path.join(stage2, "eval"))
+  results = evaluate_workdir(s2, stage2, out_dir=out_dir, announce=False)
+  print_outputs([os.path.join(workdir, "stage1"), stage2, out_dir])
+  return results

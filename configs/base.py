@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.compute_dtype = "float32"        # 'bfloat16' for speed; params, loss and softmax stay float32
   m.remat = False                    # rematerialise blocks in the backward pass (less memory, ~30% slower)
   m.projection_dim = 0               # optional linear head on tower embeddings (0: none)
+  m.lora_rank = 0                    # > 0: train LoRA adapters of this rank on frozen weights (0: full finetuning)
+  m.lora_alpha = 16.0                # LoRA scale = lora_alpha / lora_rank
+  m.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # projections with adapters
 
   c.tokenizer = t = ml_collections.ConfigDict()
   t.path = ""                        # SentencePiece model; empty: the pretrained one, else trained on item texts
@@ -45,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.max_item_tokens = 48             # tokens of one item text
   d.length_buckets = "128,256"       # joint lengths compiled for (comma-separated; max_len is always added)
   d.attributes = "title,category,brand,price"  # item attributes rendered, in order
+  d.min_attribute_coverage = 0.05    # per category, an attribute known for fewer items is left out (0: keep all)
   d.batch_size = 16                  # GLOBAL batch (all devices and hosts)
 
   c.loss = ls = ml_collections.ConfigDict()
@@ -97,7 +101,8 @@ def get_config() -> ml_collections.ConfigDict:
   ev.top_p = 1.0                     # 1.0: off
   ev.beam_search = False             # beam search with num_samples beams instead of sampling
   ev.max_new_tokens = 64
-  ev.retrieval = "bm25"              # bm25 | dense
+  ev.retrieval = "bm25"              # bm25 (generation + BM25, and dense beside it) | dense
+  ev.constrained = False             # also a row of catalog-constrained generation + BM25 (samples = real items)
   ev.exclude_history = True          # never recommend items already in the history
   ev.ks = "1,5,10,20"                # Recall@k / NDCG@k cut-offs
   ev.bm25_k1 = 1.5

@@ -51,6 +51,7 @@ def get_config(arg: str = ""):
     c.eval.max_users, c.eval.valid_users = 24, 16
     c.eval.num_samples = 2
     c.ckpt.every = 10
+    c.ckpt.keep = 1                  # one float32 train state of Gemma-3-270M is about 3.2 GB on disk
   elif arg:
     raise ValueError(f"unknown demo variant {arg!r}; use '', 'smoke' or 'gemma'")
   return c

@@ -197,3 +197,65 @@ def test_tfds_builder_downloads_when_no_manual_dir(tmp_path, monkeypatch):
   data = load_tfds_category(b)
   assert "tensorflow" not in sys.modules
   assert len(data.user_ids) == 5 and [data.catalog.item_ids[i] for i in data.sequences[0]] == list("abcde")
+
+
+def test_recbole_standard_item_file_is_read(tmp_path):
+  """RecBole's own layout: `<name>.inter` (user, item, timestamp) + `<name>.item` features, no item2index."""
+  from calrec_jax.data import recbole
+  from calrec_jax.errors import DataError
+  (tmp_path / "toy.inter").write_text(
+      "user_id:token\titem_id:token\ttimestamp:float\n"
+      + "".join(f"u{u}\tI{(u + t) % 5}\t{t}\n" for u in range(4) for t in range(4)))
+  (tmp_path / "toy.item").write_text(
+      "item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token\tprice:float\n"
+      "I0\tRed &amp; Blue Pen\tOffice Products, Pens\tAcme\t1.5\n"
+      "I1\tStapler\tOffice Products, Staplers\t\t\n"
+      "I2\tNotebook\tOffice Products\tUnknown\t3.0\n"
+      "I3\tInk\tOffice Products, Ink\tHP\t12.0\n"
+      "I4\tLamp\tOffice Products, Lamps\tLumen\t20.0\n")
+  data = recbole.load_recbole(str(tmp_path), "toy")
+  assert data.catalog.item_ids == ["I0", "I1", "I2", "I3", "I4"]
+  assert data.catalog.attributes[0] == {"title": "Red & Blue Pen", "category": "Pens", "brand": "Acme", "price": "1.5"}
+  assert data.catalog.attributes[2]["brand"] == "" and data.catalog.attributes[1]["category"] == "Staplers"
+  assert data.sequences[0] == [0, 1, 2, 3] and len(data.sequences) == 4
+  (tmp_path / "bad.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\nu0\tX9\t1\n")
+  (tmp_path / "bad.item").write_text("item_id:token\ttitle:token_seq\nI0\tPen\n")
+  with pytest.raises(DataError, match=r"bad.inter:2: item 'X9' is not in the item index"):
+    recbole.load_recbole(str(tmp_path), "bad")
+
+
+def test_raw_inputs_that_used_to_be_silently_wrong_or_a_traceback(tmp_path):
+  revs = [review("u1", "a", 10), review("u1", "b", 20), review("u1", "c", 30)]
+  # a UTF-8 byte-order mark before the first record is not a malformed line
+  write_raw(tmp_path, revs, [meta(i) for i in "abc"], gz=False)
+  path = tmp_path / "Toys.json"
+  path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+  data = amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1)
+  assert data.sequences == [[0, 1, 2]] and not data.skipped.get("malformed_lines")
+  # numeric asins in both files are the same items
+  num = tmp_path / "num"
+  num.mkdir()
+  write_raw(num, [review("u1", 1, 10), review("u1", 2, 20), review("u1", 3, 30)], [meta(i) for i in "123"])
+  (num / "meta_Toys.json.gz").unlink()
+  write_raw(num, [review("u1", 1, 10), review("u1", 2, 20), review("u1", 3, 30)],
+            [dict(meta("x"), asin=i) for i in (1, 2, 3)])
+  assert amazon_raw.load_amazon_category(str(num), "Toys", kcore=1).catalog.item_ids == ["1", "2", "3"]
+  # a title that is a list or a dict is an error naming the line, not its last element or a repr
+  for bad in (["A", "B"], {"en": "A"}):
+    d = tmp_path / f"title_{type(bad).__name__}"
+    d.mkdir()
+    write_raw(d, revs, [meta("a"), dict(meta("b"), title=bad), meta("c")])
+    with pytest.raises(DataError, match=rf"meta_Toys.json.gz:2: 'title' is a {type(bad).__name__}"):
+      amazon_raw.load_amazon_category(str(d), "Toys", kcore=1)
+  # a boolean time is not a timestamp
+  d = tmp_path / "booltime"
+  d.mkdir()
+  write_raw(d, [review("u1", "a", True)] + revs[1:], [meta(i) for i in "abc"])
+  with pytest.raises(DataError, match=r"Toys.json.gz:1: unixReviewTime is not an integer: True"):
+    amazon_raw.load_amazon_category(str(d), "Toys", kcore=1)
+  # a line nested too deeply for the parsers is a malformed line, not a RecursionError
+  d = tmp_path / "deep"
+  d.mkdir()
+  write_raw(d, revs + ["[" * 100000 + "]" * 100000], [meta(i) for i in "abc"])
+  with pytest.raises(DataError, match=r"Toys.json.gz:4: malformed line"):
+    amazon_raw.load_amazon_category(str(d), "Toys", kcore=1)

@@ -177,3 +177,64 @@ def test_sample_token_draws_from_the_filtered_distribution(top_k, top_p, allowed
   expect = np.zeros(4)
   expect[allowed] = probs[allowed] / probs[allowed].sum()
   np.testing.assert_allclose(counts, expect, atol=0.015)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.8, top_k=5), dict(temperature=1.0, top_p=0.9)])
+def test_shared_prefill_sampling_equals_per_row_prefill_for_the_same_keys(kw):
+  from calrec_jax.eval.generate import generate
+  dec, params = tiny_decoder(scale=1.0)  # unscaled: flat distributions, so samples differ between rows
+  prompts = [[2, 5, 9, 11, 4], [2, 7, 3], [2, 9, 9, 9, 9, 9, 1]]
+  shared = generate(dec, params, prompts, 4, 8, stop_ids=[1], seed=3, shared_prefill=True, **kw)
+  per_row = generate(dec, params, prompts, 4, 8, stop_ids=[1], seed=3, shared_prefill=False, **kw)
+  assert shared == per_row
+  assert len({tuple(s) for s in shared[0]}) > 1  # the N samples of one prompt are not copies of each other
+
+
+def test_attributes_unknown_for_nearly_every_item_are_not_rendered():
+  from calrec_jax.data.text import render_item, rendered_attributes
+  items = [{"title": f"Pen {i}", "category": "Office", "brand": "Acme" if i % 2 else "", "price": ""}
+           for i in range(100)]
+  items[0]["price"] = "$3.00"  # 1% of the items: below the 5% default
+  attrs = rendered_attributes(items, ("title", "category", "brand", "price"))
+  assert attrs == ("title", "category", "brand")
+  assert render_item(items[1], attrs) == "Title: Pen 1, Category: Office, Brand: Acme."
+  assert render_item(items[2], attrs) == "Title: Pen 2, Category: Office, Brand: Unknown."
+  assert rendered_attributes(items, ("title", "price"), min_coverage=0.0) == ("title", "price")
+  assert rendered_attributes([{"title": ""}], ("title", "brand")) == ("title",)  # the title is always kept
+
+
+def test_office_items_render_without_a_price(tmp_path):
+  """The real Office data has no prices: its item texts (targets, BM25 documents, item tower) leave Price out."""
+  import os
+  from calrec_jax.data import recbole
+  from calrec_jax.data.examples import ExampleEncoder, ExampleSpec
+  from calrec_jax.data.tokenizer import train_tokenizer
+  office = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                        "amazon2014-office")
+  if not os.path.exists(os.path.join(office, "Office.item2index")):
+    pytest.skip("shared Office data not present")
+  data = recbole.load_recbole(office, "Office")
+  tok = train_tokenizer([a["title"] for a in data.catalog.attributes], 2000)
+  enc = ExampleEncoder(tok, [data], ExampleSpec(max_len=256, length_buckets=(256,)))
+  assert enc.attributes == [("title", "category", "brand")]
+  assert "Price" not in enc.item_text(0, 0) and enc.item_text(0, 0).startswith("Title: ")
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=3), dict(temperature=0.0)])
+def test_constrained_decoding_never_leaves_the_catalog(kw):
+  from calrec_jax.eval.constrained import CatalogTrie
+  from calrec_jax.eval.generate import generate
+  dec, params = tiny_decoder(scale=1.0)
+  rng = np.random.default_rng(0)
+  catalog = [rng.integers(3, 64, size=rng.integers(1, 7)).tolist() for _ in range(30)] + [[5, 6], [5, 6, 7]]
+  trie = CatalogTrie.build(catalog, stop_id=1)
+  prompts = [[2, 5, 9, 11, 4], [2, 7, 3], [2, 9, 9, 9, 9, 9, 8]]
+  out = generate(dec, params, prompts, 16, 10, stop_ids=[1, 2], seed=0, trie=trie, **kw)
+  samples = [tuple(g) for per_prompt in out for g in per_prompt]
+  assert set(samples) <= {tuple(c) for c in catalog}  # every sample is a complete catalog item
+  if kw["temperature"]:
+    assert len(set(samples)) > 5  # and sampling still explores the catalog
+  free = generate(dec, params, prompts, 16, 10, stop_ids=[1, 2], seed=0, **kw)
+  assert not {tuple(g) for p in free for g in p} <= {tuple(c) for c in catalog}  # unconstrained leaves it
+  with pytest.raises(ValueError, match="beam search"):
+    generate(dec, params, prompts, 2, 4, stop_ids=[1], trie=trie, beam_search=True)

@@ -39,15 +39,17 @@ def iter_records(path: str, skipped: dict[str, int], skip_malformed: bool) -> It
             skipped["non_utf8_lines"] = skipped.get("non_utf8_lines", 0) + 1
             continue
           raise DataError(f"bytes that are not UTF-8 at column {e.start}", path, lineno) from None
+        if lineno == 1:
+          line = line.lstrip("\ufeff")  # a UTF-8 byte-order mark is not part of the first record
         if not line.strip():
           continue
         any_line = True
         try:
           rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, or nesting too deep to parse
           try:  # 2014 release: Python dict literals
             rec = ast.literal_eval(line.strip())
-          except (ValueError, SyntaxError):
+          except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
             rec = None
         if not isinstance(rec, dict):
           if skip_malformed:
@@ -79,8 +81,13 @@ def read_reviews(path: str, skipped: dict[str, int], skip_malformed: bool = Fals
         continue
       raise DataError(f"review without {', '.join(missing)}", path, lineno)
     try:
+      if isinstance(t, bool):  # int(True) == 1 would pass as a timestamp
+        raise TypeError
       t = int(t)
     except (TypeError, ValueError):
+      if skip_malformed:
+        skipped["reviews_bad_time"] = skipped.get("reviews_bad_time", 0) + 1
+        continue
       raise DataError(f"unixReviewTime is not an integer: {t!r}", path, lineno) from None
     events.append((str(rec["reviewerID"]), str(rec["asin"]), t, lineno))
   return events
@@ -101,6 +108,7 @@ def read_meta(path: str, skipped: dict[str, int], skip_malformed: bool = False) 
   meta: dict[str, dict[str, str]] = {}
   for lineno, rec in iter_records(path, skipped, skip_malformed):
     asin = rec.get("asin")
+    asin = str(asin) if isinstance(asin, (int, str)) and not isinstance(asin, bool) else None  # as in reviews
     if not asin:
       if skip_malformed:
         skipped["meta_missing_asin"] = skipped.get("meta_missing_asin", 0) + 1
@@ -112,8 +120,15 @@ def read_meta(path: str, skipped: dict[str, int], skip_malformed: bool = False) 
     category = rec.get("category") or rec.get("categories")
     if isinstance(category, list) and category and isinstance(category[0], list):  # 2014: list of paths
       category = category[0]
+    title = rec.get("title")
+    if title is not None and not isinstance(title, (str, int, float)):  # a list or a dict is not a title
+      if skip_malformed:
+        skipped["meta_bad_title"] = skipped.get("meta_bad_title", 0) + 1
+        continue
+      raise DataError(f"'title' is a {type(title).__name__}, not a string (set data.skip_malformed=True to count "
+                      "and skip such rows)", path, lineno)
     meta[asin] = {
-        "title": clean_value(rec.get("title")),
+        "title": clean_value(title),
         "category": clean_value(category) or clean_value(rec.get("main_cat")),
         "brand": clean_value(rec.get("brand")),
         "price": clean_value(rec.get("price")) if str(rec.get("price", "")).startswith("$") else "",

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from calrec_jax.data.records import CategoryData
-from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item
+from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item, rendered_attributes
 from calrec_jax.data.tokenizer import Tokenizer
 from calrec_jax.errors import ConfigError
 
@@ -24,6 +24,7 @@ class ExampleSpec:
   max_item_tokens: int = 48     # an item text is cut to this many tokens
   length_buckets: tuple[int, ...] = (64, 128, 256)  # joint lengths jit compiles for (last == max_len)
   attributes: tuple[str, ...] = ("title", "category", "brand", "price")
+  min_attribute_coverage: float = 0.05  # an attribute known for fewer of a category's items is not rendered
 
   @property
   def target_len(self) -> int:  # item tokens + EOS
@@ -42,6 +43,9 @@ class ExampleEncoder:
     self.categories = list(categories)
     buckets = tuple(sorted(b for b in spec.length_buckets if b < spec.max_len)) + (spec.max_len,)
     self.buckets = buckets
+    # per category: the wanted attributes that its items have (THE item text of target, BM25 and item tower)
+    self.attributes = [rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage)
+                       for c in self.categories]
     self.item_offsets = np.cumsum([0] + [len(c.catalog) for c in self.categories])
     self.header = [tokenizer.bos_id] + tokenizer.encode(PROMPT_HEADER + "\n")
     self.first = tokenizer.encode(FIRST_ITEM + "\n")
@@ -55,7 +59,7 @@ class ExampleEncoder:
                         f"({need} tokens with data.max_item_tokens={spec.max_item_tokens}); raise data.max_len")
 
   def item_text(self, category: int, item: int) -> str:
-    return render_item(self.categories[category].catalog.attributes[item], self.spec.attributes)
+    return render_item(self.categories[category].catalog.attributes[item], self.attributes[category])
 
   def item_tokens(self, category: int, item: int) -> list[int]:
     cached = self._items[category][item]

@@ -85,15 +85,22 @@ class MixtureIterator:
     return self.encoder.collate(encoded)
 
 
-def eval_examples(encoder: ExampleEncoder, category: int, split: str, max_users: int = 0,
-                  seed: int = 0) -> list[tuple[int, list[int], int]]:
-  """(user, history, target) of the valid/test split; a fixed random subset when max_users > 0."""
-  seqs = encoder.categories[category].sequences
-  rows = split_examples(seqs, split)
+def eval_rows(sequences: list[list[int]], split: str, max_users: int = 0,
+              seed: int = 0) -> list[tuple[int, list[int], int]]:
+  """(user, history, target) of the valid/test split; a fixed random subset when max_users > 0.
+
+  Every method of a comparison calls this with the same arguments, so all are evaluated on the same users."""
+  rows = split_examples(sequences, split)
   if max_users and max_users < len(rows):
     pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_users, replace=False))
     rows = [rows[i] for i in pick]
-  return [(u, seqs[u][:t], seqs[u][t]) for u, t in rows]
+  return [(u, sequences[u][:t], sequences[u][t]) for u, t in rows]
+
+
+def eval_examples(encoder: ExampleEncoder, category: int, split: str, max_users: int = 0,
+                  seed: int = 0) -> list[tuple[int, list[int], int]]:
+  """`eval_rows` of one of the encoder's categories."""
+  return eval_rows(encoder.categories[category].sequences, split, max_users, seed)
 
 
 def eval_batches(encoder: ExampleEncoder, category: int, rows: list[tuple[int, list[int], int]],

@@ -2,7 +2,9 @@
 
 Reads `<name>.test.inter` (full history + last item per user) or a plain `<name>.inter` with
 `user_id`, `item_id`, `timestamp` columns; item ids map through `<name>.item2index`; attributes come from
-`<name>.meta.jsonl` (structured) or else `<name>.text` / `<name>.item` (title only).
+`<name>.meta.jsonl` (structured), RecBole's standard `<name>.item` feature file (`item_id:token`,
+`title:token_seq`, `categories:token_seq`, `brand:token`, `price:float` columns as present), or else
+`<name>.text` (title only). Without `<name>.item2index`, item ids are the tokens of `<name>.item`.
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ def _read_index(path: str) -> list[str]:
 def _attributes(directory: str, name: str, item_ids: list[str]) -> list[dict[str, str]]:
   meta_path = os.path.join(directory, f"{name}.meta.jsonl")
   text_path = os.path.join(directory, f"{name}.text")
+  item_path = os.path.join(directory, f"{name}.item")
   by_asin: dict[str, dict[str, str]] = {}
   if os.path.exists(meta_path):
     with open(meta_path, encoding="utf-8") as f:
@@ -82,21 +85,59 @@ def _attributes(directory: str, name: str, item_ids: list[str]) -> list[dict[str
         for key in by_asin[rec["asin"]]:
           if by_asin[rec["asin"]][key] == "Unknown":
             by_asin[rec["asin"]][key] = ""
+  elif os.path.exists(item_path):
+    by_asin = _item_file_attributes(item_path)
   elif os.path.exists(text_path):
     _, rows = _read_tsv(text_path)
     for _, (asin, text) in rows:
       by_asin[asin] = {"title": clean_value(text)}
   else:
-    raise DataError(f"no item attributes: expected {name}.meta.jsonl or {name}.text", directory)
+    raise DataError(f"no item attributes: expected {name}.meta.jsonl, {name}.item or {name}.text", directory)
   missing = [a for a in item_ids if a not in by_asin]
   if missing:
     raise DataError(f"{len(missing)} items have no attributes (first: {missing[:3]})", meta_path)
   return [by_asin[a] for a in item_ids]
 
 
+# RecBole `.item` columns (name before ':type') -> our attribute; the first present column of each wins
+ITEM_COLUMNS = {"title": ("title", "item_name", "name"), "category": ("categories", "category", "main_cat"),
+                "brand": ("brand",), "price": ("price",)}
+
+
+def _item_file_attributes(path: str) -> dict[str, dict[str, str]]:
+  """RecBole's standard item feature file: `item_id:token<TAB>title:token_seq<TAB>...` (header with types)."""
+  header, rows = _read_tsv(path)
+  if "item_id" not in header:
+    raise DataError(f"header must have an item_id column, has {header}", path, 1)
+  cols = {attr: next((header.index(c) for c in names if c in header), None) for attr, names in ITEM_COLUMNS.items()}
+  if cols["title"] is None:
+    raise DataError(f"no title column (one of {ITEM_COLUMNS['title']}) in the header {header}", path, 1)
+  ci = header.index("item_id")
+  out = {}
+  for _, fields in rows:
+    attrs = {}
+    for attr, c in cols.items():
+      value = clean_value(fields[c]) if c is not None else ""
+      if attr == "category" and "," in value:  # a category path: its most specific entry
+        value = value.split(",")[-1].strip()
+      attrs[attr] = "" if value == "Unknown" else value
+    out[fields[ci]] = attrs
+  return out
+
+
 def load_recbole(directory: str, name: str) -> CategoryData:
   """Read one RecBole-format dataset `<directory>/<name>.*` into a CategoryData."""
-  item_ids = _read_index(os.path.join(directory, f"{name}.item2index"))
+  index_path = os.path.join(directory, f"{name}.item2index")
+  if os.path.exists(index_path):
+    item_ids = _read_index(index_path)
+  elif os.path.exists(os.path.join(directory, f"{name}.item")):  # RecBole's own layout: ids are .item's tokens
+    _, item_rows = _read_tsv(os.path.join(directory, f"{name}.item"))
+    header = _read_tsv(os.path.join(directory, f"{name}.item"))[0]
+    if "item_id" not in header:
+      raise DataError(f"header must have an item_id column, has {header}", os.path.join(directory, f"{name}.item"), 1)
+    item_ids = list(dict.fromkeys(fields[header.index("item_id")] for _, fields in item_rows))
+  else:
+    raise DataError(f"no item index: expected {name}.item2index or {name}.item", directory)
   user_path = os.path.join(directory, f"{name}.user2index")
   test_path = os.path.join(directory, f"{name}.test.inter")
   plain_path = os.path.join(directory, f"{name}.inter")
@@ -128,7 +169,7 @@ def load_recbole(directory: str, name: str) -> CategoryData:
     for lineno, fields in rows:
       item = fields[ci]
       if item not in index:
-        raise DataError(f"item {item!r} not in {name}.item2index", plain_path, lineno)
+        raise DataError(f"item {item!r} is not in the item index ({name}.item2index or {name}.item)", plain_path, lineno)
       try:
         events.append((fields[cu], float(fields[ct]), lineno, index[item]))
       except ValueError:

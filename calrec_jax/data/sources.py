@@ -13,6 +13,17 @@ def split_names(text: str) -> list[str]:
   return [c.strip() for c in str(text).split(",") if c.strip()]
 
 
+def recbole_folder(folders: list[str], name: str) -> str:
+  """The first of `folders` holding `<name>.item2index` (RecBole files of category `name`)."""
+  for folder in folders:
+    if not os.path.isdir(folder):
+      raise DataError("data.path is not a directory", folder)
+    if any(os.path.exists(os.path.join(folder, f"{name}.{ext}")) for ext in ("item2index", "item")):
+      return folder
+  raise DataError(f"no folder of data.path holds {name}.item2index or {name}.item (category {name!r}); add its "
+                  "RecBole files to data.path (comma-separated)", ",".join(folders))
+
+
 def load_categories(cfg) -> list[records.CategoryData]:
   """cfg: the `data` ConfigDict (source, path, categories, kcore, ...)."""
   names = split_names(cfg.categories)
@@ -25,6 +36,10 @@ def load_categories(cfg) -> list[records.CategoryData]:
     raise ConfigError(f"data.source={cfg.source!r}; choose one of {SOURCES}")
   if not cfg.path:
     raise ConfigError(f"data.path is required for data.source={cfg.source!r}")
+  if cfg.source == "recbole":  # one folder, or several comma-separated (each category where its files are)
+    if not names:
+      raise ConfigError("data.categories must name the categories to read for data.source='recbole'")
+    return [recbole.load_recbole(recbole_folder(split_names(cfg.path), n), n) for n in names]
   if not os.path.isdir(cfg.path) and cfg.source != "tfds":
     raise DataError("data.path is not a directory", cfg.path)
   if cfg.source == "prepared":
@@ -35,8 +50,6 @@ def load_categories(cfg) -> list[records.CategoryData]:
     return [records.load_category(os.path.join(cfg.path, n), n) for n in names]
   if not names:
     raise ConfigError(f"data.categories must name the categories to read for data.source={cfg.source!r}")
-  if cfg.source == "recbole":
-    return [recbole.load_recbole(cfg.path, n) for n in names]
   if cfg.source == "amazon_raw":
     return [amazon_raw.load_amazon_category(cfg.path, n, kcore=cfg.kcore, dedup=cfg.dedup,
                                             skip_malformed=cfg.skip_malformed,

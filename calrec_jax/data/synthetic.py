@@ -22,6 +22,7 @@ CATEGORIES = {
     "Office": ["Stapler", "Staples", "Printer", "Ink Cartridge", "Notebook", "Gel Pens", "Desk Lamp",
                "LED Bulb", "Label Maker", "Label Tape", "Shredder", "Shredder Oil"],
 }
+DEFAULT_USERS = {"Garden": 600, "Kitchen": 300, "Lab_Supplies": 400, "Office": 200}
 BRANDS = ["Acme", "Borealis", "Cobalt", "Dynamo", "Evergreen", "Fulcrum", "Granite", "Helix", "Ionic",
           "Juniper", "Kestrel", "Lumen"]
 ADJECTIVES = ["Compact", "Professional", "Heavy Duty", "Classic", "Deluxe", "Eco", "Premium", "Portable"]
@@ -93,7 +94,8 @@ def make_dataset(categories: list[str] | None = None, users_per_category: list[i
                  seed: int = 0) -> list[CategoryData]:
   """Several synthetic categories of different sizes (so the mixture weights matter)."""
   categories = categories or sorted(CATEGORIES)
-  users_per_category = users_per_category or [600, 300, 400, 200][: len(categories)]
+  # by name, so that a category is the same data alone and inside a mixture (stage 1 -> stage 2)
+  users_per_category = users_per_category or [DEFAULT_USERS.get(c, 300) for c in categories]
   if len(users_per_category) != len(categories):
     raise ValueError("users_per_category must have one entry per category")
   return [make_category(c, n, seed) for c, n in zip(categories, users_per_category)]

@@ -38,6 +38,22 @@ def render_item(attributes: Mapping[str, str], attribute_names: Sequence[str] = 
   return ", ".join(parts) + "."
 
 
+def rendered_attributes(items: Sequence[Mapping[str, str]], wanted: Sequence[str] = DEFAULT_ATTRIBUTES,
+                        min_coverage: float = 0.05) -> tuple[str, ...]:
+  """The attributes of `wanted` that at least `min_coverage` of a category's items have (in `wanted`'s order).
+
+  An attribute missing for (nearly) every item would render as a constant `Unknown` in every text, which the
+  model then spends its generations on; 0 keeps every wanted attribute. The title is always kept.
+  """
+  n = max(len(items), 1)
+  keep = []
+  for name in wanted:
+    known = sum(1 for a in items if clean_value(a.get(name)))
+    if name == "title" or known / n >= min_coverage:
+      keep.append(name)
+  return tuple(keep)
+
+
 def render_prompt(history_texts: Sequence[str]) -> str:
   """The history prompt, ending where the target item's text begins (oldest item first)."""
   lines = [PROMPT_HEADER]

@@ -37,12 +37,17 @@ def item_texts(parts, cat: int) -> list[str]:
   return [parts.encoder.item_text(cat, i) for i in range(len(parts.categories[cat].catalog))]
 
 
-def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, mesh=None
+def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, mesh=None,
+                  shared_prefill: bool = True, sort_by_length: bool = True, constrained: bool = False
                   ) -> tuple[dict, list[dict]]:
-  """Ranked lists by generation + BM25 for each (user, history, target) row; returns metrics and records.
+  """Ranked lists by generation + BM25 for each (user, history, target) row; returns metrics and records (in the
+  order of `rows`).
 
-  A generation that is empty (or only whitespace) retrieves nothing and the user's list is filled from the other
-  generations; a user whose generations are all empty gets an empty list (rank: miss) and is counted.
+  Users are batched by prompt length (`sort_by_length`: less left padding in the prefill) and each prompt is
+  prefilled once for its N samples (`shared_prefill`). A generation that is empty (or only whitespace)
+  retrieves nothing and the user's list is filled from the other generations; a user whose generations are all
+  empty gets an empty list (rank: miss) and is counted. `constrained`: sampling follows the catalog trie, so
+  every finished generation is the text of a catalog item.
   """
   ec = config.eval
   ks = [int(k) for k in split_names(ec.ks)]
@@ -51,24 +56,34 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, 
   tok = parts.tokenizer
   stop_ids = [tok.eos_id] + [i for i in tok.encode("\n") if tok.decode([i]) == "\n"]
   dec = Decoder(parts.model_cfg, parts.model.dtype)
-  ranks, records, empty_users = [], [], 0
+  trie = None
+  if constrained:
+    from calrec_jax.eval.constrained import CatalogTrie
+    n_items = len(parts.categories[cat].catalog)
+    trie = CatalogTrie.build([parts.encoder.item_tokens(cat, i) for i in range(n_items)], tok.eos_id)
+    if ec.max_new_tokens <= parts.encoder.spec.max_item_tokens:
+      log.warning("eval.max_new_tokens=%d < data.max_item_tokens + 1: constrained samples of long items are cut "
+                  "before they end", ec.max_new_tokens)
+  prompts = [parts.encoder.prompt_tokens(cat, h)[0] for _, h, _ in rows]
+  order = sorted(range(len(rows)), key=lambda i: len(prompts[i])) if sort_by_length else list(range(len(rows)))
+  ranks, records, empty_users = [0] * len(rows), [None] * len(rows), 0
   bar = tqdm(total=len(rows), desc="evaluate", unit="user", disable=not progress, dynamic_ncols=True)
   for start in range(0, len(rows), ec.batch_size):
-    chunk = rows[start:start + ec.batch_size]
-    prompts = [parts.encoder.prompt_tokens(cat, h)[0] for _, h, _ in chunk]
-    samples = generate(dec, params["decoder"], prompts, ec.num_samples, ec.max_new_tokens, stop_ids,
-                       seed=config.seed + start, temperature=ec.temperature, top_k=ec.top_k, top_p=ec.top_p,
-                       beam_search=ec.beam_search, mesh=mesh)
-    for (user, hist, target), gens in zip(chunk, samples):
+    chunk = order[start:start + ec.batch_size]
+    samples = generate(dec, params["decoder"], [prompts[i] for i in chunk], ec.num_samples, ec.max_new_tokens,
+                       stop_ids, seed=config.seed + start, temperature=ec.temperature, top_k=ec.top_k,
+                       top_p=ec.top_p, beam_search=ec.beam_search and not constrained, mesh=mesh,
+                       shared_prefill=shared_prefill, trie=trie)
+    for i, gens in zip(chunk, samples):
+      user, hist, target = rows[i]
       texts = [tok.decode(g).strip() for g in gens]
       depth = kmax + (len(hist) if ec.exclude_history else 0)
       ranked, scores = index.top_k([tokenize(t) for t in texts], depth)
       top = merge_generations(texts, ranked, scores, kmax, set(hist) if ec.exclude_history else set())
-      r = rank_of(target, top)
-      ranks.append(r)
+      ranks[i] = rank_of(target, top)
       empty_users += not top
-      records.append({"user": parts.categories[cat].user_ids[user], "target": int(target), "rank": r,
-                      "top": top, "generations": texts})
+      records[i] = {"user": parts.categories[cat].user_ids[user], "target": int(target), "rank": ranks[i],
+                    "top": top, "generations": texts}
     bar.update(len(chunk))
   bar.close()
   if empty_users:
@@ -126,12 +141,13 @@ def evaluate_dense(config, parts, params, rows, cat: int, item_emb: np.ndarray |
   return ranking_metrics(ranks, ks), records
 
 
-def evaluate_popularity(config, parts, rows, cat: int) -> tuple[dict, list]:
-  """Baseline: items ranked by their count in the training sequences (history items excluded as configured)."""
+def evaluate_popularity(config, data, rows) -> tuple[dict, list]:
+  """Baseline: items ranked by their count in the training sequences of `data` (a CategoryData), history items
+  excluded as configured."""
   ec = config.eval
   ks = [int(k) for k in split_names(ec.ks)]
-  counts = np.zeros(len(parts.categories[cat].catalog))
-  for seq in parts.categories[cat].sequences:
+  counts = np.zeros(len(data.catalog))
+  for seq in data.sequences:
     np.add.at(counts, np.asarray(seq[:-2], np.int64), 1)  # training part: without the valid and test items
   order = np.argsort(-counts, kind="stable")
   ranks, records = [], []
@@ -139,7 +155,7 @@ def evaluate_popularity(config, parts, rows, cat: int) -> tuple[dict, list]:
     seen = set(hist) if ec.exclude_history else set()
     top = [int(i) for i in order[:max(ks) + len(seen)] if int(i) not in seen][:max(ks)]
     ranks.append(rank_of(target, top))
-    records.append({"user": parts.categories[cat].user_ids[user], "target": int(target), "rank": ranks[-1]})
+    records.append({"user": data.user_ids[user], "target": int(target), "rank": ranks[-1]})
   return ranking_metrics(ranks, ks), records
 
 
@@ -171,18 +187,22 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
     raise DataError(f"no {split} users in category {parts.categories[cat].name!r}")
   results, records = {}, {}
   methods = ["bm25", "dense"] if config.eval.retrieval == "bm25" else ["dense"]
+  if config.eval.constrained:
+    methods.insert(0, "bm25_constrained")
   for method in methods:
     t0 = time.time()
-    if method == "bm25":
-      results[method], records[method] = evaluate_bm25(config, parts, params, rows, cat, mesh=mesh)
+    if method.startswith("bm25"):
+      results[method], records[method] = evaluate_bm25(config, parts, params, rows, cat, mesh=mesh,
+                                                       constrained=method == "bm25_constrained")
     else:
       results[method], records[method] = evaluate_dense(config, parts, params, rows, cat)
     log.info("%s retrieval on %d %s users of %s: %.1fs", method, len(rows), split, parts.categories[cat].name,
              time.time() - t0)
+  results["popularity"], records["popularity"] = evaluate_popularity(config, parts.categories[cat], rows)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-    json.dump({"category": parts.categories[cat].name, "split": split, **results}, f, indent=1)
-  results["popularity"], records["popularity"] = evaluate_popularity(config, parts, rows, cat)
+    json.dump({"category": parts.categories[cat].name, "split": split,
+               "exclude_history": bool(config.eval.exclude_history), **results}, f, indent=1)
   table = markdown_table({("Popularity (baseline)" if m == "popularity" else f"CALRec ({m})"): r
                           for m, r in results.items()})
   with open(os.path.join(out_dir, "metrics.md"), "w", encoding="utf-8") as f:

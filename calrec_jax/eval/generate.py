@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from calrec_jax.eval.constrained import CatalogTrie, advance, constrain_logits
 from calrec_jax.model.decoder import Decoder, init_cache
 
 
@@ -43,10 +44,17 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_k: i
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "temperature", "top_k", "top_p"))
+@functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "num_samples", "trie_width"))
 def _generate(decoder: Decoder, params, tokens, prompt_mask, stop_ids, rng, max_new_tokens: int,
-              temperature: float, top_k: int, top_p: float):
-  """tokens, prompt_mask: [B, P] left-padded prompts -> new tokens [B, max_new_tokens] (pad after a stop)."""
+              temperature: float, top_k: int, top_p: float, num_samples: int = 1, trie=None, trie_width: int = 0):
+  """tokens, prompt_mask: [B, P] left-padded prompts -> new tokens [B * num_samples, max_new_tokens], prompt-major
+  (rows i*N .. i*N+N-1 are prompt i's samples; pad after a stop).
+
+  Each prompt is prefilled ONCE; its KV cache, last logits and positions are then copied to its N sample rows
+  (as beam search does), so the prompt costs one prefill instead of N. With a catalog `trie` (CatalogTrie
+  arrays), every step samples only tokens that continue a catalog item text.
+  """
   b, p = tokens.shape
   cfg = decoder.cfg
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)  # [B, P]
@@ -54,24 +62,31 @@ def _generate(decoder: Decoder, params, tokens, prompt_mask, stop_ids, rng, max_
   key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # [B, S]
   hidden, cache = decoder.apply({"params": params}, tokens, positions, key_mask, cache, 0)
   last = decoder.apply({"params": params}, hidden[:, -1], method=Decoder.logits)  # [B, V]
-  next_pos = positions[:, -1] + 1
+  rep = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731  [B, ...] -> [B*N, ...]
+  cache = jax.tree_util.tree_map(rep, cache)
+  key_mask, last, next_pos = rep(key_mask), rep(last), rep(positions[:, -1] + 1)
+  b = b * num_samples
 
   def cond(carry):
-    t, _, _, _, done, _, _ = carry
+    t, _, _, _, done, _, _, _ = carry
     return (t < max_new_tokens) & ~jnp.all(done)
 
   def body(carry):
-    t, logits, cache, pos, done, out, key = carry
+    t, logits, cache, pos, done, out, key, node = carry
     key, sub = jax.random.split(key)
+    if trie is not None:
+      logits = constrain_logits(logits, trie, node, trie_width)
     tok = jnp.where(done, cfg.pad_id, sample_token(logits, sub, temperature, top_k, top_p))
+    if trie is not None:
+      node = advance(trie, node, tok, trie_width)
     out = out.at[:, t].set(tok)
     done = done | jnp.isin(tok, stop_ids)
     h, cache = decoder.apply({"params": params}, tok[:, None], pos[:, None], key_mask, cache, p + t)
     logits = decoder.apply({"params": params}, h[:, -1], method=Decoder.logits)
-    return t + 1, logits, cache, pos + 1, done, out, key
+    return t + 1, logits, cache, pos + 1, done, out, key, node
 
   out = jnp.full((b, max_new_tokens), cfg.pad_id, jnp.int32)
-  carry = (0, last, cache, next_pos, jnp.zeros((b,), bool), out, rng)
+  carry = (0, last, cache, next_pos, jnp.zeros((b,), bool), out, rng, jnp.zeros((b,), jnp.int32))
   return jax.lax.while_loop(cond, body, carry)[5]
 
 
@@ -161,23 +176,36 @@ def _strip(row: np.ndarray, stops: set[int]) -> list[int]:
 
 def generate(decoder: Decoder, params, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
              stop_ids: Sequence[int], seed: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             beam_search: bool = False, mesh: Mesh | None = None) -> list[list[list[int]]]:
+             beam_search: bool = False, mesh: Mesh | None = None, shared_prefill: bool = True,
+             trie: CatalogTrie | None = None) -> list[list[list[int]]]:
   """For each prompt, `num_samples` continuations (token ids up to, excluding, the first stop token).
 
   Sampling draws them independently (temperature 0: greedy); `beam_search` returns the `num_samples` best beams,
   best first. With a `mesh`, prompt rows are split over its data x fsdp axes and params keep their shardings.
+  `shared_prefill=False` prefills every sample row separately (same samples for the same seed, N times the
+  prefill work). `trie`: catalog-constrained sampling (every finished sample is a catalog item's text; the
+  trie's stop token must be among `stop_ids`).
   """
   stops = set(int(s) for s in stop_ids)
   stop_arr = jnp.asarray(sorted(stops), jnp.int32)
+  if beam_search and trie is not None:
+    raise ValueError("catalog-constrained decoding samples; it cannot be combined with beam search")
   if beam_search:
     toks, mask = left_pad(prompts, decoder.cfg.pad_id)
     (toks, mask), n = _shard_rows(mesh, toks, mask)
     beams, _ = _beam_search(decoder, params, toks, mask, stop_arr, max_new_tokens, num_samples)
     beams = np.asarray(beams)[:n]  # [B, K, L]
     return [[_strip(row, stops) for row in beams[i]] for i in range(len(prompts))]
-  rep = [x for x in prompts for _ in range(num_samples)]
-  toks, mask = left_pad(rep, decoder.cfg.pad_id)
-  (toks, mask), n = _shard_rows(mesh, toks, mask)
+  if shared_prefill:  # one prefill per prompt, its cache copied to the N sample rows
+    toks, mask = left_pad(prompts, decoder.cfg.pad_id)
+    (toks, mask), n = _shard_rows(mesh, toks, mask)
+    n_rows, per_prompt = n * num_samples, num_samples
+  else:  # the prompt repeated N times, each copy prefilled (the reference the shared path must equal)
+    toks, mask = left_pad([x for x in prompts for _ in range(num_samples)], decoder.cfg.pad_id)
+    (toks, mask), n_rows = _shard_rows(mesh, toks, mask)
+    per_prompt = 1
   out = np.asarray(_generate(decoder, params, toks, mask, stop_arr, jax.random.PRNGKey(seed), max_new_tokens,
-                             float(temperature), int(top_k), float(top_p)))[:n]
+                             float(temperature), int(top_k), float(top_p), per_prompt,
+                             trie.arrays() if trie is not None else None,
+                             trie.width if trie is not None else 0))[:n_rows]
   return [[_strip(row, stops) for row in out[i * num_samples:(i + 1) * num_samples]] for i in range(len(prompts))]

@@ -5,13 +5,13 @@ import jax
 
 from calrec_jax.data.iterators import eval_batches, eval_examples
 from calrec_jax.eval.evaluate import eval_category_index, evaluate_dense
-from calrec_jax.train.step import calrec_loss
+from calrec_jax.train.step import calrec_loss, loss_config
 
 
 def validation_metrics(config, parts, params) -> dict[str, float]:
+  """The validation function the runner gives the training loop: loss terms and dense-retrieval metrics."""
   cat = eval_category_index(config, parts)
   rows = eval_examples(parts.encoder, cat, "valid", config.eval.valid_users, config.seed)
-  from calrec_jax.train.loop import loss_config
   lc = loss_config(config.loss)
   fn = jax.jit(lambda p, b: calrec_loss(parts.model, p, b, lc)[1])
   sums, n = {}, 0.0
@@ -25,5 +25,7 @@ def validation_metrics(config, parts, params) -> dict[str, float]:
     n += w
   out = {f"valid/{k}": v / n for k, v in sums.items()}
   dense, _ = evaluate_dense(config, parts, params, rows, cat)
-  out.update({f"valid/dense_{k}": v for k, v in dense.items() if k in ("recall@10", "ndcg@10", "mrr")})
+  # '@' is not valid in TensorBoard tags: one name in metrics.jsonl and TensorBoard alike
+  out.update({f"valid/dense_{k.replace('@', '_at_')}": v for k, v in dense.items()
+              if k in ("recall@10", "ndcg@10", "mrr")})
   return out

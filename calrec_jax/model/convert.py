@@ -2,7 +2,7 @@
 
   python -m calrec_jax.model.convert --input=gemma3-270m-gguf --output=weights/gemma3-270m
       GGUF / HF directory / packaged name -> params checkpoint + model_config.json + tokenizer.model
-  python -m calrec_jax.model.convert --input=workdirs/stage2 --output=export/hf --to=hf
+  python -m calrec_jax.model.convert --input=workdirs/smoke/stage2 --output=export/hf --to=hf
       a training workdir (or converted directory) -> Hugging Face safetensors + config.json + tokenizer.model
 """
 from __future__ import annotations
@@ -21,12 +21,25 @@ def main(argv=None) -> None:
   p.add_argument("--output", required=True, help="output folder")
   p.add_argument("--to", choices=("orbax", "hf"), default="orbax", help="output format (default: orbax params)")
   a = p.parse_args(argv)
+  import sys
+  from calrec_jax.errors import WeightImportError
   from calrec_jax.model import loading, weights
-  if os.path.exists(os.path.join(a.input, "export", "model_config.json")):  # a training workdir
-    cfg, params, tok = loading.load_pretrained(os.path.join(a.input, "export"))
-  else:
-    cfg, params, tok = loading.load_pretrained(a.input)
+  say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  progress of the long steps
+  packaged = a.input in ("gemma3-270m-gguf", "smollm2-135m-gguf") or a.input.startswith(loading.HUB_PREFIX)
+  if not packaged and not os.path.exists(os.path.expanduser(a.input)):
+    raise WeightImportError(f"--input={a.input}: no such file or folder (a training workdir, e.g. "
+                            "workdirs/smoke/stage2 after the README's demo, a .gguf file, a HF checkpoint folder, an "
+                            "hf://org/name Hub id, or gemma3-270m-gguf / smollm2-135m-gguf)")
+  source = os.path.join(a.input, "export") if os.path.exists(os.path.join(a.input, "export", "model_config.json")) \
+      else a.input  # a training workdir: its export
+  say(f"reading {source}" + (" (a GGUF file is dequantised to float32: about 10-40 s for 100-300M parameters)"
+                             if source.endswith(".gguf") or a.input.endswith("-gguf") else "") + " ...")
+  try:
+    cfg, params, tok = loading.load_pretrained(source)
+  except WeightImportError as e:
+    raise WeightImportError(str(e).replace(f"model.pretrained={source!r}", f"--input={a.input}")) from None
   params = params.get("decoder", params)
+  say(f"read a {cfg.family} model ({cfg.n_layers} layers, d_model {cfg.d_model}); writing {a.to} to {a.output} ...")
   if a.to == "orbax":
     loading.save_converted(a.output, cfg, params, tok)
   else:

@@ -73,7 +73,7 @@ def load_pretrained(spec: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
   tok_path = os.path.join(spec, "tokenizer.model")
   tok = Tokenizer.load(tok_path) if os.path.exists(tok_path) else None
   if os.path.exists(os.path.join(spec, "model_config.json")):  # written by calrec_jax.model.convert / export
-    from calrec_jax.train.checkpoint import load_params
+    from calrec_jax.model.params_io import load_params
     with open(os.path.join(spec, "model_config.json"), encoding="utf-8") as f:
       cfg = ModelConfig.from_dict(json.load(f))
     params = load_params(os.path.join(spec, "params"))
@@ -86,7 +86,7 @@ def load_pretrained(spec: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
 def save_converted(out_dir: str, cfg: ModelConfig, params: dict, tokenizer: Tokenizer | None) -> None:
   """The converted form: params (orbax) + model_config.json (+ tokenizer.model); training loads it directly."""
   import jax
-  from calrec_jax.train.checkpoint import save_params
+  from calrec_jax.model.params_io import save_params
   os.makedirs(out_dir, exist_ok=True)
   save_params(os.path.join(out_dir, "params"), params)  # collective across processes
   if jax.process_index() != 0:

@@ -16,6 +16,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 Rules = Sequence[tuple[str, Any]]  # (logical name, mesh axis | tuple of mesh axes | None)
 
+# logical name -> mesh axis (or axes). Params: FSDP over 'embed', tensor parallel over heads/mlp/vocab.
+DEFAULT_RULES: Rules = (
+    ("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"), ("head_dim", None),
+    ("mlp", "tensor"), ("norm", None),
+    ("activation_batch", ("data", "fsdp")), ("activation_length", None), ("activation_embed", None),
+    ("activation_heads", "tensor"), ("activation_mlp", "tensor"), ("activation_vocab", "tensor"),
+)
+
+
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar("activation_sharding",
                                                                                       default=None)
 

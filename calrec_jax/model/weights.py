@@ -153,7 +153,11 @@ def export_hf_checkpoint(params: dict, cfg: ModelConfig, out_dir: str, tokenizer
   """Write config.json + model.safetensors (+ tokenizer.model) that transformers and this project load."""
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
-  save_file(to_hf_tensors(params, cfg), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  tensors_path = os.path.join(out_dir, "model.safetensors")
+  save_file(to_hf_tensors(params, cfg), tensors_path, metadata={"format": "pt"})
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tensors_path, 0o666 & ~umask)  # safetensors writes 0600; readable like every other file written here
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf_config_dict(cfg), f, indent=1)
   if tokenizer_proto:

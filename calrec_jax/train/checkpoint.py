@@ -8,6 +8,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from calrec_jax.errors import CheckpointError
+from calrec_jax.model.params_io import load_params, save_params  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +35,48 @@ class Checkpointer:
     """(step, state, iterator state) of the newest checkpoint that restores; None when there is none.
 
     `abstract_state`: a tree of jax.ShapeDtypeStruct with shardings; arrays are restored straight into them.
+    Newer checkpoints that fail to restore while an older one restores are damaged (a kill during a save, a
+    truncated file): each is reported and moved aside to `<step>.damaged` (never deleted), so the run saves that
+    step again and keep-N rotation only counts good checkpoints. When none restores, nothing is moved: the
+    likelier cause is a config that differs from the one the checkpoints were written with.
     """
     failures = []
     for step in reversed(self.steps()):
       try:
         got = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data_iter=ocp.args.JsonRestore()))
-        return step, got["state"], dict(got["data_iter"])
       except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
-        failures.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
-        log.error("checkpoint %s/%d is unreadable (%s); trying the previous one", self.directory, step, failures[-1])
+        failures.append((step, f"step {step}: {type(e).__name__}: {str(e)[:200]}"))
+        log.error("checkpoint %s/%d is unreadable (%s); trying the previous one", self.directory, step,
+                  failures[-1][1])
+        continue
+      if failures:
+        self._move_aside([s for s, _ in failures])
+      return step, got["state"], dict(got["data_iter"])
     if failures:  # never silently start over on top of checkpoints that exist
-      raise CheckpointError(f"{self.directory}: no checkpoint restores into this config ({'; '.join(failures)}). "
-                            "They are corrupt or were written with another model/optimizer config: use that config, "
-                            "or another --workdir")
+      raise CheckpointError(f"{self.directory}: no checkpoint restores into this config "
+                            f"({'; '.join(m for _, m in failures)}). They are corrupt or were written with another "
+                            "model/optimizer config: use that config, or another --workdir")
     return None
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Rename damaged step folders to `<step>.damaged[-N]` (process 0) and make every process forget them."""
+    import jax
+    if jax.process_index() == 0:
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        if not os.path.exists(src):
+          continue
+        dst, k = src + ".damaged", 1
+        while os.path.exists(dst):
+          k += 1
+          dst = f"{src}.damaged-{k}"
+        os.rename(src, dst)
+        log.error("moved the damaged checkpoint %s aside to %s (kept for inspection; delete it when done)", src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("calrec_jax: damaged checkpoints moved aside")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -56,28 +84,6 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def save_params(path: str, params: Any) -> None:
-  """Params-only checkpoint (export for evaluation, stage-2 init, converted pretrained weights)."""
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.abspath(path), params, force=True)
-  ckptr.wait_until_finished()
-
-
-def load_params(path: str, abstract_params: Any | None = None) -> Any:
-  """Read a params-only checkpoint; with an abstract tree (shapes + shardings) it restores into them."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise CheckpointError(f"{path}: no params checkpoint here")
-  ckptr = ocp.StandardCheckpointer()
-  try:
-    if abstract_params is None:
-      return ckptr.restore(path)
-    return ckptr.restore(path, abstract_params)
-  except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"{path}: cannot restore params ({type(e).__name__}: {str(e)[:400]}); the checkpoint "
-                          "is corrupt or was written for a different model config") from None
 
 
 def check_params(params: Any, abstract: Any, source: str) -> None:
@@ -106,6 +112,9 @@ def params_from_workdir(workdir: str, step: int | None = None) -> Any:
   if not os.path.isdir(ckpt_dir):
     if step is not None:
       raise CheckpointError(f"{workdir}: no checkpoints/ folder, so there is no checkpoint step {step}")
+    if not any(os.path.exists(os.path.join(workdir, m)) for m in ("_CHECKPOINT_METADATA", "_METADATA")):
+      raise CheckpointError(f"{workdir}: no export/ or checkpoints/ here (nothing trained in this workdir yet); "
+                            "train first with python -m calrec_jax.main, or give the workdir of a trained run")
     return load_params(workdir)
   mgr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "data_iter"))
   steps = sorted(mgr.all_steps())

@@ -4,13 +4,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from calrec_jax.data.iterators import MixtureIterator
-from calrec_jax.errors import CalrecError
+from calrec_jax.errors import CalrecError, Interrupted
 from calrec_jax.train import checkpoint as ckpt_lib
 from calrec_jax.train import optim
 from calrec_jax.train import sharding as shd
@@ -25,8 +26,44 @@ class NonFiniteLossError(CalrecError):
   pass
 
 
-def loss_config(c) -> step_lib.LossConfig:
-  return step_lib.LossConfig(c.w_nig, c.w_tt, c.w_ut, c.temperature, c.symmetric, c.vocab_chunk)
+class TrainingInterrupted(Interrupted):
+  """SIGTERM / SIGINT: a checkpoint of the current step was saved; the same command continues from it."""
+
+
+class StopSignals:
+  """Turns SIGTERM (TPU VM preemption, `kill`) and SIGINT (Ctrl-C) into a flag the loop checks after each step.
+
+  A second Ctrl-C while the checkpoint is being written is ignored, so the save is not cut short."""
+
+  def __init__(self):
+    self.received: str | None = None
+    self._old = {}
+
+  def __enter__(self):
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    import signal
+    self.received = signal.Signals(signum).name
+
+  def stop_now(self) -> bool:
+    """True on every process once any process received a signal (a collective when there are several)."""
+    flag = self.received is not None
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+    return flag
+
+  def __exit__(self, *exc):
+    import signal
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+    return False
 
 
 def _abstract_with_sharding(abstract, shardings):
@@ -58,9 +95,102 @@ def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr):
   return state, state_sh, None, how
 
 
-def train(config, workdir: str) -> dict:
-  """Run (or resume) training; returns the last logged metrics."""
+def base_params(config, parts: RunParts, abstract_params, shapes) -> tuple[Any, str]:
+  """Params by restore steps 2-4 (ckpt.init_from -> pretrained -> random init), host numpy, checked."""
+  if config.ckpt.init_from:
+    params, how = ckpt_lib.params_from_workdir(config.ckpt.init_from), f"params from {config.ckpt.init_from}"
+  elif parts.pretrained_params is not None:
+    params, how = {"decoder": parts.pretrained_params}, f"pretrained weights {config.model.pretrained}"
+  else:
+    params, how = None, f"random init ({config.model.preset})"
+  if params is None or ("proj" in abstract_params and "proj" not in params):
+    fresh = jax.device_get(jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(parts.model, r, shapes)))(
+        jax.random.PRNGKey(config.seed)))
+    params = fresh if params is None else dict(params, proj=fresh["proj"])
+  ckpt_lib.check_params(params, abstract_params, how)
+  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), how
+
+
+def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc):
+  """LoRA: frozen weights by restore steps 2-4 (every start, also a resume), and a train state of the trainable
+  tree {'lora', ['proj']} only, restored from the workdir's checkpoint when there is one.
+  Returns (state, state shardings, iterator state, how, frozen decoder weights, their shardings)."""
+  from calrec_jax.adapters.lora import count, init_adapters
+  p_sh, p_abstract = step_lib.params_shardings(parts.model, mesh, shapes)
+  params, how = base_params(config, parts, p_abstract, shapes)
+  trainable = {"lora": init_adapters(params["decoder"], lc, config.seed)}
+  if "proj" in params:
+    trainable["proj"] = params["proj"]
+  frozen = jax.device_put(params["decoder"], p_sh["decoder"])
+  rep = step_lib.NamedSharding(mesh, step_lib.P())
+  abstract = jax.eval_shape(lambda t: {"step": jax.numpy.zeros((), jax.numpy.int32), "params": t,
+                                       "opt_state": tx.init(t)}, trainable)
+  state_sh = jax.tree_util.tree_map(lambda _: rep, abstract)
+  log.info("LoRA rank %d on %s: %d trainable parameters (frozen: %d)", lc.rank, ",".join(lc.targets),
+           count(trainable), count(params["decoder"]))
+  restored = ckptr.restore_latest(_abstract_with_sharding(abstract, state_sh))
+  if restored is not None:
+    step, state, it_state = restored
+    return state, state_sh, it_state, f"resumed LoRA adapters from {ckptr.directory} step {step} on {how}", \
+        frozen, p_sh["decoder"]
+  state = jax.jit(lambda t: {"step": jax.numpy.zeros((), jax.numpy.int32), "params": t, "opt_state": tx.init(t)},
+                  out_shardings=state_sh)(trainable)
+  return state, state_sh, None, f"LoRA adapters on {how}", frozen, p_sh["decoder"]
+
+
+# keys that must not change when a workdir with checkpoints is started again (shapes, tokenizer, data stream)
+RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_dim", "model.lora_rank",
+                "model.lora_targets", "tokenizer.path", "tokenizer.vocab_size", "data.source", "data.path",
+                "data.categories", "data.synthetic_users", "data.synthetic_seed", "data.kcore", "data.attributes",
+                "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha", "data.batch_size")
+
+
+def check_same_run(config, workdir: str) -> None:
+  """A workdir with checkpoints continues only the run it holds: keys of RUN_IDENTITY that differ from its
+  config.json are an error naming them (not a silent run on the old model or a new tokenizer)."""
+  import json
+  path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not (os.path.exists(path) and os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      recorded = json.load(f)
+  except (OSError, ValueError):
+    return
+  differ = []
+  for key in RUN_IDENTITY:
+    section, _, name = key.rpartition(".")
+    old = recorded.get(section, {}).get(name) if section else recorded.get(name)
+    new = config[section][name] if section else config[name]
+    if old is not None and old != new:
+      differ.append(f"{key}={new!r} (the run in {workdir} has {old!r})")
+  if differ:
+    raise CalrecError(f"{workdir} holds checkpoints of another run: {'; '.join(differ)}. Use the workdir's own "
+                      "settings to continue it, or another --workdir for the new run")
+
+
+def last_logged(workdir: str) -> dict:
+  """The metrics of the last training and validation rows in metrics.jsonl (what a finished run returned)."""
+  from calrec_jax.train.metrics_writer import read_metrics
+  path = os.path.join(workdir, "metrics.jsonl")
+  out = {}
+  for row in read_metrics(path) if os.path.exists(path) else []:
+    out.update({k: v for k, v in row.items() if k != "step"})
+  return out
+
+
+ValidationFn = Callable[[Any, RunParts, Any], dict]  # (config, parts, params) -> {'valid/...': value}
+
+
+def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
+  """Run (or resume) training; returns the last logged metrics. `validation` (the runner passes
+  calrec_jax.eval.validation.validation_metrics) runs every train.eval_every steps and at the end."""
   is_main = jax.process_index() == 0
+  from calrec_jax.paths import require_writable_dir
+  if is_main:
+    require_writable_dir(workdir, "--workdir")
+  check_same_run(config, workdir)  # before any data is read or anything compiled
   parts = build(config, workdir)
   if is_main:
     save_run_files(workdir, parts, config)
@@ -73,21 +203,45 @@ def train(config, workdir: str) -> dict:
   spec = parts.encoder.spec
   shapes = step_lib.example_batch(dc.batch_size, parts.encoder.buckets[-1], spec.target_len, spec.item_len)
   ckptr = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt.keep, config.ckpt.async_save)
-  state, state_sh, it_state, how = initial_state(config, workdir, parts, tx, mesh, shapes, ckptr)
+  from calrec_jax.adapters.lora import LoraConfig, trainable_to_params
+  lora = LoraConfig.from_config(config.model)
+  frozen = frozen_sh = to_params = None
+  if lora is None:
+    state, state_sh, it_state, how = initial_state(config, workdir, parts, tx, mesh, shapes, ckptr)
+  else:
+    state, state_sh, it_state, how, frozen, frozen_sh = lora_initial_state(config, parts, tx, mesh, shapes, ckptr,
+                                                                          lora)
+    to_params = lambda t, base: trainable_to_params(base, t, lora)  # noqa: E731
+  # the model's params tree of a train state (LoRA: adapters merged into the frozen weights)
+  model_params = (lambda st: st["params"]) if lora is None else jax.jit(lambda st: to_params(st["params"], frozen))
   log.info("start: %s", how)
+  if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(
+      os.path.join(workdir, "export", "model_config.json")):
+    ckptr.close()
+    log.info("%s finished earlier (step %d of %d, export in %s/export): nothing to train", workdir,
+             int(jax.device_get(state["step"])), tc.num_steps, workdir)
+    return last_logged(workdir)
   it = MixtureIterator(parts.encoder, dc.batch_size, dc.mixture_alpha, config.seed, jax.process_index(),
                        jax.process_count())
   if it_state is not None:
     it.set_state(it_state)
   log.info("mixture over %s with p=%s", [c.name for c in parts.categories], np.round(it.probs, 3).tolist())
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(parts.model, tx, loss_config(config.loss), config.optim.grad_accum), mesh, state_sh)
+      step_lib.make_train_step(parts.model, tx, step_lib.loss_config(config.loss), config.optim.grad_accum,
+                               to_params), mesh, state_sh, frozen_sharding=frozen_sh)
   abstract_state = _abstract_with_sharding(jax.eval_shape(lambda s: s, state), state_sh)
-  compiled = train_step.lower(abstract_state, shapes).compile()
+  extra = () if frozen is None else (_abstract_with_sharding(jax.eval_shape(lambda f: f, frozen), frozen_sh),)
+  log.info("compiling the train step (batch %d x %d tokens) ...", dc.batch_size, shapes["tokens"].shape[1])
+  t_compile = time.time()
+  compiled = train_step.lower(abstract_state, shapes, *extra).compile()
+  log.info("compiled the train step in %.1fs", time.time() - t_compile)
   mem = compiled.memory_analysis()
   if mem is not None:
     log.info("compiled step (batch %d x %d tokens): %.1f MiB arguments, %.1f MiB temporaries per device",
              dc.batch_size, shapes["tokens"].shape[1], mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20)
+  if is_main:
+    from calrec_jax.train.resources import check_resources
+    check_resources(mem, state, config.ckpt.keep, workdir)
   start = int(jax.device_get(state["step"]))
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)
   bar = tqdm(total=tc.num_steps, initial=start, disable=not (tc.progress and is_main), unit="step",
@@ -95,55 +249,69 @@ def train(config, workdir: str) -> dict:
   acc: dict[str, float] = {}
   nonfinite_run, t_last, tokens = 0, time.time(), 0.0
   last = {}
-  for step in range(start, tc.num_steps):
-    batch = shd.global_batch(next(it), mesh)
-    state, m = train_step(state, batch)
-    m = jax.device_get(m)
-    nonfinite_run = nonfinite_run + 1 if m["skipped"] else 0
-    if m["skipped"]:
-      log.warning("step %d: non-finite loss or gradient (loss=%s); the update was not applied", step + 1, m["loss"])
-      writer.write(step + 1, {"train/nonfinite": 1.0})
-      if nonfinite_run >= tc.max_consecutive_nonfinite:
+  signals = StopSignals().__enter__()
+  try:
+    for step in range(start, tc.num_steps):
+      batch = shd.global_batch(next(it), mesh)
+      state, m = train_step(state, batch) if frozen is None else train_step(state, batch, frozen)
+      m = jax.device_get(m)
+      nonfinite_run = nonfinite_run + 1 if m["skipped"] else 0
+      if m["skipped"]:
+        log.warning("step %d: non-finite loss or gradient (loss=%s); the update was not applied", step + 1, m["loss"])
+        writer.write(step + 1, {"train/nonfinite": 1.0})
+        if nonfinite_run >= tc.max_consecutive_nonfinite:
+          ckptr.close()
+          raise NonFiniteLossError(f"{nonfinite_run} non-finite losses in a row at step {step + 1}; lower "
+                                   "optim.learning_rate or check the data. The last checkpoint holds finite params.")
+      else:
+        for k, v in m.items():
+          acc[k] = acc.get(k, 0.0) + float(v)
+        acc["_n"] = acc.get("_n", 0) + 1
+      tokens += float(m["tokens"])
+      done = step + 1
+      if (done % tc.log_every == 0 or done == tc.num_steps) and acc.get("_n"):
+        dt = time.time() - t_last
+        n = acc.pop("_n")
+        last = {f"train/{k}": v / n for k, v in acc.items() if k not in ("tokens", "skipped")}
+        last["perf/steps_per_s"] = tc.log_every / dt if dt else 0.0
+        last["perf/tokens_per_s"] = tokens / dt if dt else 0.0
+        writer.write(done, last)
+        bar.set_postfix(loss=f"{last['train/loss']:.3f}", tok_s=f"{last['perf/tokens_per_s']:.0f}")
+        acc, tokens, t_last = {}, 0.0, time.time()
+      if validation and tc.eval_every and done % tc.eval_every == 0 and done != tc.num_steps:
+        writer.write(done, validate(validation, config, parts, model_params(state), done))
+      if done % config.ckpt.every == 0 or done == tc.num_steps:
+        writer.flush()
+        ckptr.save(done, state, it.get_state(), force=done == tc.num_steps)
+      bar.update(1)
+      if done < tc.num_steps and signals.stop_now():
+        bar.close()
+        if done % config.ckpt.every:
+          writer.flush()
+          ckptr.save(done, state, it.get_state(), force=True)
         ckptr.close()
-        raise NonFiniteLossError(f"{nonfinite_run} non-finite losses in a row at step {step + 1}; lower "
-                                 "optim.learning_rate or check the data. The last checkpoint holds finite params.")
-    else:
-      for k, v in m.items():
-        acc[k] = acc.get(k, 0.0) + float(v)
-      acc["_n"] = acc.get("_n", 0) + 1
-    tokens += float(m["tokens"])
-    done = step + 1
-    if (done % tc.log_every == 0 or done == tc.num_steps) and acc.get("_n"):
-      dt = time.time() - t_last
-      n = acc.pop("_n")
-      last = {f"train/{k}": v / n for k, v in acc.items() if k not in ("tokens", "skipped")}
-      last["perf/steps_per_s"] = tc.log_every / dt if dt else 0.0
-      last["perf/tokens_per_s"] = tokens / dt if dt else 0.0
-      writer.write(done, last)
-      bar.set_postfix(loss=f"{last['train/loss']:.3f}", tok_s=f"{last['perf/tokens_per_s']:.0f}")
-      acc, tokens, t_last = {}, 0.0, time.time()
-    if tc.eval_every and done % tc.eval_every == 0 and done != tc.num_steps:
-      writer.write(done, validate(config, parts, state["params"], done))
-    if done % config.ckpt.every == 0 or done == tc.num_steps:
-      ckptr.save(done, state, it.get_state(), force=done == tc.num_steps)
-    bar.update(1)
+        writer.close()
+        raise TrainingInterrupted(f"{signals.received or 'a stop signal'} at step {done} of {tc.num_steps}: saved "
+                                  f"the checkpoint {ckptr.directory}/{done}; run the same command to continue from it")
+  finally:
+    signals.__exit__()
   bar.close()
   ckptr.close()
-  final = validate(config, parts, state["params"], tc.num_steps)
-  writer.write(tc.num_steps, final)
-  last.update(final)
-  export(workdir, parts, gather_to_host(state["params"]))  # collective: every process joins
+  if validation:
+    final = validate(validation, config, parts, model_params(state), tc.num_steps)
+    writer.write(tc.num_steps, final)
+    last.update(final)
+  export(workdir, parts, gather_to_host(model_params(state)))  # collective; LoRA: the merged weights
   if is_main and os.path.exists(writer.path):
     plot_curves(writer.path, os.path.join(workdir, "training_curves.png"))
   writer.close()
   return last
 
 
-def validate(config, parts: RunParts, params, step: int) -> dict[str, float]:
-  """Validation loss terms on a fixed user subset of the evaluation category (and retrieval metrics)."""
-  from calrec_jax.eval.validation import validation_metrics
+def validate(validation: ValidationFn, config, parts: RunParts, params, step: int) -> dict[str, float]:
+  """Run `validation` and log its metrics with the time it took."""
   t0 = time.time()
-  out = validation_metrics(config, parts, params)
+  out = validation(config, parts, params)
   log.info("step %d validation (%.1fs): %s", step, time.time() - t0,
            ", ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in out.items()))
   return out

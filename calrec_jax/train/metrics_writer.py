@@ -20,7 +20,9 @@ class MetricsWriter:
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       self._truncate_after(resume_step)
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      # purge_step: TensorBoard drops events of steps after the restored checkpoint that a killed run wrote, so
+      # every (tag, step) has one value after any restart
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
   def _truncate_after(self, step: int) -> None:
     """Drop rows past the restored step (a killed run logged them; the resumed run logs them again) and a
@@ -51,6 +53,11 @@ class MetricsWriter:
       self.tb.add_scalar(k, float(v), int(step))
     self.tb.flush()
 
+  def flush(self) -> None:
+    """Called before a checkpoint is saved: every row up to it is on disk."""
+    if self.enabled:
+      self.tb.flush()
+
   def close(self) -> None:
     if self.enabled:
       self.tb.close()
@@ -62,20 +69,26 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def plot_curves(metrics_path: str, out_png: str) -> None:
-  """One panel per metric group (losses, accuracies, validation) against the step."""
+  """Panels of metrics against the step, grouped by scale: train losses, train accuracies, validation losses,
+  validation accuracies and retrieval metrics (periodic validation reads as curves, one per metric)."""
   rows = read_metrics(metrics_path)
-  groups = {"train losses": lambda k: k.startswith("train/loss"), "train accuracies": lambda k: k.startswith("train/acc"),
-            "validation": lambda k: k.startswith("valid/")}
-  fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6))
+  groups = {"train losses": lambda k: k.startswith("train/loss"),
+            "train accuracies": lambda k: k.startswith("train/acc"),
+            "validation losses": lambda k: k.startswith("valid/loss"),
+            "validation accuracies and retrieval": lambda k: k.startswith(("valid/acc", "valid/dense"))}
+  fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.6))
   for ax, (title, pick) in zip(axes, groups.items()):
     keys = sorted({k for r in rows for k in r if pick(k)})
     for k in keys:
       pts = [(r["step"], r[k]) for r in rows if k in r]
-      ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k.split("/", 1)[1], marker="." if len(pts) < 30 else None)
-    ax.set_title(title)
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k.split("/", 1)[1],
+              marker="o" if len(pts) < 30 else None, markersize=3)
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel("step")
     if keys:
       ax.legend(fontsize=7)
+    else:
+      ax.text(0.5, 0.5, "no rows yet", ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(out_png, dpi=110)

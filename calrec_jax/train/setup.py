@@ -5,13 +5,14 @@ import dataclasses
 import json
 import logging
 import os
+import time
 
 import jax.numpy as jnp
 
 from calrec_jax.data import sources
 from calrec_jax.data.examples import ExampleEncoder, ExampleSpec
 from calrec_jax.data.records import CategoryData
-from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item
+from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item, rendered_attributes
 from calrec_jax.data.tokenizer import Tokenizer, train_tokenizer
 from calrec_jax.model import config as model_config
 from calrec_jax.model.config import ModelConfig
@@ -33,7 +34,8 @@ class RunParts:
 def example_spec(dc) -> ExampleSpec:
   return ExampleSpec(max_len=dc.max_len, max_history=dc.max_history, max_item_tokens=dc.max_item_tokens,
                      length_buckets=tuple(int(x) for x in sources.split_names(dc.length_buckets)),
-                     attributes=tuple(sources.split_names(dc.attributes)))
+                     attributes=tuple(sources.split_names(dc.attributes)),
+                     min_attribute_coverage=dc.min_attribute_coverage)
 
 
 def _from_process_zero(tok: Tokenizer) -> Tokenizer:
@@ -59,7 +61,11 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   saved_cfg = os.path.join(workdir, "model_config.json")
   if config.model.pretrained:
     from calrec_jax.model.loading import load_pretrained
+    log.info("reading pretrained weights %s (a GGUF file is dequantised to float32: 10-40 s for 100-300M "
+             "parameters) ...", config.model.pretrained)
+    t0 = time.time()
     cfg, pretrained, tok = load_pretrained(config.model.pretrained)
+    log.info("read the pretrained weights in %.1fs", time.time() - t0)
     log.info("pretrained %s: %s, %d layers, d_model %d", config.model.pretrained, cfg.family, cfg.n_layers, cfg.d_model)
   if config.tokenizer.path:
     tok = Tokenizer.load(config.tokenizer.path)
@@ -73,8 +79,11 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
                       "BPE vocabularies such as SmolLM2 / Llama 3 load as weights only); set tokenizer.path to the "
                       "SentencePiece model that matches its vocabulary, or use a Gemma checkpoint")
   if tok is None:
-    texts = [render_item(a, spec.attributes) for c in cats for a in c.catalog.attributes]
+    texts = [render_item(a, rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage))
+             for c in cats for a in c.catalog.attributes]
     texts.append("\n".join([PROMPT_HEADER, FIRST_ITEM, NEXT_ITEM]))
+    log.info("training a SentencePiece tokenizer (vocabulary %d) on %d item texts ...", config.tokenizer.vocab_size,
+             len(texts))
     tok = _from_process_zero(train_tokenizer(texts, config.tokenizer.vocab_size))
     log.info("trained a SentencePiece tokenizer on %d item texts (vocabulary %d)", len(texts), tok.vocab_size)
   if cfg is None:

@@ -9,17 +9,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from calrec_jax.errors import ConfigError
-from calrec_jax.model.partitioning import logical_spec
+from calrec_jax.model.partitioning import DEFAULT_RULES, logical_spec  # noqa: F401  (re-exported)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical name -> mesh axis (or axes). Params: FSDP over 'embed', tensor parallel over heads/mlp/vocab.
-DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"), ("head_dim", None),
-    ("mlp", "tensor"), ("norm", None),
-    ("activation_batch", ("data", "fsdp")), ("activation_length", None), ("activation_embed", None),
-    ("activation_heads", "tensor"), ("activation_mlp", "tensor"), ("activation_vocab", "tensor"),
-)
 
 
 def mesh_shape(sizes: Sequence[int], num_devices: int) -> tuple[int, ...]:

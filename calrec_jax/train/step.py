@@ -28,6 +28,11 @@ class LossConfig:
   vocab_chunk: int = 16_384
 
 
+def loss_config(c) -> LossConfig:
+  """LossConfig from the config's `loss` section."""
+  return LossConfig(c.w_nig, c.w_tt, c.w_ut, c.temperature, c.symmetric, c.vocab_chunk)
+
+
 def contrastive_loss(v_u: jax.Array, v_tu: jax.Array, v_t: jax.Array, target_id: jax.Array, valid: jax.Array,
                      lc: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
   """w_tt * InfoNCE(v_T|U, v_T) + w_ut * InfoNCE(v_U, v_T) over all rows given ([B, E] each)."""
@@ -67,21 +72,24 @@ def split_microbatches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Arr
   return jax.tree_util.tree_map(lambda x: x.reshape(-1, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossConfig, n: int
-                           ) -> tuple[Any, dict[str, jax.Array]]:
+def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossConfig, n: int,
+                           to_params: Callable[[Any], Any] = lambda p: p) -> tuple[Any, dict[str, jax.Array]]:
   """Gradient of the whole-batch loss computed `n` microbatches at a time (gradient caching).
 
   The contrastive terms still see the WHOLE batch as negatives: a first pass (no gradient) embeds every
   microbatch; the InfoNCE losses and their gradients with respect to the [B, E] embeddings are computed once;
   a second pass backpropagates, per microbatch, its LM loss plus <embeddings, cached embedding gradients>.
   The result equals the single-pass gradient (the model is deterministic) for one extra forward pass, with
-  activation memory of one microbatch.
+  activation memory of one microbatch. `params` are the trainable params; `to_params` maps them to the model's
+  params tree (identity, or LoRA adapters merged into frozen weights).
   """
   micro = jax.tree_util.tree_map(lambda x: constrain(x, (None, "activation_batch") + (None,) * (x.ndim - 2)),
                                  split_microbatches(batch, n))  # [n, B/n, ...]
 
+  full = to_params(params)
+
   def embed(carry, mb):
-    out = model.apply({"params": params}, mb)
+    out = model.apply({"params": full}, mb)
     return carry, {k: out[k] for k in ("v_u", "v_t_given_u", "v_t")}  # [B/n, E] each
   _, embs = jax.lax.scan(embed, None, micro)  # [n, B/n, E] each
   flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [n, B/n, ...] -> [B, ...] in microbatch order
@@ -91,7 +99,8 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
                                  flat(micro["target_id"]), valid, lc), has_aux=True)(embs)
   lm_total = _lm_weights(batch).sum()
 
-  def surrogate(p, mb, d_emb):
+  def surrogate(t, mb, d_emb):
+    p = to_params(t)
     out = model.apply({"params": p}, mb)
     nig, nig_acc = _lm_loss(model, p, out, mb, lc, lm_total)  # this microbatch's share of the batch mean
     dot = sum((out[k] * d_emb[k]).sum() for k in d_emb)
@@ -108,23 +117,31 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
   return grads, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch)}
 
 
-def make_train_step(model: TwoTower, tx: optax.GradientTransformation, lc: LossConfig, grad_accum: int = 1
-                    ) -> Callable[[State, dict], tuple[State, dict]]:
-  """Pure `train_step(state, batch) -> (state, metrics)`; a non-finite loss or gradient leaves params unchanged.
+def make_train_step(model: TwoTower, tx: optax.GradientTransformation, lc: LossConfig, grad_accum: int = 1,
+                    to_params: Callable[[Any, Any], Any] | None = None
+                    ) -> Callable[..., tuple[State, dict]]:
+  """Pure `train_step(state, batch[, frozen]) -> (state, metrics)`; a non-finite loss or gradient leaves params
+  unchanged.
 
   With grad_accum > 1 the batch is processed in microbatches and the gradient is still that of the whole
-  batch (see `accumulated_loss_grads`).
+  batch (see `accumulated_loss_grads`). With `to_params(trainable, frozen)` (LoRA), `state['params']` is the
+  trainable tree and the model runs on to_params(trainable, frozen); only the trainable tree gets gradients.
   """
+  to_params = to_params or (lambda p, frozen: p)
 
-  def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
+  def train_step(state: State, batch: dict[str, jax.Array], frozen=None) -> tuple[State, dict]:
     params = state["params"]
+    full = lambda p: to_params(p, frozen)  # noqa: E731
     if grad_accum == 1:
-      (_, metrics), grads = jax.value_and_grad(lambda p: calrec_loss(model, p, batch, lc), has_aux=True)(params)
+      (_, metrics), grads = jax.value_and_grad(lambda p: calrec_loss(model, full(p), batch, lc), has_aux=True)(params)
     else:
-      grads, metrics = accumulated_loss_grads(model, params, batch, lc, grad_accum)
+      grads, metrics = accumulated_loss_grads(model, params, batch, lc, grad_accum, full)
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
+    # a finite loss and gradient can still give a non-finite update (a NaN learning rate, an overflowing moment):
+    # the step is applied only when the loss, the gradient, the update and the new optimizer state are finite
+    finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+              & jnp.isfinite(optax.global_norm(jax.tree_util.tree_leaves(opt_state))))
     new_params = optax.apply_updates(params, updates)
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
     new_state = {"step": state["step"] + 1, "params": keep(new_params, params),
@@ -188,12 +205,20 @@ def init_state(model: TwoTower, tx, mesh: Mesh, batch_shapes, seed: int, state_s
   return jax.jit(with_params, out_shardings=state_sharding, donate_argnums=0)(params)
 
 
-def jit_train_step(step_fn, mesh: Mesh, state_sharding, rules=shd.DEFAULT_RULES) -> Callable:
-  """Jit with state/batch shardings, the state donated; activations are placed by `rules` while tracing."""
+def jit_train_step(step_fn, mesh: Mesh, state_sharding, rules=shd.DEFAULT_RULES, frozen_sharding=None
+                   ) -> Callable:
+  """Jit with state/batch shardings, the state donated; activations are placed by `rules` while tracing.
+  With `frozen_sharding` the step takes the frozen weights (LoRA) as a third argument, not donated."""
   batch_sh = shd.batch_sharding(mesh)
+  out_sh = (state_sharding, NamedSharding(mesh, P()))
+  if frozen_sharding is not None:
+    def traced_frozen(state, batch, frozen):
+      with activation_sharding(mesh, rules):
+        return step_fn(state, batch, frozen)
+    return jax.jit(traced_frozen, in_shardings=(state_sharding, batch_sh, frozen_sharding), out_shardings=out_sh,
+                   donate_argnums=0)
 
   def traced(state, batch):
     with activation_sharding(mesh, rules):
       return step_fn(state, batch)
-  return jax.jit(traced, in_shardings=(state_sharding, batch_sh),
-                 out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=0)
+  return jax.jit(traced, in_shardings=(state_sharding, batch_sh), out_shardings=out_sh, donate_argnums=0)

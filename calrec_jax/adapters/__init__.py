@@ -1,0 +1,1 @@
+"""Parameter-efficient finetuning: adapters applied to the frozen decoder weights."""

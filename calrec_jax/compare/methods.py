@@ -1,0 +1,288 @@
+"""The methods of a comparison: what each one trains and how it is evaluated, on the same users and metrics.
+
+Every method returns a MethodResult: result rows (metric dicts) and, per row, each evaluated user's 1-based
+rank of the held-out item (0: not in the top list), which the paired significance tests read.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import time
+
+from calrec_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("popularity", "bm25_history", "sasrec", "gru4rec", "zero_shot")
+
+
+@dataclasses.dataclass
+class MethodResult:
+  kind: str                                   # 'baseline' or 'calrec'
+  rows: dict[str, dict[str, float]]           # row label -> metrics
+  ranks: dict[str, dict[str, int]]            # row label -> {user id: rank}
+  train_seconds: float = 0.0
+  eval_seconds: float = 0.0
+  notes: dict = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- config overrides
+def parse_overrides(text: str) -> list[tuple[str, str]]:
+  """'loss.w_tt=0; eval.retrieval=dense' -> [('loss.w_tt', '0'), ('eval.retrieval', 'dense')]."""
+  out = []
+  for part in str(text).split(";"):
+    if not part.strip():
+      continue
+    if "=" not in part:
+      raise ConfigError(f"override {part.strip()!r} is not 'section.key=value'")
+    key, value = part.split("=", 1)
+    out.append((key.strip(), value.strip()))
+  return out
+
+
+def _cast(old, value: str, key: str):
+  if isinstance(old, bool):
+    if value.lower() in ("true", "1", "yes"):
+      return True
+    if value.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"override {key}={value!r}: expected true or false")
+  try:
+    return type(old)(value)
+  except ValueError:
+    raise ConfigError(f"override {key}={value!r}: expected a {type(old).__name__}") from None
+
+
+def apply_overrides(config, text: str):
+  """A copy of `config` with the overrides set; an unknown key or a bad value is a ConfigError naming it."""
+  config = copy.deepcopy(config)
+  for key, value in parse_overrides(text):
+    node, parts = config, key.split(".")
+    for p in parts[:-1]:
+      if p not in node:
+        raise ConfigError(f"override {key!r}: no section {p!r} in the CALRec config")
+      node = node[p]
+    if parts[-1] not in node:
+      raise ConfigError(f"override {key!r}: no key {parts[-1]!r} in section {'.'.join(parts[:-1])!r}")
+    with node.unlocked() if hasattr(node, "unlocked") else _nullcontext():
+      node[parts[-1]] = _cast(node[parts[-1]], value, key)
+  return config
+
+
+class _nullcontext:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+# ----------------------------------------------------------------------------- shared data
+def evaluation_data(calrec_config):
+  """(categories, eval category index, eval rows) shared by every method: the CALRec config's data and eval."""
+  from calrec_jax.data import sources
+  from calrec_jax.data.iterators import eval_rows
+  cats = sources.load_categories(calrec_config.data)
+  names = [c.name for c in cats]
+  want = calrec_config.data.eval_category or names[0]
+  if want not in names:
+    raise ConfigError(f"calrec.data.eval_category={want!r} is not among the loaded categories {names}")
+  cat = names.index(want)
+  ec = calrec_config.eval
+  rows = eval_rows(cats[cat].sequences, ec.split, ec.max_users, calrec_config.seed)
+  if not rows:
+    from calrec_jax.errors import DataError
+    raise DataError(f"no {ec.split} users in category {want!r}")
+  return cats, cat, rows
+
+
+def _ks(calrec_config) -> list[int]:
+  from calrec_jax.data.sources import split_names
+  return [int(k) for k in split_names(calrec_config.eval.ks)]
+
+
+# ----------------------------------------------------------------------------- baselines
+def run_popularity(cfg, data, rows) -> MethodResult:
+  from calrec_jax.eval.evaluate import evaluate_popularity
+  t0 = time.time()
+  metrics, records = evaluate_popularity(cfg.calrec, data, rows)
+  label = "Popularity"
+  return MethodResult("baseline", {label: metrics}, {label: {r["user"]: r["rank"] for r in records}},
+                      eval_seconds=time.time() - t0)
+
+
+def run_bm25_history(cfg, data, rows) -> MethodResult:
+  """Text retrieval without learning: BM25 over item texts, the query the texts of the user's last items."""
+  from calrec_jax.data.sources import split_names
+  from calrec_jax.data.text import render_item, rendered_attributes
+  from calrec_jax.eval.bm25 import BM25Index, tokenize
+  from calrec_jax.eval.metrics import rank_of, ranking_metrics
+  t0 = time.time()
+  ec, ks = cfg.calrec.eval, _ks(cfg.calrec)
+  attrs = rendered_attributes(data.catalog.attributes, tuple(split_names(cfg.calrec.data.attributes)),
+                              cfg.calrec.data.min_attribute_coverage)  # the same item text CALRec uses
+  texts = [render_item(a, attrs) for a in data.catalog.attributes]
+  index = BM25Index.from_texts(texts, k1=ec.bm25_k1, b=ec.bm25_b, epsilon=ec.bm25_epsilon)
+  n = cfg.bm25_history.num_items
+  ranks = {}
+  for user, hist, target in rows:
+    query = tokenize(" ".join(texts[i] for i in hist[-n:]))
+    seen = set(hist) if ec.exclude_history else set()
+    ids, scores = index.top_k([query], max(ks) + len(seen))
+    top = [int(i) for i, s in zip(ids[0], scores[0]) if s > 0 and int(i) not in seen][:max(ks)]
+    ranks[data.user_ids[user]] = rank_of(target, top)
+  label = f"BM25 on the last {n} history texts"
+  return MethodResult("baseline", {label: ranking_metrics(list(ranks.values()), ks)}, {label: ranks},
+                      eval_seconds=time.time() - t0)
+
+
+def run_id_model(name: str, cfg, data, rows, workdir: str, progress: bool) -> MethodResult:
+  """SASRec / GRU4Rec: train with early stopping, then rank the evaluation users' items."""
+  from calrec_jax.baselines.id_sequences import id_examples
+  from calrec_jax.baselines.train_id import IdModelTrainer
+  from calrec_jax.eval.metrics import ranking_metrics
+  from calrec_jax.train.sharding import make_mesh
+  mc = cfg.calrec.mesh
+  trainer = IdModelTrainer(name, cfg[name], data, cfg.calrec.eval, make_mesh(mc.data, mc.fsdp, mc.tensor),
+                           seed=cfg.calrec.seed)
+  res = trainer.train(workdir, progress)
+  t0 = time.time()
+  users = [u for u, _, _ in rows]
+  ex = id_examples(data.sequences, cfg.calrec.eval.split, cfg[name].max_len, users)
+  ks = _ks(cfg.calrec)
+  r = trainer.ranks(res.params, ex, cfg.calrec.eval.split, max(ks))
+  label = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[name]
+  return MethodResult("baseline", {label: ranking_metrics(r.tolist(), ks)},
+                      {label: {data.user_ids[u]: int(x) for u, x in zip(users, r)}},
+                      train_seconds=res.train_seconds, eval_seconds=time.time() - t0,
+                      notes={"epochs": res.epochs, "best_epoch": res.best_epoch,
+                             "best_valid_ndcg@10": res.best_valid})
+
+
+# ----------------------------------------------------------------------------- CALRec and the zero-shot LLM
+def _rows_from_eval(out_dir: str, label: str) -> tuple[dict, dict]:
+  """Rows of a CALRec evaluation folder (metrics.json + rankings_*.jsonl)."""
+  with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as f:
+    metrics = json.load(f)
+  rows, ranks = {}, {}
+  names = {"bm25": "generation + BM25", "bm25_constrained": "constrained generation + BM25", "dense": "dense"}
+  for m in [m for m in names if m in metrics]:
+    name = f"{label} · {names[m]}"
+    rows[name] = metrics[m]
+    with open(os.path.join(out_dir, f"rankings_{m}.jsonl"), encoding="utf-8") as f:
+      ranks[name] = {r["user"]: r["rank"] for r in map(json.loads, f)}
+  return rows, ranks
+
+
+def run_calrec(name: str, overrides: str, cfg, workdir: str, progress: bool) -> MethodResult:
+  """Train the variant (stage 2 only, or stage 1 -> stage 2 when `pipeline.enabled`), then evaluate it."""
+  from calrec_jax.runner import evaluate_workdir, train_pipeline, train_run
+  c = apply_overrides(cfg.calrec, overrides)
+  with c.unlocked():
+    c.train.progress = progress
+  t0 = time.time()
+  if c.pipeline.enabled:
+    stage2 = os.path.join(workdir, "stage2")
+    s2 = train_pipeline(c, workdir)
+  else:
+    stage2 = workdir
+    train_run(c, workdir)
+    s2 = c
+  train_s = time.time() - t0
+  t0 = time.time()
+  out_dir = os.path.join(workdir, "eval")
+  evaluate_workdir(s2, stage2, out_dir=out_dir)
+  rows, ranks = _rows_from_eval(out_dir, cfg.labels.get(name, name))
+  return MethodResult("calrec", rows, ranks, train_seconds=train_s, eval_seconds=time.time() - t0,
+                      notes={"overrides": overrides})
+
+
+def run_zero_shot(cfg, workdir: str) -> MethodResult:
+  """The pretrained LLM without finetuning: generation -> BM25, and dense v_U . v_T from its hidden states."""
+  from calrec_jax.eval.evaluate import run_evaluation
+  from calrec_jax.train.setup import build
+  c = apply_overrides(cfg.calrec, cfg.zero_shot.overrides)
+  if not c.model.pretrained:
+    raise ConfigError("zero_shot needs model.pretrained in zero_shot.overrides (e.g. model.pretrained=gemma3-270m-gguf)")
+  if c.model.projection_dim:
+    raise ConfigError("zero_shot: model.projection_dim must be 0 (an untrained projection head is random)")
+  t0 = time.time()
+  parts = build(c, workdir)
+  out_dir = os.path.join(workdir, "eval")
+  run_evaluation(c, parts, {"decoder": parts.pretrained_params}, out_dir, params_source=c.model.pretrained)
+  rows, ranks = _rows_from_eval(out_dir, f"Zero-shot {c.model.pretrained}")
+  return MethodResult("baseline", rows, ranks, eval_seconds=time.time() - t0)
+
+
+def method_fingerprint(name: str, cfg) -> str:
+  """What a finished method's result depends on: a resumed comparison re-uses it only when this is unchanged."""
+  shared = {"data": cfg.calrec.data.to_dict(), "eval": cfg.calrec.eval.to_dict(), "seed": cfg.calrec.seed}
+  if name in ("sasrec", "gru4rec"):
+    own = cfg[name].to_dict()
+  elif name == "bm25_history":
+    own = cfg.bm25_history.to_dict()
+  elif name == "zero_shot":
+    own = {"overrides": cfg.zero_shot.overrides, "model": cfg.calrec.model.to_dict()}
+  elif name == "popularity":
+    own = {}
+  else:
+    own = apply_overrides(cfg.calrec, cfg.variants[name]).to_dict()
+  return json.dumps({"method": name, "shared": shared, "own": own}, sort_keys=True, default=str)
+
+
+def run_method(name: str, cfg, data_bundle, workdir: str, progress: bool) -> MethodResult:
+  cats, cat, rows = data_bundle
+  if name == "popularity":
+    return run_popularity(cfg, cats[cat], rows)
+  if name == "bm25_history":
+    return run_bm25_history(cfg, cats[cat], rows)
+  if name in ("sasrec", "gru4rec"):
+    return run_id_model(name, cfg, cats[cat], rows, workdir, progress)
+  if name == "zero_shot":
+    return run_zero_shot(cfg, workdir)
+  return run_calrec(name, cfg.variants[name], cfg, workdir, progress)
+
+
+def check_methods(cfg) -> list[str]:
+  """The configured method names, each known; CALRec variants' overrides parsed and validated up front."""
+  from calrec_jax.config_check import validate_config
+  from calrec_jax.data.sources import split_names
+  names = split_names(cfg.methods)
+  if not names:
+    raise ConfigError("methods is empty; name at least one method")
+  for n in names:
+    if n in BASELINES:
+      continue
+    if n not in cfg.variants:
+      raise ConfigError(f"methods: unknown method {n!r}; choose from {list(BASELINES)} or the CALRec variants "
+                        f"{sorted(cfg.variants.keys())}")
+    validate_config(apply_overrides(cfg.calrec, cfg.variants[n]))
+  if "zero_shot" in names:
+    validate_config(apply_overrides(cfg.calrec, cfg.zero_shot.overrides))
+  validate_config(cfg.calrec)
+  return names
+
+
+def load_result(path: str) -> MethodResult:
+  with open(path, encoding="utf-8") as f:
+    d = json.load(f)
+  d.pop("fingerprint", None)
+  return MethodResult(**d)
+
+
+def save_result(path: str, result: MethodResult, fingerprint: str) -> None:
+  """Atomic: a killed comparison never leaves a half-written result that a resume would trust."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump({**dataclasses.asdict(result), "fingerprint": fingerprint}, f, indent=1)
+  os.replace(tmp, path)
+
+
+def stored_fingerprint(path: str) -> str | None:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get("fingerprint")

@@ -1,0 +1,135 @@
+"""The comparison's outputs: comparison.json, comparison.md (table, relative change, significance) and a PNG."""
+from __future__ import annotations
+
+import json
+import os
+
+from calrec_jax.compare.methods import MethodResult
+from calrec_jax.compare.significance import compare_rankings
+
+COLUMNS = ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
+
+
+def all_rows(results: dict[str, MethodResult]) -> list[tuple[str, str, str, dict]]:
+  """(method, kind, row label, metrics) in method order."""
+  return [(m, r.kind, label, metrics) for m, r in results.items() for label, metrics in r.rows.items()]
+
+
+def best_baseline(results: dict[str, MethodResult], metric: str = "ndcg@10") -> tuple[str, str] | None:
+  """(method, row label) of the baseline row with the highest `metric`."""
+  rows = [(m, label, metrics.get(metric, 0.0)) for m, kind, label, metrics in all_rows(results) if kind == "baseline"]
+  if not rows:
+    return None
+  m, label, _ = max(rows, key=lambda x: x[2])
+  return m, label
+
+
+def relative_changes(results: dict[str, MethodResult]) -> dict[str, dict[str, float]]:
+  """Each CALRec row's relative change against the best baseline value of every metric (as the paper reports)."""
+  base = [metrics for _, kind, _, metrics in all_rows(results) if kind == "baseline"]
+  if not base:
+    return {}
+  best = {k: max(b.get(k, 0.0) for b in base) for k in COLUMNS}
+  out = {}
+  for _, kind, label, metrics in all_rows(results):
+    if kind == "calrec":
+      out[label] = {k: (metrics[k] - best[k]) / best[k] if best[k] else float("nan") for k in COLUMNS if k in metrics}
+  return out
+
+
+def significance(results: dict[str, MethodResult], metrics=("ndcg@10", "recall@10"), num_bootstrap: int = 10_000
+                 ) -> dict[str, dict]:
+  """Paired tests of every CALRec row against the best baseline row (by NDCG@10), on their common users."""
+  best = best_baseline(results)
+  if best is None:
+    return {}
+  ref = results[best[0]].ranks[best[1]]
+  out = {}
+  for m, kind, label, _ in all_rows(results):
+    if kind == "calrec":
+      out[label] = {"against": best[1], **compare_rankings(results[m].ranks[label], ref, metrics, num_bootstrap)}
+  return out
+
+
+def _fmt_rel(x: float) -> str:
+  return "n/a" if x != x else f"{100 * x:+.1f}%"
+
+
+def markdown(results: dict[str, MethodResult], title: str, sig: dict, exclude_history: bool) -> str:
+  lines = [f"# {title}", "",
+           f"Full ranking over the whole catalog, leave-one-out test item; history items "
+           f"{'excluded from' if exclude_history else 'kept in'} every ranking.", "",
+           "| method | users | " + " | ".join(COLUMNS) + " | train s | eval s |",
+           "|---|---:|" + "---:|" * len(COLUMNS) + "---:|---:|"]
+  for m, kind, label, metrics in all_rows(results):
+    r = results[m]
+    name = f"**{label}**" if kind == "calrec" else label
+    lines.append(f"| {name} | {int(metrics.get('users', 0))} | "
+                 + " | ".join(f"{metrics.get(k, 0.0):.4f}" for k in COLUMNS)
+                 + f" | {r.train_seconds:.0f} | {r.eval_seconds:.0f} |")
+  rel = relative_changes(results)
+  if rel:
+    lines += ["", "Relative change of each CALRec row against the best baseline value of each metric:", "",
+              "| CALRec row | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    for label, d in rel.items():
+      lines.append(f"| {label} | " + " | ".join(_fmt_rel(d.get(k, float('nan'))) for k in COLUMNS) + " |")
+  if sig:
+    lines += ["", "Paired significance over users against the best baseline (by NDCG@10): mean per-user "
+              "difference, bootstrap 95% interval, two-sided p-values (paired t-test / paired bootstrap):", "",
+              "| CALRec row | against | metric | users | mean diff | 95% interval | p (t-test) | p (bootstrap) |",
+              "|---|---|---|---:|---:|---|---:|---:|"]
+    for label, d in sig.items():
+      for metric, t in d.items():
+        if metric == "against":
+          continue
+        lines.append(f"| {label} | {d['against']} | {metric} | {t['users']} | {t['mean_diff']:+.4f} | "
+                     f"[{t['ci95_low']:+.4f}, {t['ci95_high']:+.4f}] | {t['p_ttest']:.3g} | {t['p_bootstrap']:.3g} |")
+  return "\n".join(lines) + "\n"
+
+
+def bar_chart(results: dict[str, MethodResult], path: str, title: str) -> None:
+  """Horizontal grouped bars of Recall@1, Recall@10 and NDCG@10 per row; CALRec rows in colour."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  rows = all_rows(results)
+  metrics = ("recall@1", "recall@10", "ndcg@10")
+  colours = {"recall@1": "#4C72B0", "recall@10": "#55A868", "ndcg@10": "#C44E52"}
+  y = np.arange(len(rows))
+  h = 0.8 / len(metrics)
+  fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
+  for j, m in enumerate(metrics):
+    vals = [r[3].get(m, 0.0) for r in rows]
+    bars = ax.barh(y + (j - 1) * h, vals, h, label=m, color=colours[m])
+    for b, v in zip(bars, vals):
+      ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {v:.3f}", va="center", fontsize=7)
+  ax.set_yticks(y)
+  ax.set_yticklabels([r[2] for r in rows], fontsize=8)
+  for t, r in zip(ax.get_yticklabels(), rows):
+    t.set_fontweight("bold" if r[1] == "calrec" else "normal")
+  ax.invert_yaxis()
+  ax.set_xlabel("metric value (full ranking)")
+  ax.set_title(title, fontsize=10)
+  ax.legend(loc="lower right", fontsize=8)
+  ax.grid(axis="x", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(results: dict[str, MethodResult], workdir: str, title: str, exclude_history: bool,
+                 num_bootstrap: int = 10_000) -> dict[str, str]:
+  """comparison.json, comparison.md and comparison.png in `workdir`; returns their paths."""
+  sig = significance(results, num_bootstrap=num_bootstrap)
+  paths = {k: os.path.join(workdir, f"comparison.{k}") for k in ("json", "md", "png")}
+  doc = {"title": title, "exclude_history": exclude_history,
+         "methods": {m: {"kind": r.kind, "rows": r.rows, "train_seconds": r.train_seconds,
+                         "eval_seconds": r.eval_seconds, "notes": r.notes} for m, r in results.items()},
+         "best_baseline": best_baseline(results), "relative_change": relative_changes(results), "significance": sig}
+  with open(paths["json"], "w", encoding="utf-8") as f:
+    json.dump(doc, f, indent=1)
+  with open(paths["md"], "w", encoding="utf-8") as f:
+    f.write(markdown(results, title, sig, exclude_history))
+  bar_chart(results, paths["png"], title)
+  return paths

@@ -1,0 +1,48 @@
+"""Run a comparison: every configured method on the same users, resumable, then the report."""
+from __future__ import annotations
+
+import logging
+import os
+
+from calrec_jax.compare import methods as methods_lib
+from calrec_jax.compare.report import write_report
+from calrec_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def run_comparison(cfg, workdir: str) -> dict[str, str]:
+  """Train and evaluate `cfg.methods` into <workdir>/<method>/; a method whose result.json exists with the same
+  settings is not run again (a crashed or extended comparison resumes). Returns the report's paths."""
+  names = methods_lib.check_methods(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(cfg.to_json_best_effort(indent=1))
+  data = methods_lib.evaluation_data(cfg.calrec)
+  results = {}
+  for i, name in enumerate(names, 1):
+    folder = os.path.join(workdir, name)
+    path = os.path.join(folder, "result.json")
+    fingerprint = methods_lib.method_fingerprint(name, cfg)
+    stored = methods_lib.stored_fingerprint(path)
+    if stored is not None:
+      if stored != fingerprint:
+        raise ConfigError(f"{path} was computed with other settings than this config's {name!r}; delete {folder} "
+                          "to run it again with the new settings, or use another --workdir")
+      log.info("[%d/%d] %s: finished earlier (%s), not run again", i, len(names), name, path)
+      results[name] = methods_lib.load_result(path)
+      continue
+    log.info("[%d/%d] %s: running in %s", i, len(names), name, folder)
+    os.makedirs(folder, exist_ok=True)
+    res = methods_lib.run_method(name, cfg, data, folder, cfg.progress)
+    methods_lib.save_result(path, res, fingerprint)
+    results[name] = res
+    for label, m in res.rows.items():
+      log.info("%s: recall@10 %.4f, ndcg@10 %.4f (%d users; train %.0fs, eval %.0fs)", label,
+               m.get("recall@10", 0.0), m.get("ndcg@10", 0.0), m.get("users", 0), res.train_seconds,
+               res.eval_seconds)
+  paths = write_report(results, workdir, cfg.title, cfg.calrec.eval.exclude_history, cfg.significance.bootstrap)
+  with open(paths["md"], encoding="utf-8") as f:
+    print(f.read())
+  print("wrote:\n" + "\n".join(f"  {p}" for p in paths.values()))
+  return paths

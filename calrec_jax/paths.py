@@ -1,0 +1,21 @@
+"""Output folders checked before long work starts: a run never fails at its end because it cannot write."""
+from __future__ import annotations
+
+import os
+
+from calrec_jax.errors import CalrecError
+
+
+def require_writable_dir(path: str, what: str) -> str:
+  """Create `path` if needed and prove it takes a file; CalrecError naming `what` (a flag or key) otherwise."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise CalrecError(f"{what}={path}: is an existing file, not a folder; give a folder path")
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_test_{os.getpid()}")
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise CalrecError(f"{what}={path}: cannot be written ({e.strerror or e}); choose a folder you can write to") from None
+  return path

@@ -1,0 +1,79 @@
+"""Keys shared by every comparison config: the methods, the baselines' hyper-parameters, the CALRec variants.
+
+A comparison trains and evaluates each method of `methods` on the data, users and metric settings of `calrec`
+(a full CALRec run config, configs/base.py keys): `calrec.data` (category = calrec.data.eval_category),
+`calrec.eval` (split, eval.max_users subset, eval.ks, eval.exclude_history) and `calrec.seed` are every method's.
+"""
+import ml_collections
+
+BASELINES = "popularity,bm25_history,sasrec,gru4rec"
+VARIANTS = "calrec,calrec_two_stage,calrec_contrastive_only,calrec_lm_only,calrec_no_tt,calrec_no_ut"
+
+
+def get_config(calrec: ml_collections.ConfigDict, title: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.title = title                      # heading of comparison.md and the bar chart
+  c.methods = BASELINES + "," + VARIANTS  # run in this order; add 'zero_shot' for the untuned pretrained LLM
+  c.progress = True                    # progress bars
+  c.calrec = calrec                    # the CALRec run config every variant starts from
+  with c.calrec.unlocked():
+    c.calrec.pipeline = p = ml_collections.ConfigDict()
+    p.enabled = False                  # True (a variant's override): stage 1 on the mixture, then stage 2
+    p.stage1_categories = ""           # mixture of stage 1 (comma-separated)
+    p.stage2_category = ""             # target category of stage 2 (= calrec.data.eval_category)
+    p.stage1_steps = 300
+    p.stage2_steps = 300
+    p.stage2_learning_rate = 5e-4
+
+  # CALRec variants (the paper's ablations): ';'-separated overrides of `calrec`, never a code fork.
+  c.variants = v = ml_collections.ConfigDict()
+  v.calrec = ""                                         # stage 2 only: the target category alone
+  v.calrec_two_stage = "pipeline.enabled=true"          # stage 1 on the mixture -> stage 2
+  v.calrec_no_tt = "loss.w_tt=0"                        # without L_TT
+  v.calrec_no_ut = "loss.w_ut=0"                        # without L_UT
+  v.calrec_lm_only = "loss.w_tt=0; loss.w_ut=0"         # next-item generation loss only
+  v.calrec_contrastive_only = "loss.w_nig=0; eval.retrieval=dense"  # contrastive losses only, dense retrieval
+  c.labels = lb = ml_collections.ConfigDict()           # row labels of the variants
+  lb.calrec = "CALRec (stage 2)"
+  lb.calrec_two_stage = "CALRec (stage 1 + 2)"
+  lb.calrec_no_tt = "CALRec w/o L_TT"
+  lb.calrec_no_ut = "CALRec w/o L_UT"
+  lb.calrec_lm_only = "CALRec, L_NIG only"
+  lb.calrec_contrastive_only = "CALRec, contrastive only"
+
+  # SASRec: RecBole 1.2.1's defaults (CE loss), early stopping on validation NDCG@10.
+  c.sasrec = s = ml_collections.ConfigDict()
+  s.max_len = 50                     # most recent history items
+  s.hidden = 64
+  s.layers = 2
+  s.heads = 2
+  s.inner = 256                      # feed-forward width
+  s.dropout = 0.5                    # hidden dropout
+  s.attn_dropout = 0.5
+  s.learning_rate = 1e-3             # Adam
+  s.weight_decay = 0.0
+  s.batch_size = 256
+  s.max_epochs = 300
+  s.patience = 10                    # epochs without a better validation NDCG@10 before stopping
+
+  # GRU4Rec: RecBole 1.2.1's defaults (CE loss), same training protocol as SASRec.
+  c.gru4rec = g = ml_collections.ConfigDict()
+  g.max_len = 50
+  g.embedding = 64
+  g.hidden = 128
+  g.dropout = 0.3                    # on the item embeddings
+  g.learning_rate = 1e-3
+  g.weight_decay = 0.0
+  g.batch_size = 256
+  g.max_epochs = 300
+  g.patience = 10
+
+  c.bm25_history = b = ml_collections.ConfigDict()
+  b.num_items = 3                    # the query: texts of the user's last N history items
+
+  c.zero_shot = z = ml_collections.ConfigDict()
+  z.overrides = "model.pretrained=gemma3-270m-gguf"  # overrides of `calrec` for the untuned LLM's evaluation
+
+  c.significance = sg = ml_collections.ConfigDict()
+  sg.bootstrap = 10000               # paired bootstrap resamples (the paired t-test is reported beside it)
+  return c

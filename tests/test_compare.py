@@ -1,0 +1,201 @@
+"""The comparison: baselines that learn, ablation overrides, resumable runs, significance, the CLI end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from calrec_jax.compare import methods as methods_lib
+from calrec_jax.compare.significance import compare_rankings, paired_tests
+from calrec_jax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_compare_config(methods):
+  from configs.compare import synthetic
+  c = synthetic.get_config("smoke")
+  c.methods = methods
+  return c
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_id_baselines_learn_a_sequential_pattern_far_above_popularity(name, tmp_path):
+  from calrec_jax.baselines.id_sequences import id_examples
+  from calrec_jax.baselines.train_id import IdModelTrainer
+  from calrec_jax.data import synthetic
+  from calrec_jax.data.iterators import eval_rows
+  from calrec_jax.eval.evaluate import evaluate_popularity
+  from calrec_jax.eval.metrics import ranking_metrics
+  from configs.compare import synthetic as compare_synthetic
+  cfg = compare_synthetic.get_config()
+  data = synthetic.make_dataset(["Garden"])[0]  # 600 users; complements and brand loyalty
+  mc = cfg[name]
+  mc.max_epochs, mc.patience, mc.batch_size = 25, 4, 128
+  trainer = IdModelTrainer(name, mc, data, cfg.calrec.eval, seed=0)
+  res = trainer.train(str(tmp_path / name), progress=False)
+  assert res.best_epoch >= 1 and res.history[0]["loss"] > res.history[res.best_epoch - 1]["loss"]
+  rows = eval_rows(data.sequences, "test")
+  test = id_examples(data.sequences, "test", mc.max_len, [u for u, _, _ in rows])
+  ours = ranking_metrics(trainer.ranks(res.params, test, "test", 20).tolist())
+  pop, _ = evaluate_popularity(cfg.calrec, data, rows)
+  assert ours["users"] == pop["users"] == 600
+  assert ours["ndcg@10"] > 2 * pop["ndcg@10"] and ours["recall@10"] > 1.5 * pop["recall@10"], (ours, pop)
+
+
+def test_id_trainer_resumes_at_the_epoch_it_reached(tmp_path):
+  from calrec_jax.baselines.train_id import IdModelTrainer
+  from calrec_jax.data import synthetic
+  from configs.compare import synthetic as compare_synthetic
+  cfg = compare_synthetic.get_config()
+  data = synthetic.make_dataset(["Office"])[0]
+  mc = cfg.sasrec
+  mc.patience, mc.batch_size = 100, 64
+  mc.max_epochs = 4
+  whole = IdModelTrainer("sasrec", mc, data, cfg.calrec.eval).train(str(tmp_path / "whole"), progress=False)
+  mc.max_epochs = 2
+  IdModelTrainer("sasrec", mc, data, cfg.calrec.eval).train(str(tmp_path / "split"), progress=False)
+  mc.max_epochs = 4
+  resumed = IdModelTrainer("sasrec", mc, data, cfg.calrec.eval).train(str(tmp_path / "split"), progress=False)
+  assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+  np.testing.assert_allclose([h["loss"] for h in resumed.history], [h["loss"] for h in whole.history], rtol=1e-5)
+  for a, b in zip(jax_leaves(resumed.params), jax_leaves(whole.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+@pytest.mark.parametrize("variant,changed", [
+    ("calrec", {}),
+    ("calrec_two_stage", {"pipeline.enabled": True}),
+    ("calrec_no_tt", {"loss.w_tt": 0.0}),
+    ("calrec_no_ut", {"loss.w_ut": 0.0}),
+    ("calrec_lm_only", {"loss.w_tt": 0.0, "loss.w_ut": 0.0}),
+    ("calrec_contrastive_only", {"loss.w_nig": 0.0, "eval.retrieval": "dense"}),
+])
+def test_ablation_overrides_change_exactly_what_they_name(variant, changed):
+  from configs.compare import scientific
+  cfg = scientific.get_config()
+  base = flat(cfg.calrec.to_dict())
+  got = flat(methods_lib.apply_overrides(cfg.calrec, cfg.variants[variant]).to_dict())
+  diff = {k: got[k] for k in got if got[k] != base[k]}
+  assert diff == changed
+  assert cfg.calrec.loss.w_tt == 0.5  # the base config is not modified
+
+
+def test_override_errors_name_the_key():
+  cfg = smoke_compare_config("popularity")
+  with pytest.raises(ConfigError, match="loss.w_zz"):
+    methods_lib.apply_overrides(cfg.calrec, "loss.w_zz=1")
+  with pytest.raises(ConfigError, match="expected a float"):
+    methods_lib.apply_overrides(cfg.calrec, "loss.w_tt=abc")
+  cfg.methods = "popularity,sasrecc"
+  with pytest.raises(ConfigError, match="unknown method 'sasrecc'"):
+    methods_lib.check_methods(cfg)
+  cfg.methods = "calrec_no_tt"
+  cfg.variants.calrec_no_tt = "loss.temperature=-1"
+  with pytest.raises(ConfigError, match="temperature"):
+    methods_lib.check_methods(cfg)
+
+
+def test_significance_detects_a_planted_difference_and_not_identical_rankings():
+  rng = np.random.default_rng(0)
+  users = [f"u{i}" for i in range(400)]
+  base = rng.integers(0, 30, size=400)  # ranks 0 (miss) .. 29
+  better = np.where(rng.random(400) < 0.25, 1, base)  # a quarter of the users get the item at rank 1
+  planted = compare_rankings(dict(zip(users, better.tolist())), dict(zip(users, base.tolist())))
+  same = compare_rankings(dict(zip(users, base.tolist())), dict(zip(users, base.tolist())))
+  for m in ("ndcg@10", "recall@10"):
+    assert planted[m]["p_ttest"] < 0.05 and planted[m]["p_bootstrap"] < 0.05 and planted[m]["mean_diff"] > 0
+    assert same[m]["p_ttest"] == 1.0 and same[m]["p_bootstrap"] == 1.0 and same[m]["mean_diff"] == 0.0
+  noise = paired_tests(rng.random(300), rng.random(300))  # two samples of the same distribution
+  assert noise["p_ttest"] > 0.01 and noise["ci95_low"] < 0 < noise["ci95_high"]
+
+
+def test_resume_of_a_half_finished_comparison_runs_nothing_finished_again(tmp_path, monkeypatch):
+  from calrec_jax.compare.run import run_comparison
+  work = str(tmp_path / "cmp")
+  calls = []
+  real = methods_lib.run_method
+
+  def crashing(name, *a, **kw):
+    calls.append(name)
+    if name == "sasrec" and calls.count("sasrec") == 1:
+      raise KeyboardInterrupt("killed")
+    return real(name, *a, **kw)
+  monkeypatch.setattr(methods_lib, "run_method", crashing)
+  cfg = smoke_compare_config("popularity,bm25_history,sasrec")
+  with pytest.raises(KeyboardInterrupt):
+    run_comparison(cfg, work)
+  assert calls == ["popularity", "bm25_history", "sasrec"]
+  assert not os.path.exists(os.path.join(work, "comparison.md"))
+  before = {m: os.path.getmtime(os.path.join(work, m, "result.json")) for m in ("popularity", "bm25_history")}
+  paths = run_comparison(cfg, work)  # resumes: only sasrec runs
+  assert calls == ["popularity", "bm25_history", "sasrec", "sasrec"]
+  assert {m: os.path.getmtime(os.path.join(work, m, "result.json")) for m in before} == before
+  cfg.methods = "popularity,bm25_history,sasrec,gru4rec"  # extended: only the new method runs
+  run_comparison(cfg, work)
+  assert calls[4:] == ["gru4rec"]
+  doc = json.load(open(paths["json"]))
+  assert list(doc["methods"]) == ["popularity", "bm25_history", "sasrec", "gru4rec"]
+  assert os.path.getsize(paths["png"]) > 10_000
+  cfg.bm25_history.num_items = 5  # a finished method's settings changed: an error, not a stale row
+  with pytest.raises(ConfigError, match="bm25_history.*other settings"):
+    run_comparison(cfg, work)
+
+
+@pytest.mark.slow
+def test_compare_cli_end_to_end_with_calrec_variants_and_zero_shot(tmp_path):
+  """The command a user runs: every CALRec variant, every baseline and the zero-shot LLM (a tiny converted
+  checkpoint standing in for Gemma), one table with relative changes and significance."""
+  from calrec_jax.data import synthetic
+  from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item
+  from calrec_jax.data.tokenizer import train_tokenizer
+  from calrec_jax.model.config import preset
+  from calrec_jax.model.decoder import Decoder
+  from calrec_jax.model.loading import save_converted
+  import jax
+  import jax.numpy as jnp
+  cats = synthetic.make_dataset(["Office"])
+  tok = train_tokenizer([render_item(a) for a in cats[0].catalog.attributes]
+                        + ["\n".join([PROMPT_HEADER, FIRST_ITEM, NEXT_ITEM])], 400)
+  mcfg = preset("tiny", vocab_size=tok.vocab_size, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  t = jnp.zeros((1, 4), jnp.int32)
+  params = Decoder(mcfg).init(jax.random.PRNGKey(0), t, t, t > -1)["params"]
+  save_converted(str(tmp_path / "llm"), mcfg, jax.device_get(params), tok)
+  work = tmp_path / "cmp"
+  cmd = [sys.executable, "-m", "calrec_jax.compare", "--config=configs/compare/synthetic.py:smoke",
+         f"--workdir={work}", f"--config.methods={methods_lib.BASELINES[0]},sasrec,zero_shot,calrec,"
+         "calrec_two_stage,calrec_contrastive_only",
+         f"--config.zero_shot.overrides=model.pretrained={tmp_path / 'llm'}"]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  md = (work / "comparison.md").read_text()
+  for row in ("Popularity", "SASRec", "Zero-shot", "CALRec (stage 2) · generation + BM25", "CALRec (stage 2) · dense",
+              "CALRec (stage 1 + 2) · dense", "CALRec, contrastive only · dense", "Relative change", "p (t-test)"):
+    assert row in md, row
+  assert "CALRec, contrastive only · generation + BM25" not in md  # dense retrieval only, as configured
+  assert (work / "calrec_two_stage" / "stage1" / "export").is_dir() and (work / "calrec_two_stage" / "stage2").is_dir()
+  doc = json.loads((work / "comparison.json").read_text())
+  users = {r["users"] for m in doc["methods"].values() for r in m["rows"].values()}
+  assert users == {12.0}  # every method on the same users
+  assert set(doc["significance"]) == {k for m in doc["methods"].values() if m["kind"] == "calrec" for k in m["rows"]}
+  assert str(work / "comparison.md") in out.stdout
+  bad = subprocess.run(cmd[:4] + ["--config.methods=popularity,nope"], cwd=ROOT, capture_output=True, text=True)
+  assert bad.returncode == 1 and "unknown method 'nope'" in bad.stderr and "Traceback" not in bad.stderr

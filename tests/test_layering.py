@@ -1,0 +1,22 @@
+"""The house rule: data -> model -> train -> eval -> baselines -> runner -> compare; no module imports from a
+layer above its own (imports inside functions included)."""
+import ast
+import pathlib
+
+LAYERS = {"errors": 0, "cli": 0, "config_check": 6, "data": 1, "model": 2, "adapters": 2, "train": 3, "eval": 4, "baselines": 5,
+          "runner": 6, "compare": 7, "main": 8, "evaluate": 8}
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "calrec_jax"
+
+
+def test_no_module_imports_from_a_layer_above_it():
+  upward = []
+  for path in PACKAGE.rglob("*.py"):
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    own = LAYERS.get(parts[0]) if parts[0] != "__init__" else 0
+    assert own is not None, f"{path}: add its top-level name to LAYERS"
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("calrec_jax."):
+        target = node.module.split(".")[1]
+        if LAYERS.get(target, 0) > own:
+          upward.append(f"{path.relative_to(PACKAGE)} imports {node.module}")
+  assert not upward, upward

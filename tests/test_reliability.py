@@ -1,0 +1,179 @@
+"""Runs that never trap the user: damaged checkpoints, non-finite settings and updates, finished and changed runs."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from calrec_jax.errors import CalrecError, ConfigError
+from tests.test_train import smoke_config
+
+
+def _train_steps(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r["step"] for r in map(json.loads, f) if "train/loss" in r]
+
+
+def _largest_file(folder):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+DAMAGE = {
+    "truncated array file": lambda step: open(_largest_file(os.path.join(step, "state")), "r+b").truncate(
+        os.path.getsize(_largest_file(os.path.join(step, "state"))) // 2),
+    "missing _METADATA": lambda step: os.remove(os.path.join(step, "state", "_METADATA")),
+    "missing data_iter item": lambda step: __import__("shutil").rmtree(os.path.join(step, "data_iter")),
+}
+
+
+@pytest.mark.slow
+def test_damaged_newest_checkpoints_are_moved_aside_and_the_run_finishes(tmp_path):
+  """Three kinds of damage on the three newest checkpoints: the run resumes from the one good checkpoint, moves
+  the damaged ones aside (never deletes them), saves those steps again and finishes; rotation keeps good ones."""
+  from calrec_jax.train.checkpoint import Checkpointer
+  from calrec_jax.train.loop import train
+  wd = str(tmp_path / "run")
+  c = smoke_config(8, 2)
+  c.ckpt.keep = 4
+  train(c, wd)  # checkpoints 2, 4, 6, 8
+  ckpt = os.path.join(wd, "checkpoints")
+  for step, damage in zip((8, 6, 4), DAMAGE):
+    DAMAGE[damage](os.path.join(ckpt, str(step)))
+  c = smoke_config(10, 2)
+  c.ckpt.keep = 4
+  train(c, wd)  # resumes from 2, saves 4..10 again
+  names = sorted(os.listdir(ckpt))
+  assert {"4.damaged", "6.damaged", "8.damaged"} <= set(names)  # kept for inspection
+  assert sorted(int(n) for n in names if n.isdigit()) == [4, 6, 8, 10]  # rotation kept four good ones
+  mgr = Checkpointer(ckpt, keep=4, async_save=False)
+  assert mgr.steps() == [4, 6, 8, 10]
+  mgr.close()
+  assert _train_steps(wd) == list(range(1, 11))  # steps 3..8 retrained once each, none duplicated in the log
+
+
+def test_no_checkpoint_is_moved_aside_when_none_restores(tmp_path):
+  """All checkpoints failing means another config, not damage: an error, and every checkpoint stays."""
+  from calrec_jax.errors import CheckpointError
+  from calrec_jax.train.checkpoint import Checkpointer
+  ckptr = Checkpointer(str(tmp_path / "c"), keep=3, async_save=False)
+  state = {"w": jnp.ones((3,))}
+  ckptr.save(1, state, {"step": 1}, force=True)
+  ckptr.save(2, state, {"step": 2}, force=True)
+  wrong = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
+  with pytest.raises(CheckpointError, match="no checkpoint restores into this config"):
+    ckptr.restore_latest(wrong)
+  assert sorted(os.listdir(tmp_path / "c")) == ["1", "2"]
+  ckptr.close()
+
+
+def test_non_finite_config_values_are_rejected_up_front():
+  from calrec_jax.config_check import validate_config
+  for key, value in (("optim.learning_rate", float("nan")), ("loss.temperature", float("inf")),
+                     ("loss.w_tt", float("nan"))):
+    c = smoke_config(2, 2)
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+      validate_config(c)
+
+
+def test_a_non_finite_update_is_never_applied():
+  """A NaN learning rate gives a finite loss and gradient but a NaN update: the step must not apply it."""
+  from calrec_jax.train import step as step_lib
+  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.config import preset
+  import flax.linen as nn
+  model = TwoTower(preset("tiny", vocab_size=64))
+  shapes = step_lib.example_batch(2, 16, 5, 6)
+  params = nn.meta.unbox(step_lib._init_variables(model, jax.random.PRNGKey(0), shapes))
+  batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
+  batch.update(tokens=jnp.full((2, 16), 5, jnp.int32), input_mask=jnp.ones((2, 16), bool),
+               history_mask=jnp.ones((2, 16), bool).at[:, 8:].set(False),
+               target_mask=jnp.zeros((2, 16), bool).at[:, 8:12].set(True), lm_labels=jnp.full((2, 5), 7, jnp.int32),
+               lm_positions=jnp.tile(jnp.arange(7, 12), (2, 1)), lm_weights=jnp.ones((2, 5)),
+               item_tokens=jnp.full((2, 6), 7, jnp.int32), item_mask=jnp.ones((2, 6), bool),
+               item_text_mask=jnp.ones((2, 6), bool), target_id=jnp.asarray([0, 1], jnp.int32),
+               example_weight=jnp.ones((2,)), positions=jnp.tile(jnp.arange(16), (2, 1)),
+               item_positions=jnp.tile(jnp.arange(6), (2, 1)))
+  tx = optax.adamw(float("nan"))
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  new, m = jax.jit(step_lib.make_train_step(model, tx, step_lib.LossConfig()))(state, batch)
+  assert np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1
+  for a, b in zip(jax.tree_util.tree_leaves(new["params"]), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(new["opt_state"]))
+
+
+@pytest.mark.slow
+def test_a_finished_run_started_again_does_nothing_and_a_changed_one_is_refused(tmp_path):
+  from calrec_jax.runner import train_run
+  wd = str(tmp_path / "run")
+  first = train_run(smoke_config(4, 2), wd)
+  rows = open(os.path.join(wd, "metrics.jsonl")).read()
+  export_time = os.path.getmtime(os.path.join(wd, "export", "model_config.json"))
+  again = train_run(smoke_config(4, 2), wd)
+  assert open(os.path.join(wd, "metrics.jsonl")).read() == rows  # no duplicate validation rows
+  assert os.path.getmtime(os.path.join(wd, "export", "model_config.json")) == export_time  # not re-exported
+  assert again["valid/loss"] == first["valid/loss"]
+  for key, value in (("model.preset", "small"), ("data.categories", "Garden")):
+    c = smoke_config(6, 2)
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(CalrecError, match=rf"{key}='{value}' \(the run in .* has"):
+      train_run(c, wd)
+  assert json.load(open(os.path.join(wd, "config.json")))["model"]["preset"] == "tiny"  # not rewritten
+
+
+def read_tensorboard_scalars(logdir):
+  """{(tag, step): [values]} as TensorBoard shows them: event files in order, and a SessionLog START at step N
+  (written by a writer with purge_step=N) drops every earlier event at step >= N."""
+  import struct
+  from tensorboardX.proto.event_pb2 import Event, SessionLog
+  seen = {}
+  for name in sorted(os.listdir(logdir)):  # file names start with the creation time
+    data = open(os.path.join(logdir, name), "rb").read()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+        seen = {k: v for k, v in seen.items() if k[1] < event.step}
+      for value in event.summary.value:
+        seen.setdefault((value.tag, event.step), []).append(value.simple_value)
+  return seen
+
+
+@pytest.mark.slow
+def test_tensorboard_has_one_value_per_tag_and_step_after_a_kill_and_restart(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  work = tmp_path / "run"
+  args = [sys.executable, "-m", "calrec_jax.main", "--config=configs/demo.py:smoke", f"--workdir={work}",
+          "--config.train.progress=False", "--config.data.categories=Office", "--config.data.synthetic_users=40",
+          "--config.ckpt.every=3", "--config.ckpt.async_save=False", "--config.train.log_every=1",
+          "--config.eval.valid_users=8"]
+  proc = subprocess.Popen(args + ["--config.train.num_steps=100000"], cwd=root, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  metrics = work / "metrics.jsonl"
+  while proc.poll() is None and not (metrics.exists() and len(_train_steps(str(work))) >= 5
+                                     and len(_train_steps(str(work))) % 3):
+    time.sleep(0.2)  # until the run has logged steps past its newest checkpoint
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(_train_steps(str(work)))
+  out = subprocess.run(args + [f"--config.train.num_steps={killed_at + 3}"], cwd=root, capture_output=True,
+                       text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  scalars = read_tensorboard_scalars(str(work / "tensorboard"))
+  assert all(len(v) == 1 for v in scalars.values()), {k: v for k, v in scalars.items() if len(v) > 1}
+  assert sorted(s for t, s in scalars if t == "train/loss") == list(range(1, killed_at + 4))
+  assert _train_steps(str(work)) == list(range(1, killed_at + 4))
+  assert any(t.startswith("valid/dense_recall_at_10") for t, _ in scalars)  # the same names as metrics.jsonl
