@@ -87,6 +87,9 @@ def validate_config(config) -> None:
       if len(users) != len(names or CATEGORIES):
         raise ConfigError(f"data.synthetic_users={config.data.synthetic_users!r} needs one count per category of "
                           f"data.categories ({len(names or CATEGORIES)})")
+  if config.data.source == "synthetic" and not names:
+    from calrec_jax.data.synthetic import CATEGORIES
+    names = sorted(CATEGORIES)  # all of them are loaded
   if config.data.eval_category and names and config.data.eval_category not in names:
     raise ConfigError(f"data.eval_category={config.data.eval_category!r} is not among data.categories {names}")
   if config.data.batch_size % config.optim.grad_accum:

@@ -39,6 +39,7 @@ BAD_INPUTS = [
     (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.eval.ks=0,abc"], "eval.ks", 1),
     (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.data.categories=Office",
       "--config.data.eval_category=Garden"], "data.eval_category='Garden'", 1),
+    (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.data.eval_category=Toys"], "data.eval_category='Toys'", 1),
     (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.model.lora_rank=4", "--config.model.lora_targets=qq"],
      "model.lora_targets", 1),
     (["calrec_jax.model.convert", "--input={w}/missing", "--output={w}/out"], "no such file or folder", 1),

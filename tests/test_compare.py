@@ -177,7 +177,8 @@ def test_compare_cli_end_to_end_with_calrec_variants_and_zero_shot(tmp_path):
                         + ["\n".join([PROMPT_HEADER, FIRST_ITEM, NEXT_ITEM])], 400)
   mcfg = preset("tiny", vocab_size=tok.vocab_size, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
   t = jnp.zeros((1, 4), jnp.int32)
-  params = Decoder(mcfg).init(jax.random.PRNGKey(0), t, t, t > -1)["params"]
+  import flax.linen as nn
+  params = nn.meta.unbox(Decoder(mcfg).init(jax.random.PRNGKey(0), t, t, t > -1)["params"])
   save_converted(str(tmp_path / "llm"), mcfg, jax.device_get(params), tok)
   work = tmp_path / "cmp"
   cmd = [sys.executable, "-m", "calrec_jax.compare", "--config=configs/compare/synthetic.py:smoke",
@@ -197,5 +198,5 @@ def test_compare_cli_end_to_end_with_calrec_variants_and_zero_shot(tmp_path):
   assert users == {12.0}  # every method on the same users
   assert set(doc["significance"]) == {k for m in doc["methods"].values() if m["kind"] == "calrec" for k in m["rows"]}
   assert str(work / "comparison.md") in out.stdout
-  bad = subprocess.run(cmd[:4] + ["--config.methods=popularity,nope"], cwd=ROOT, capture_output=True, text=True)
+  bad = subprocess.run(cmd[:5] + ["--config.methods=popularity,nope"], cwd=ROOT, capture_output=True, text=True)
   assert bad.returncode == 1 and "unknown method 'nope'" in bad.stderr and "Traceback" not in bad.stderr

@@ -177,3 +177,24 @@ def test_tensorboard_has_one_value_per_tag_and_step_after_a_kill_and_restart(tmp
   assert sorted(s for t, s in scalars if t == "train/loss") == list(range(1, killed_at + 4))
   assert _train_steps(str(work)) == list(range(1, killed_at + 4))
   assert any(t.startswith("valid/dense_recall_at_10") for t, _ in scalars)  # the same names as metrics.jsonl
+
+
+@pytest.mark.parametrize("damage", ["empty step folder", "unreadable step folder"])
+def test_an_empty_or_unreadable_step_folder_never_blocks_saving_that_step(damage, tmp_path):
+  from calrec_jax.train.checkpoint import Checkpointer
+  ckptr = Checkpointer(str(tmp_path / "c"), keep=3, async_save=False)
+  ckptr.save(1, {"w": jnp.ones((3,))}, {"step": 1}, force=True)
+  ckptr.save(2, {"w": jnp.full((3,), 2.0)}, {"step": 2}, force=True)
+  ckptr.close()
+  bad = tmp_path / "c" / "3"
+  bad.mkdir()
+  if damage == "unreadable step folder":
+    (bad / "state").write_text("not a checkpoint")
+    (bad / "_CHECKPOINT_METADATA").write_text("{not json")
+  ckptr = Checkpointer(str(tmp_path / "c"), keep=3, async_save=False)
+  step, state, it = ckptr.restore_latest({"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+  assert step == 2 and it == {"step": 2} and float(state["w"][0]) == 2.0
+  ckptr.save(3, {"w": jnp.full((3,), 3.0)}, {"step": 3}, force=True)  # the step is saved again, no error
+  ckptr.save(4, {"w": jnp.full((3,), 4.0)}, {"step": 4}, force=True)
+  assert ckptr.steps() == [2, 3, 4]
+  ckptr.close()
