@@ -1,7 +1,7 @@
 """Train CALRec (intentionally short: the logic lives in calrec_jax.train).
 
   python -m calrec_jax.main --config=configs/demo.py:smoke --workdir=workdirs/smoke --mode=pipeline
-      stage 1 -> stage 2 -> evaluation on the embedded synthetic data (about 80 s on 2 CPU cores)
+      stage 1 -> stage 2 -> evaluation on the embedded synthetic data (about 45 s on 2 CPU cores)
   python -m calrec_jax.main --config=configs/stage1.py --workdir=workdirs/stage1 [--config.key=value ...]
       one training run (configs/base.py documents every key)
 """
