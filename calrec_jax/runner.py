@@ -51,14 +51,9 @@ def recorded_data_config(config, workdir: str, explicit: frozenset[str] = frozen
   """`config` with its data section taken from the run recorded in <workdir>/config.json (what the workdir was
   trained on), except keys given on the command line (`explicit`, e.g. {'data.categories'}); differences are
   logged either way."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return config
-  try:
-    with open(path, encoding="utf-8") as f:
-      recorded = json.load(f).get("data", {})
-  except (OSError, ValueError) as e:
-    log.warning("%s is unreadable (%s); evaluating with the given data config", path, e)
+  from calrec_jax.train.setup import load_run_config
+  recorded = (load_run_config(workdir) or {}).get("data", {})
+  if not recorded:
     return config
   config = copy.deepcopy(config)
   for key, value in recorded.items():

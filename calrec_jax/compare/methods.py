@@ -67,17 +67,9 @@ def apply_overrides(config, text: str):
       node = node[p]
     if parts[-1] not in node:
       raise ConfigError(f"override {key!r}: no key {parts[-1]!r} in section {'.'.join(parts[:-1])!r}")
-    with node.unlocked() if hasattr(node, "unlocked") else _nullcontext():
+    with node.unlocked():
       node[parts[-1]] = _cast(node[parts[-1]], value, key)
   return config
-
-
-class _nullcontext:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
 
 
 # ----------------------------------------------------------------------------- shared data
@@ -85,17 +77,14 @@ def evaluation_data(calrec_config):
   """(categories, eval category index, eval rows) shared by every method: the CALRec config's data and eval."""
   from calrec_jax.data import sources
   from calrec_jax.data.iterators import eval_rows
+  from calrec_jax.eval.evaluate import eval_category_index
   cats = sources.load_categories(calrec_config.data)
-  names = [c.name for c in cats]
-  want = calrec_config.data.eval_category or names[0]
-  if want not in names:
-    raise ConfigError(f"calrec.data.eval_category={want!r} is not among the loaded categories {names}")
-  cat = names.index(want)
+  cat = eval_category_index(calrec_config, cats)
   ec = calrec_config.eval
   rows = eval_rows(cats[cat].sequences, ec.split, ec.max_users, calrec_config.seed)
   if not rows:
     from calrec_jax.errors import DataError
-    raise DataError(f"no {ec.split} users in category {want!r}")
+    raise DataError(f"no {ec.split} users in category {cats[cat].name!r}")
   return cats, cat, rows
 
 

@@ -22,8 +22,9 @@ from calrec_jax.train.two_tower import TwoTower
 log = logging.getLogger(__name__)
 
 
-def eval_category_index(config, parts) -> int:
-  names = [c.name for c in parts.categories]
+def eval_category_index(config, categories) -> int:
+  """Index of data.eval_category among the loaded categories (the first when it is empty)."""
+  names = [c.name for c in categories]
   want = config.data.eval_category
   if not want:
     return 0
@@ -170,7 +171,7 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
   from calrec_jax.train import sharding as shd
   from calrec_jax.train.checkpoint import check_params
   from calrec_jax.train.step import example_batch, params_shardings
-  cat = eval_category_index(config, parts)
+  cat = eval_category_index(config, parts.categories)
   split = split or config.eval.split
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   spec = parts.encoder.spec

@@ -10,7 +10,7 @@ from calrec_jax.train.step import calrec_loss, loss_config
 
 def validation_metrics(config, parts, params) -> dict[str, float]:
   """The validation function the runner gives the training loop: loss terms and dense-retrieval metrics."""
-  cat = eval_category_index(config, parts)
+  cat = eval_category_index(config, parts.categories)
   rows = eval_examples(parts.encoder, cat, "valid", config.eval.valid_users, config.seed)
   lc = loss_config(config.loss)
   fn = jax.jit(lambda p, b: calrec_loss(parts.model, p, b, lc)[1])

@@ -70,6 +70,28 @@ def _abstract_with_sharding(abstract, shardings):
   return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
+def _fresh_params(config, parts: RunParts, shapes) -> Any:
+  """Random-init params of the model (host numpy, unboxed)."""
+  return jax.device_get(jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(parts.model, r, shapes)))(
+      jax.random.PRNGKey(config.seed)))
+
+
+def given_params(config, parts: RunParts, abstract_params, shapes) -> tuple[Any | None, str]:
+  """Restore steps 2-3: ckpt.init_from params, else pretrained weights, as checked host float32 params (a fresh
+  projection head added where the source has none); (None, 'random init ...') when neither applies."""
+  if config.ckpt.init_from:
+    params = ckpt_lib.params_from_workdir(config.ckpt.init_from)
+    how = f"params from {config.ckpt.init_from} (fresh optimizer, step 0)"
+  elif parts.pretrained_params is not None:
+    params, how = {"decoder": parts.pretrained_params}, f"pretrained weights {config.model.pretrained}"
+  else:
+    return None, f"random init ({config.model.preset})"
+  if "proj" in abstract_params and "proj" not in params:  # new projection head on pretrained weights
+    params = dict(params, proj=_fresh_params(config, parts, shapes)["proj"])
+  ckpt_lib.check_params(params, abstract_params, how)
+  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), how
+
+
 def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr):
   """Restore order: workdir checkpoint -> ckpt.init_from params -> pretrained -> random. Returns (state, it_state, how)."""
   state_sh, abstract = step_lib.state_shardings(parts.model, tx, mesh, shapes)
@@ -77,38 +99,9 @@ def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr):
   if restored is not None:
     step, state, it_state = restored
     return state, state_sh, it_state, f"resumed from {ckptr.directory} step {step}"
-  params, how = None, f"random init ({config.model.preset})"
-  if config.ckpt.init_from:
-    params = ckpt_lib.params_from_workdir(config.ckpt.init_from)
-    how = f"params from {config.ckpt.init_from} (fresh optimizer, step 0)"
-  elif parts.pretrained_params is not None:
-    params = {"decoder": parts.pretrained_params}
-    how = f"pretrained weights {config.model.pretrained}"
-  if params is not None:
-    if "proj" in abstract["params"] and "proj" not in params:  # new projection head on pretrained weights
-      fresh = jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(parts.model, r, shapes)))(
-          jax.random.PRNGKey(config.seed))
-      params = dict(params, proj=jax.device_get(fresh["proj"]))
-    ckpt_lib.check_params(params, abstract["params"], how)
-    params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
-  state = step_lib.init_state(parts.model, tx, mesh, shapes, config.seed, state_sh, params)
+  params, how = given_params(config, parts, abstract["params"], shapes)
+  state = step_lib.init_state(parts.model, tx, mesh, shapes, config.seed, state_sh, params)  # random: sharded init
   return state, state_sh, None, how
-
-
-def base_params(config, parts: RunParts, abstract_params, shapes) -> tuple[Any, str]:
-  """Params by restore steps 2-4 (ckpt.init_from -> pretrained -> random init), host numpy, checked."""
-  if config.ckpt.init_from:
-    params, how = ckpt_lib.params_from_workdir(config.ckpt.init_from), f"params from {config.ckpt.init_from}"
-  elif parts.pretrained_params is not None:
-    params, how = {"decoder": parts.pretrained_params}, f"pretrained weights {config.model.pretrained}"
-  else:
-    params, how = None, f"random init ({config.model.preset})"
-  if params is None or ("proj" in abstract_params and "proj" not in params):
-    fresh = jax.device_get(jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(parts.model, r, shapes)))(
-        jax.random.PRNGKey(config.seed)))
-    params = fresh if params is None else dict(params, proj=fresh["proj"])
-  ckpt_lib.check_params(params, abstract_params, how)
-  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), how
 
 
 def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc):
@@ -117,7 +110,9 @@ def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc):
   Returns (state, state shardings, iterator state, how, frozen decoder weights, their shardings)."""
   from calrec_jax.adapters.lora import count, init_adapters
   p_sh, p_abstract = step_lib.params_shardings(parts.model, mesh, shapes)
-  params, how = base_params(config, parts, p_abstract, shapes)
+  params, how = given_params(config, parts, p_abstract, shapes)
+  if params is None:  # the frozen weights are needed on the host either way
+    params = _fresh_params(config, parts, shapes)
   trainable = {"lora": init_adapters(params["decoder"], lc, config.seed)}
   if "proj" in params:
     trainable["proj"] = params["proj"]
@@ -148,15 +143,12 @@ RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_di
 def check_same_run(config, workdir: str) -> None:
   """A workdir with checkpoints continues only the run it holds: keys of RUN_IDENTITY that differ from its
   config.json are an error naming them (not a silent run on the old model or a new tokenizer)."""
-  import json
-  path = os.path.join(workdir, "config.json")
+  from calrec_jax.train.setup import load_run_config
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not (os.path.exists(path) and os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):
+  if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):
     return
-  try:
-    with open(path, encoding="utf-8") as f:
-      recorded = json.load(f)
-  except (OSError, ValueError):
+  recorded = load_run_config(workdir)
+  if recorded is None:
     return
   differ = []
   for key in RUN_IDENTITY:

@@ -109,3 +109,16 @@ def save_run_files(workdir: str, parts: RunParts, config) -> None:
     json.dump(parts.model_cfg.to_dict(), f, indent=1)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=1))
+
+
+def load_run_config(workdir: str) -> dict | None:
+  """The config.json that `save_run_files` wrote (as a dict); None when there is none or it is unreadable."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    log.warning("%s is unreadable (%s); not comparing with the recorded run", path, e)
+    return None
