@@ -8,6 +8,7 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "sentencepiece==0.2.3",
+    "tokenizers>=0.21",              # HF tokenizer.json files (byte-level BPE of Llama 3, Qwen, SmolLM2)
     "protobuf>=4.21",
     "tensorflow-datasets==4.9.10",
     "array-record==0.8.6",

@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # projections with adapters
 
   c.tokenizer = t = ml_collections.ConfigDict()
-  t.path = ""                        # SentencePiece model; empty: the pretrained one, else trained on item texts
+  t.path = ""                        # tokenizer.model, tokenizer.json or their folder; empty: the pretrained
+  #                                    checkpoint's, else one trained on the item texts
   t.vocab_size = 2000                # vocabulary of a tokenizer trained on the fly
 
   c.data = d = ml_collections.ConfigDict()

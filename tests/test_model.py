@@ -20,13 +20,20 @@ def tiny_hf(family, tmp_path):
                                         layer_types=["sliding_attention", "full_attention"] * 2,
                                         query_pre_attn_scalar=16, rope_theta=10000.0)
     model = transformers.Gemma3ForCausalLM(cfg)
+  elif family in ("qwen3", "qwen2"):  # QK-norm with scale w / q,k,v biases; GQA; tied and untied embeddings
+    kind = {"qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[family]
+    cfg = kind[0](vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, tie_word_embeddings=family == "qwen3", rope_theta=1e6,
+                  use_sliding_window=False)
+    model = kind[1](cfg)
   else:
     cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
     model = transformers.LlamaForCausalLM(cfg)
-  with torch.no_grad():  # non-trivial norm weights so (1 + w) vs w mistakes show
+  with torch.no_grad():  # non-trivial norm weights and biases so (1 + w) vs w and missing-bias mistakes show
     for n, p in model.named_parameters():
-      if "norm" in n:
+      if "norm" in n or n.endswith("bias"):
         p.add_(torch.randn_like(p) * 0.1)
   model.eval()
   model.save_pretrained(tmp_path)
@@ -41,7 +48,7 @@ def padded_batch():
   return toks, mask
 
 
-@pytest.mark.parametrize("family", ["gemma3", "llama"])
+@pytest.mark.parametrize("family", ["gemma3", "llama", "qwen3", "qwen2"])
 def test_logits_match_transformers(family, tmp_path):
   ref = tiny_hf(family, tmp_path)
   cfg, params = load_hf_checkpoint(str(tmp_path))
@@ -55,7 +62,7 @@ def test_logits_match_transformers(family, tmp_path):
   assert np.abs(ours[mask] - theirs[mask]).max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["gemma3", "llama"])
+@pytest.mark.parametrize("family", ["gemma3", "llama", "qwen3", "qwen2"])
 def test_hf_export_round_trip(family, tmp_path):
   ref = tiny_hf(family, tmp_path / "a")
   cfg, params = load_hf_checkpoint(str(tmp_path / "a"))
@@ -106,7 +113,8 @@ def test_kv_cache_decoding_equals_full_forward(name):
 
 def test_full_size_presets_have_published_parameter_counts():
   published = {"gemma3-270m": 268_098_176, "gemma3-1b": 999_885_952, "llama-3.2-1b": 1_235_814_400,
-               "llama-3-8b": 8_030_261_248, "smollm2-135m": 134_515_008}
+               "llama-3.2-3b": 3_212_749_824, "llama-3-8b": 8_030_261_248, "smollm2-135m": 134_515_008,
+               "qwen3-0.6b": 596_049_920, "qwen3-1.7b": 1_720_574_976}
   for name, n in published.items():
     dec = Decoder(preset(name))
     t = jnp.zeros((1, 4), jnp.int32)

@@ -115,9 +115,53 @@ def test_gemma_tokenizer_rebuilt_from_gguf_matches_reference(gemma):
 
 
 def test_smollm2_logits_and_top1_match_transformers(smollm2):
-  assert smollm2.tok is None  # GPT-2 byte-level BPE: weights only (see README, Weights)
   check_logits(smollm2, 1e-3)
+
+
+def test_smollm2_byte_level_bpe_tokenizer_rebuilt_from_gguf_matches_reference(smollm2):
+  """The GGUF's BPE vocabulary as a tokenizer.json: transformers' ids on every string where a digit does not follow
+  a space. There the file's pre-tokenizer (`smollm`: digits one by one, as SmolLM2's own tokenizer.json and
+  llama.cpp split them) is followed; transformers' GGUF conversion ignores it and keeps ' 4' together."""
+  import re
+  tok, hf = smollm2.tok, smollm2.hf_tok
+  assert tok.vocab_size == len(hf) and not tok.add_bos
+  assert (tok.bos_id, tok.eos_id, tok.pad_id) == (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id)
+  checked = 0
+  for text in TRICKY + PROMPTS + ["<|im_start|>user\nHello<|im_end|>", "Title: Shoe GOO 3.7 fl oz, 2-pack"]:
+    ours = tok.encode(text)
+    assert tok.decode(ours) == text or "<|im_start|>" in text  # special tokens decode to nothing, as in SentencePiece
+    if re.search(r"\s\d|[^\x00-\x7f]", text) is None:  # no digit after whitespace, no numeric unicode
+      assert ours == hf(text, add_special_tokens=False).input_ids, text
+      checked += 1
+    assert all(not (p.strip().isdigit() and len(p.strip()) > 1) for p in map(tok.piece, ours)), text
+  assert checked > 40
 
 
 def test_smollm2_greedy_generation_with_cache_matches_transformers(smollm2):
   check_greedy(smollm2)
+
+
+def test_smollm2_trains_and_evaluates_with_its_own_bpe_tokenizer(tmp_path):
+  """SmolLM2-135M from its GGUF, no tokenizer.path: training and generation + BM25 evaluation end to end."""
+  import json
+  import subprocess
+  import sys
+  packaged("smollm2-135m-gguf")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  work = tmp_path / "run"
+  common = ["--config=configs/demo.py:smoke", f"--workdir={work}", "--config.model.pretrained=smollm2-135m-gguf",
+            "--config.data.categories=Office", "--config.eval.max_users=3", "--config.eval.valid_users=2",
+            "--config.eval.num_samples=2", "--config.eval.max_new_tokens=10", "--config.train.progress=False"]
+  train = subprocess.run([sys.executable, "-m", "calrec_jax.main", *common, "--config.train.num_steps=2",
+                          "--config.data.batch_size=2", "--config.ckpt.every=2", "--config.ckpt.async_save=False",
+                          "--config.optim.learning_rate=1e-5"],
+                         cwd=root, capture_output=True, text=True)
+  assert train.returncode == 0, train.stderr[-3000:]
+  assert (work / "tokenizer.json").exists() and not (work / "tokenizer.model").exists()
+  ev = subprocess.run([sys.executable, "-m", "calrec_jax.evaluate", *common], cwd=root, capture_output=True, text=True)
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  metrics = json.loads((work / "eval" / "metrics.json").read_text())
+  assert {"bm25", "dense"} <= set(metrics) and metrics["bm25"]["users"] == 3
+  records = [json.loads(line) for line in (work / "eval" / "rankings_bm25.jsonl").read_text().splitlines()]
+  assert all(len(r["generations"]) == 2 for r in records)
+  assert sum(g.startswith("Title:") for r in records for g in r["generations"]) >= 3  # item texts, decoded

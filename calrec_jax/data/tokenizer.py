@@ -1,4 +1,6 @@
-"""SentencePiece tokenizer: load a model file, or train a small one on the fly on item texts (tests, demo)."""
+"""Tokenizers: SentencePiece (load a model file, or train a small one on the fly on item texts) and, through
+`load_tokenizer`, Hugging Face tokenizer.json files (data/hf_tokenizer.py) behind the same interface:
+`encode` (ids without BOS/EOS), `decode`, `bos_id`/`eos_id`/`pad_id`, `vocab_size`, `add_bos`, `save_to(folder)`."""
 from __future__ import annotations
 
 import io
@@ -11,7 +13,10 @@ from calrec_jax.errors import DataError
 
 
 class Tokenizer:
-  """Thin wrapper: `encode` returns ids without BOS/EOS; special ids are attributes."""
+  """SentencePiece: `encode` returns ids without BOS/EOS; special ids are attributes."""
+
+  filename = "tokenizer.model"
+  add_bos = True  # SentencePiece checkpoints here (Gemma, trained) start every sequence with BOS
 
   def __init__(self, model_proto: bytes, source: str = "<bytes>"):
     self.proto = model_proto
@@ -39,12 +44,53 @@ class Tokenizer:
       f.write(self.proto)
     os.replace(tmp, path)
 
+  def save_to(self, folder: str) -> str:
+    """tokenizer.model in `folder`; returns its path."""
+    path = os.path.join(folder, self.filename)
+    self.save(path)
+    return path
+
+  def piece(self, i: int) -> str:
+    return self.sp.id_to_piece(int(i))
+
+  @property
+  def special(self) -> dict:
+    out = {"bos_token": self.piece(self.bos_id), "eos_token": self.piece(self.eos_id),
+           "pad_token": self.piece(self.pad_id)}
+    if self.sp.unk_id() >= 0:
+      out["unk_token"] = self.piece(self.sp.unk_id())
+    return out
+
   def encode(self, text: str) -> list[int]:
     return self.sp.encode(text)
 
   def decode(self, ids: Iterable[int]) -> str:
     ids = [int(i) for i in ids]
     return self.sp.decode(ids)
+
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # in the order a folder is searched
+
+
+def find_tokenizer(folder: str) -> str | None:
+  """The tokenizer file a checkpoint or workdir folder holds (SentencePiece first), or None."""
+  for name in TOKENIZER_FILES:
+    if os.path.exists(os.path.join(folder, name)):
+      return os.path.join(folder, name)
+  return None
+
+
+def load_tokenizer(path: str):
+  """A SentencePiece .model file, a HF tokenizer.json, or a folder holding one of them."""
+  if os.path.isdir(path):
+    found = find_tokenizer(path)
+    if found is None:
+      raise DataError(f"no tokenizer here (looked for {' or '.join(TOKENIZER_FILES)})", path)
+    path = found
+  if path.endswith(".json"):
+    from calrec_jax.data.hf_tokenizer import HFTokenizer
+    return HFTokenizer.load(path)
+  return Tokenizer.load(path)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> Tokenizer:

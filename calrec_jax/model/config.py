@@ -8,13 +8,13 @@ from typing import Any
 
 from calrec_jax.errors import ConfigError, WeightImportError
 
-FAMILIES = ("llama", "gemma3")
+FAMILIES = ("llama", "gemma3", "qwen3", "qwen2")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Every architecture fact the decoder needs. Family-specific behaviour is derived from `family`."""
-  family: str                 # 'llama' (Llama 2/3, SmolLM2) or 'gemma3'
+  family: str                 # 'llama' (Llama 2/3, SmolLM2), 'gemma3', 'qwen3' or 'qwen2' (Qwen 2/2.5)
   vocab_size: int
   d_model: int
   n_layers: int
@@ -50,6 +50,14 @@ class ModelConfig:
   @property
   def is_gemma(self) -> bool:
     return self.family == "gemma3"
+
+  @property
+  def qk_norm(self) -> bool:  # RMSNorm of each head's queries and keys before RoPE
+    return self.family in ("gemma3", "qwen3")
+
+  @property
+  def attention_bias(self) -> bool:  # q/k/v projection biases (Qwen 2 / 2.5)
+    return self.family == "qwen2"
 
   @property
   def norm_offset(self) -> float:  # Gemma RMSNorm scales by (1 + w)
@@ -100,6 +108,13 @@ PRESETS: dict[str, ModelConfig] = {
     "llama-3.2-1b": ModelConfig("llama", 128_256, 2048, 16, 32, 8, 64, 8192, 1e-5, 500_000.0,
                                 rope_scaling="llama3", rope_factor=32.0, tie_embeddings=True,
                                 bos_id=128_000, eos_id=128_001, pad_id=128_001),
+    "llama-3.2-3b": ModelConfig("llama", 128_256, 3072, 28, 24, 8, 128, 8192, 1e-5, 500_000.0,
+                                rope_scaling="llama3", rope_factor=32.0, tie_embeddings=True,
+                                bos_id=128_000, eos_id=128_001, pad_id=128_001),
+    "qwen3-0.6b": ModelConfig("qwen3", 151_936, 1024, 28, 16, 8, 128, 3072, 1e-6, 1_000_000.0,
+                              tie_embeddings=True, bos_id=151_643, eos_id=151_643, pad_id=151_643),
+    "qwen3-1.7b": ModelConfig("qwen3", 151_936, 2048, 28, 16, 8, 128, 6144, 1e-6, 1_000_000.0,
+                              tie_embeddings=True, bos_id=151_643, eos_id=151_643, pad_id=151_643),
     "llama-3-8b": ModelConfig("llama", 128_256, 4096, 32, 32, 8, 128, 14_336, 1e-5, 500_000.0,
                               tie_embeddings=False, bos_id=128_000, eos_id=128_001, pad_id=128_001),
     "smollm2-135m": ModelConfig("llama", 49_152, 576, 30, 9, 3, 64, 1536, 1e-5, 100_000.0,
@@ -120,7 +135,8 @@ def preset(name: str, **overrides) -> ModelConfig:
 
 
 def from_hf_config(path_or_dict) -> ModelConfig:
-  """A Hugging Face `config.json` (Gemma3ForCausalLM / Gemma3TextConfig, LlamaForCausalLM) -> ModelConfig."""
+  """A Hugging Face `config.json` (Gemma3ForCausalLM / Gemma3TextConfig, LlamaForCausalLM, Qwen3ForCausalLM,
+  Qwen2ForCausalLM) -> ModelConfig."""
   if isinstance(path_or_dict, dict):
     c, where = path_or_dict, "<dict>"
   else:
@@ -170,11 +186,18 @@ def from_hf_config(path_or_dict) -> ModelConfig:
                        query_pre_attn_scalar=float(c.get("query_pre_attn_scalar", head_dim)),
                        tie_embeddings=c.get("tie_word_embeddings", True),
                        final_logit_softcap=float(c.get("final_logit_softcapping") or 0.0))
-  if mtype in ("llama", "mistral", "qwen2") or "Llama" in str(c.get("architectures")):
+  if mtype in ("qwen3", "qwen2"):
+    if c.get("use_sliding_window"):
+      raise WeightImportError(f"{where}: use_sliding_window=true (Qwen sliding-window attention) is not supported")
+    if mtype == "qwen3" and c.get("attention_bias"):
+      raise WeightImportError(f"{where}: Qwen 3 with attention_bias=true is not supported")
+    return ModelConfig(mtype, **common, **rope, tie_embeddings=c.get("tie_word_embeddings", False))
+  if mtype in ("llama", "mistral") or "Llama" in str(c.get("architectures")):
     if c.get("attention_bias") or c.get("mlp_bias"):
       raise WeightImportError(f"{where}: attention/MLP biases are not supported")
     return ModelConfig("llama", **common, **rope, tie_embeddings=c.get("tie_word_embeddings", False))
-  raise WeightImportError(f"{where}: model_type {mtype!r} is not supported (supported: gemma3, gemma3_text, llama)")
+  raise WeightImportError(f"{where}: model_type {mtype!r} is not supported (supported: gemma3, gemma3_text, llama, "
+                          "qwen3, qwen2)")
 
 
 def _first(x, default):

@@ -1,9 +1,9 @@
 """Convert pretrained weights or export trained ones.
 
   python -m calrec_jax.model.convert --input=gemma3-270m-gguf --output=weights/gemma3-270m
-      GGUF / HF directory / packaged name -> params checkpoint + model_config.json + tokenizer.model
+      GGUF / HF directory / packaged name -> params checkpoint + model_config.json + tokenizer file
   python -m calrec_jax.model.convert --input=workdirs/smoke/stage2 --output=export/hf --to=hf
-      a training workdir (or converted directory) -> Hugging Face safetensors + config.json + tokenizer.model
+      a training workdir (or converted directory) -> Hugging Face safetensors + config.json + tokenizer files
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
   if a.to == "orbax":
     loading.save_converted(a.output, cfg, params, tok)
   else:
-    weights.export_hf_checkpoint(params, cfg, a.output, tok.proto if tok else None)
+    weights.export_hf_checkpoint(params, cfg, a.output, tok)
   print(f"wrote {a.to} checkpoint of a {cfg.family} model ({cfg.n_layers} layers, d={cfg.d_model}) to {a.output}")
 
 

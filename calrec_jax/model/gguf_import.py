@@ -105,4 +105,8 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict, "object"]:
     else:
       raise WeightImportError(f"{path}: unexpected tensor {t.name!r}")
     tensors[name] = w
-  return cfg, from_hf_tensors(tensors, cfg, path), tokenizer_from_gguf(reader, path)
+  tok = tokenizer_from_gguf(reader, path)
+  if tok is None and _field(reader, "tokenizer.ggml.model") == "gpt2":  # byte-level BPE (SmolLM2, Llama 3, Qwen)
+    from calrec_jax.data.hf_tokenizer import tokenizer_from_gguf_bpe
+    tok = tokenizer_from_gguf_bpe(reader, path)
+  return cfg, from_hf_tensors(tensors, cfg, path), tok

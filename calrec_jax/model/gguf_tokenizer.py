@@ -2,8 +2,8 @@
 
 GGUF token types use SentencePiece's own enum (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
 6 byte), so pieces, scores and types carry over one to one. GPT-2 byte-level BPE vocabularies (SmolLM2,
-Llama 3: `tokenizer.ggml.model=gpt2`) cannot be expressed as SentencePiece: for those the weights load and
-`None` is returned; pass a SentencePiece model with tokenizer.path or use a Gemma checkpoint.
+Llama 3, Qwen: `tokenizer.ggml.model=gpt2`) cannot be expressed as SentencePiece: for those `None` is returned
+here and data/hf_tokenizer.py rebuilds them as a tokenizer.json.
 
 Checked against transformers' tokenizer of the same GGUF (tests/test_pretrained_gguf.py): identical ids on
 whitespace and newline runs, digits, unicode, HTML leftovers; the one difference is a run of 32 or more spaces

@@ -92,9 +92,14 @@ class Attention(nn.Module):
     q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(self.dtype))
     key = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(self.dtype))
     val = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(self.dtype))
-    if cfg.is_gemma:  # QK-norm
-      q = RMSNorm(cfg.norm_eps, 1.0, self.param_dtype, name="q_norm")(q)
-      key = RMSNorm(cfg.norm_eps, 1.0, self.param_dtype, name="k_norm")(key)
+    if cfg.attention_bias:  # Qwen 2
+      zeros = nn.initializers.zeros
+      q = q + _param(self, "q_bias", (n, h), ("heads", "head_dim"), self.param_dtype, zeros).astype(self.dtype)
+      key = key + _param(self, "k_bias", (k, h), ("kv_heads", "head_dim"), self.param_dtype, zeros).astype(self.dtype)
+      val = val + _param(self, "v_bias", (k, h), ("kv_heads", "head_dim"), self.param_dtype, zeros).astype(self.dtype)
+    if cfg.qk_norm:  # Gemma 3 (scale 1 + w), Qwen 3 (scale w)
+      q = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype, name="q_norm")(q)
+      key = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype, name="k_norm")(key)
     inv_freq = rope_frequencies(cfg, self.local)
     q = apply_rope(q, positions, inv_freq)
     key = apply_rope(key, positions, inv_freq)

@@ -6,7 +6,7 @@ import importlib.metadata
 import json
 import os
 
-from calrec_jax.data.tokenizer import Tokenizer
+from calrec_jax.data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer
 from calrec_jax.errors import WeightImportError
 from calrec_jax.model.config import ModelConfig
 
@@ -33,7 +33,8 @@ def packaged_path(name: str) -> str:
 
 
 HUB_PREFIX = "hf://"
-HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.model"]
+HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.model", "tokenizer.json",
+             "tokenizer_config.json", "special_tokens_map.json"]
 
 
 def hub_snapshot(spec: str) -> str:
@@ -57,7 +58,8 @@ def hub_snapshot(spec: str) -> str:
 
 
 def load_pretrained(spec: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
-  """Config, decoder params and tokenizer (None where the checkpoint has no SentencePiece model) of `spec`."""
+  """Config, decoder params and tokenizer (tokenizer.model or tokenizer.json; None where the checkpoint has
+  neither) of `spec`."""
   if spec in ("gemma3-270m-gguf", "smollm2-135m-gguf"):
     spec = packaged_path(spec)
   elif spec.startswith(HUB_PREFIX):
@@ -70,8 +72,8 @@ def load_pretrained(spec: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
     raise WeightImportError(f"model.pretrained={spec!r}: not a .gguf file, a HF checkpoint directory, a Hub id "
                             "(hf://org/name), a converted directory or a packaged name (gemma3-270m-gguf, "
                             "smollm2-135m-gguf)")
-  tok_path = os.path.join(spec, "tokenizer.model")
-  tok = Tokenizer.load(tok_path) if os.path.exists(tok_path) else None
+  tok_path = find_tokenizer(spec)
+  tok = load_tokenizer(tok_path) if tok_path else None
   if os.path.exists(os.path.join(spec, "model_config.json")):  # written by calrec_jax.model.convert / export
     from calrec_jax.model.params_io import load_params
     with open(os.path.join(spec, "model_config.json"), encoding="utf-8") as f:
@@ -84,7 +86,8 @@ def load_pretrained(spec: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
 
 
 def save_converted(out_dir: str, cfg: ModelConfig, params: dict, tokenizer: Tokenizer | None) -> None:
-  """The converted form: params (orbax) + model_config.json (+ tokenizer.model); training loads it directly."""
+  """The converted form: params (orbax) + model_config.json (+ tokenizer.model or tokenizer.json); training loads
+  it directly."""
   import jax
   from calrec_jax.model.params_io import save_params
   os.makedirs(out_dir, exist_ok=True)
@@ -94,4 +97,4 @@ def save_converted(out_dir: str, cfg: ModelConfig, params: dict, tokenizer: Toke
   with open(os.path.join(out_dir, "model_config.json"), "w", encoding="utf-8") as f:
     json.dump(cfg.to_dict(), f, indent=1)
   if tokenizer is not None:
-    tokenizer.save(os.path.join(out_dir, "tokenizer.model"))
+    tokenizer.save_to(out_dir)

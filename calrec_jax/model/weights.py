@@ -47,9 +47,12 @@ def mapping_table(cfg: ModelConfig) -> list[tuple[tuple[str, ...], str, Transfor
         ((L, "mlp", "down_proj"), f"{hf}.mlp.down_proj.weight", tr, tr),
     ]
     rows += [((L, ours, "scale"), f"{hf}.{theirs}.weight", ident, ident) for ours, theirs in norms.items()]
-    if cfg.is_gemma:
+    if cfg.qk_norm:
       rows += [((L, "attn", "q_norm", "scale"), f"{hf}.self_attn.q_norm.weight", ident, ident),
                ((L, "attn", "k_norm", "scale"), f"{hf}.self_attn.k_norm.weight", ident, ident)]
+    if cfg.attention_bias:
+      rows += [((L, "attn", f"{x}_bias"), f"{hf}.self_attn.{x}_proj.bias", lambda w, m=m: w.reshape(m, h),
+                lambda w: w.reshape(-1).copy()) for x, m in (("q", n), ("k", k), ("v", k))]
   return rows
 
 
@@ -128,6 +131,10 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
                 layer_types=["sliding_attention" if t == "local" else "full_attention" for t in cfg.layer_types],
                 query_pre_attn_scalar=int(cfg.query_pre_attn_scalar), final_logit_softcapping=cfg.final_logit_softcap or None,
                 attn_logit_softcapping=None)
+  elif cfg.family in ("qwen3", "qwen2"):
+    name = {"qwen3": "Qwen3", "qwen2": "Qwen2"}[cfg.family]
+    base.update(model_type=cfg.family, architectures=[f"{name}ForCausalLM"], hidden_act="silu",
+                attention_bias=cfg.attention_bias, use_sliding_window=False)
   else:
     base.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu")
   return base
@@ -149,8 +156,8 @@ def load_hf_checkpoint(path: str) -> tuple[ModelConfig, dict]:
   return cfg, from_hf_tensors(tensors, cfg, path)
 
 
-def export_hf_checkpoint(params: dict, cfg: ModelConfig, out_dir: str, tokenizer_proto: bytes | None = None) -> None:
-  """Write config.json + model.safetensors (+ tokenizer.model) that transformers and this project load."""
+def export_hf_checkpoint(params: dict, cfg: ModelConfig, out_dir: str, tokenizer=None) -> None:
+  """Write config.json + model.safetensors (+ the tokenizer files) that transformers and this project load."""
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
   tensors_path = os.path.join(out_dir, "model.safetensors")
@@ -160,6 +167,23 @@ def export_hf_checkpoint(params: dict, cfg: ModelConfig, out_dir: str, tokenizer
   os.chmod(tensors_path, 0o666 & ~umask)  # safetensors writes 0600; readable like every other file written here
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf_config_dict(cfg), f, indent=1)
-  if tokenizer_proto:
-    with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
-      f.write(tokenizer_proto)
+  if tokenizer is not None:
+    write_hf_tokenizer(tokenizer, cfg, out_dir)
+
+
+def write_hf_tokenizer(tokenizer, cfg: ModelConfig, out_dir: str) -> None:
+  """The tokenizer files with which transformers' AutoTokenizer gives the ids this project uses, BOS included:
+  tokenizer.json (+ tokenizer_config.json) as they came, or tokenizer.model with a tokenizer_config.json that
+  names the class, the special tokens and add_bos_token (without it transformers adds no <bos> to Gemma)."""
+  tokenizer.save_to(out_dir)
+  if tokenizer.filename != "tokenizer.model":
+    return
+  config = dict(tokenizer.special, add_bos_token=bool(tokenizer.add_bos), add_eos_token=False,
+                tokenizer_class="GemmaTokenizer" if cfg.is_gemma else "LlamaTokenizer",
+                model_max_length=131072, clean_up_tokenization_spaces=False)
+  if not cfg.is_gemma:
+    config["legacy"] = False
+  with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+    json.dump(config, f, indent=1)
+  with open(os.path.join(out_dir, "special_tokens_map.json"), "w", encoding="utf-8") as f:
+    json.dump(tokenizer.special, f, indent=1)

@@ -13,7 +13,7 @@ from calrec_jax.data import sources
 from calrec_jax.data.examples import ExampleEncoder, ExampleSpec
 from calrec_jax.data.records import CategoryData
 from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item, rendered_attributes
-from calrec_jax.data.tokenizer import Tokenizer, train_tokenizer
+from calrec_jax.data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from calrec_jax.model import config as model_config
 from calrec_jax.model.config import ModelConfig
 from calrec_jax.train.two_tower import TwoTower
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class RunParts:
   categories: list[CategoryData]
-  tokenizer: Tokenizer
+  tokenizer: Tokenizer  # or data.hf_tokenizer.HFTokenizer: the same interface
   model_cfg: ModelConfig
   model: TwoTower
   encoder: ExampleEncoder
@@ -57,7 +57,7 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   cats = categories if categories is not None else sources.load_categories(config.data)
   spec = example_spec(config.data)
   pretrained, cfg, tok = None, None, None
-  saved_tok = os.path.join(workdir, "tokenizer.model")
+  saved_tok = find_tokenizer(workdir) if os.path.isdir(workdir) else None
   saved_cfg = os.path.join(workdir, "model_config.json")
   if config.model.pretrained:
     from calrec_jax.model.loading import load_pretrained
@@ -67,17 +67,19 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
     cfg, pretrained, tok = load_pretrained(config.model.pretrained)
     log.info("read the pretrained weights in %.1fs", time.time() - t0)
     log.info("pretrained %s: %s, %d layers, d_model %d", config.model.pretrained, cfg.family, cfg.n_layers, cfg.d_model)
+  init_tok = find_tokenizer(config.ckpt.init_from) if config.ckpt.init_from and os.path.isdir(config.ckpt.init_from) \
+      else None
   if config.tokenizer.path:
-    tok = Tokenizer.load(config.tokenizer.path)
-  elif tok is None and os.path.exists(saved_tok):
-    tok = Tokenizer.load(saved_tok)
-  elif tok is None and config.ckpt.init_from and os.path.exists(os.path.join(config.ckpt.init_from, "tokenizer.model")):
-    tok = Tokenizer.load(os.path.join(config.ckpt.init_from, "tokenizer.model"))
+    tok = load_tokenizer(config.tokenizer.path)
+  elif tok is None and saved_tok:
+    tok = load_tokenizer(saved_tok)
+  elif tok is None and init_tok:
+    tok = load_tokenizer(init_tok)
   if tok is None and config.model.pretrained:
     from calrec_jax.errors import ConfigError
-    raise ConfigError(f"model.pretrained={config.model.pretrained!r} has no SentencePiece tokenizer (GPT-2 byte-level "
-                      "BPE vocabularies such as SmolLM2 / Llama 3 load as weights only); set tokenizer.path to the "
-                      "SentencePiece model that matches its vocabulary, or use a Gemma checkpoint")
+    raise ConfigError(f"model.pretrained={config.model.pretrained!r} holds no tokenizer (no tokenizer.model or "
+                      "tokenizer.json beside the weights); set tokenizer.path to the checkpoint's tokenizer.model or "
+                      "tokenizer.json")
   if tok is None:
     texts = [render_item(a, rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage))
              for c in cats for a in c.catalog.attributes]
@@ -102,9 +104,9 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
 
 
 def save_run_files(workdir: str, parts: RunParts, config) -> None:
-  """tokenizer.model, model_config.json and config.json: what evaluation and export read back."""
+  """The tokenizer file(s), model_config.json and config.json: what evaluation and export read back."""
   os.makedirs(workdir, exist_ok=True)
-  parts.tokenizer.save(os.path.join(workdir, "tokenizer.model"))
+  parts.tokenizer.save_to(workdir)
   with open(os.path.join(workdir, "model_config.json"), "w", encoding="utf-8") as f:
     json.dump(parts.model_cfg.to_dict(), f, indent=1)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
