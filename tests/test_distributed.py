@@ -116,3 +116,38 @@ def test_sigkill_mid_training_resumes_exactly(tmp_path):
   assert [got[s] for s in sorted(ref)] == [ref[s] for s in sorted(ref)]  # bit-identical on CPU
   for a, b in zip(exported(tmp_path / "ref"), exported(tmp_path / "run")):
     np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_of_two_processes_restores_onto_other_meshes(tmp_path):
+  """Saved by 2 processes x 4 devices on mesh (2, 4, 1), restored by 1 process x 8 devices on (8, 1, 1) and on
+  (1, 2, 4) into those shardings: the continued losses and the final params equal an uninterrupted run."""
+  import shutil
+  schedule = ["--config.optim.schedule=constant", "--config.optim.warmup_steps=1", "--config.ckpt.every=3"]
+  reference = subprocess.run(main_cmd(tmp_path / "ref", "--config.train.num_steps=6", *schedule), env=env_with(8),
+                             cwd=ROOT, capture_output=True, text=True)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  port = free_port()
+  saved = tmp_path / "saved"
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = [subprocess.Popen(main_cmd(saved, "--config.train.num_steps=3", *schedule, "--config.mesh.data=2",
+                                     "--config.mesh.fsdp=4", "--config.multihost.enabled=True",
+                                     f"--config.multihost.coordinator=127.0.0.1:{port}",
+                                     "--config.multihost.num_processes=2", f"--config.multihost.process_id={i}"),
+                            env=env_with(4), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(logs[i], "w"))
+           for i in range(2)]
+  for p, log in zip(procs, logs):
+    assert p.wait() == 0, log.read_text()[-3000:]
+  ref = losses(tmp_path / "ref")
+  for name, mesh in (("to_8x1x1", ("8", "1", "1")), ("to_1x2x4", ("1", "2", "4"))):
+    work = tmp_path / name
+    shutil.copytree(saved, work)
+    out = subprocess.run(main_cmd(work, "--config.train.num_steps=6", *schedule, f"--config.mesh.data={mesh[0]}",
+                                  f"--config.mesh.fsdp={mesh[1]}", f"--config.mesh.tensor={mesh[2]}"),
+                         env=env_with(8), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stderr and "step 3" in out.stderr
+    got = losses(work)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6], (name, sorted(got))  # steps 1-3 logged by the saving run, once
+    np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)], rtol=1e-5, err_msg=name)
+    for a, b in zip(exported(tmp_path / "ref"), exported(work)):
+      np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
