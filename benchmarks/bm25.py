@@ -2,9 +2,11 @@
 
   pip install -e ".[bench]"
   python benchmarks/bm25.py --data=../shared/data/amazon2018-scientific --docs=50000 --queries=1000
+  python benchmarks/bm25.py --corpus=zipf --docs=50000 --queries=1000
 
 Corpus: the Scientific item texts, extended to --docs texts by resampling words from their unigram distribution
-with the real length distribution (a catalog-like vocabulary and tf/df profile). Queries: item texts with 30% of
+with the real length distribution (a catalog-like vocabulary and tf/df profile); or (--corpus=zipf) 20-token
+documents over a 30,000-word Zipf(1.1) vocabulary. Queries: item texts with 30% of
 their words dropped and some replaced, as a generated next-item text would look. Every library gets the same
 tokens (calrec_jax's tokeniser, plain Python str). Reported: index time, query throughput for top-20 retrieval
 (rank-bm25-rs returns all scores; the timing adds numpy's argpartition top-k, as a user would), and the largest
@@ -27,6 +29,7 @@ def parse_args():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data", default="../shared/data/amazon2018-scientific")
   p.add_argument("--name", default="Scientific")
+  p.add_argument("--corpus", choices=["catalog", "zipf"], default="catalog")
   p.add_argument("--docs", type=int, default=50_000)
   p.add_argument("--queries", type=int, default=1_000)
   p.add_argument("--slow_queries", type=int, default=50, help="queries timed for rank-bm25 (pure Python)")
@@ -36,15 +39,21 @@ def parse_args():
 
 
 def build_corpus(args) -> tuple[list[list[str]], list[list[str]]]:
-  from calrec_jax.data.recbole import load_recbole
-  from calrec_jax.data.text import render_item
-  from calrec_jax.eval.bm25 import tokenize
-  cat = load_recbole(args.data, args.name)
-  real = [tokenize(render_item(a)) for a in cat.catalog.attributes]
   rng = np.random.default_rng(args.seed)
-  words, counts = np.unique([w for d in real for w in d], return_counts=True)
-  probs = counts / counts.sum()
-  lengths = np.asarray([len(d) for d in real])
+  if args.corpus == "zipf":
+    words = np.asarray([f"w{i}" for i in range(30_000)])
+    probs = 1.0 / np.arange(1, 30_001) ** 1.1
+    probs /= probs.sum()
+    lengths, real = np.asarray([20]), []
+  else:
+    from calrec_jax.data.recbole import load_recbole
+    from calrec_jax.data.text import render_item
+    from calrec_jax.eval.bm25 import tokenize
+    cat = load_recbole(args.data, args.name)
+    real = [tokenize(render_item(a)) for a in cat.catalog.attributes]
+    words, counts = np.unique([w for d in real for w in d], return_counts=True)
+    probs = counts / counts.sum()
+    lengths = np.asarray([len(d) for d in real])
   docs = list(real)
   words = [str(w) for w in words]  # plain str tokens for every library (numpy strings send some to slow paths)
   while len(docs) < args.docs:
@@ -70,7 +79,7 @@ def main():
   from calrec_jax.eval.bm25 import BM25Index
   docs, queries = build_corpus(args)
   nq = len(queries)
-  print(f"corpus: {len(docs):,} documents, mean {np.mean([len(d) for d in docs]):.1f} tokens; {nq:,} queries, "
+  print(f"corpus ({args.corpus}): {len(docs):,} documents, mean {np.mean([len(d) for d in docs]):.1f} tokens; {nq:,} queries, "
         f"mean {np.mean([len(q) for q in queries]):.1f} tokens; top-{args.k}\n")
   rows = []
 

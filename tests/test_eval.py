@@ -164,6 +164,29 @@ def test_bm25_top_k_orders_by_score_then_document_index():
   assert index.top_k([["red"]], 50)[0].shape == (1, len(docs))
 
 
+def test_bm25_top_k_equals_the_full_ranking_on_a_zipf_corpus():
+  """top_k's partition-then-sort selection gives exactly the full ranking (score desc, index asc) on a skewed corpus
+  with a field name in most documents, repeated query tokens and unknown tokens."""
+  rng = np.random.default_rng(0)
+  words = [f"w{i}" for i in range(400)]
+  p = 1.0 / np.arange(1, 401) ** 1.1
+  p /= p.sum()
+  docs = [list(rng.choice(words, size=rng.integers(3, 30), p=p)) for _ in range(3000)]
+  docs = [[str(w) for w in d] + (["title"] if i % 3 else []) for i, d in enumerate(docs)]  # a field name
+  queries = [[str(w) for w in rng.choice(words, size=rng.integers(1, 25), p=p)] for _ in range(300)]
+  queries += [["title"], ["title", "title", "w399"], ["w5", "w5", "w5"], ["unknown"], []]
+  index = BM25Index(docs)
+  ids, scores = index.top_k(queries, 20)
+  full = index.scores(queries)
+  ref = BM25Okapi(docs)
+  for q, row in enumerate(full):
+    expect = np.lexsort((np.arange(len(docs)), -row))[:20]
+    assert ids[q].tolist() == expect.tolist(), q
+    np.testing.assert_array_equal(scores[q], row[expect])
+    if q % 30 == 0:
+      np.testing.assert_allclose(row, ref.get_scores(queries[q]), atol=1e-6)
+
+
 @pytest.mark.parametrize("top_k,top_p,allowed", [(2, 1.0, [0, 1]), (0, 0.5, [0, 1]), (3, 0.35, [0]), (0, 1.0, [0, 1, 2, 3])])
 def test_sample_token_draws_from_the_filtered_distribution(top_k, top_p, allowed):
   import jax
