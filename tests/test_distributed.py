@@ -151,3 +151,28 @@ def test_checkpoint_of_two_processes_restores_onto_other_meshes(tmp_path):
     np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)], rtol=1e-5, err_msg=name)
     for a, b in zip(exported(tmp_path / "ref"), exported(work)):
       np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+
+
+def test_two_process_pipeline_through_the_local_launcher_equals_one_process(tmp_path):
+  """launch/local_multiprocess.sh: stage 1 -> stage 2 -> evaluation with 2 processes x 4 devices gives the losses,
+  params, metrics and per-user rankings of 1 process x 8 devices; only process 0 writes the tables."""
+  short = ["--config.pipeline.stage1_steps=6", "--config.pipeline.stage2_steps=4", "--config.ckpt.every=3",
+           "--config.train.log_every=1", "--config.eval.max_users=8", "--config.eval.valid_users=8"]
+  two = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "configs/demo.py:smoke", str(tmp_path / "two"),
+                        "--mode=pipeline", *short], env=env_with(4), cwd=ROOT, capture_output=True, text=True)
+  logs = [(tmp_path / f"two.process{i}.log").read_text() for i in range(2)]
+  assert two.returncode == 0, logs[0][-2000:] + logs[1][-2000:]
+  one = subprocess.run(main_cmd(tmp_path / "one", "--mode=pipeline", *short), env=env_with(8), cwd=ROOT,
+                       capture_output=True, text=True)
+  assert one.returncode == 0, one.stderr[-3000:]
+  for stage in ("stage1", "stage2"):
+    a, b = losses(tmp_path / "one" / stage), losses(tmp_path / "two" / stage)
+    assert sorted(a) == sorted(b) and len(a) == (6 if stage == "stage1" else 4)
+    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
+  for x, y in zip(exported(tmp_path / "one" / "stage2"), exported(tmp_path / "two" / "stage2")):
+    np.testing.assert_allclose(x, y, atol=1e-5)
+  ev = [json.loads((tmp_path / w / "stage2" / "eval" / "metrics.json").read_text()) for w in ("one", "two")]
+  assert ev[0]["bm25"] == ev[1]["bm25"] and ev[0]["dense"] == ev[1]["dense"]
+  rankings = [(tmp_path / w / "stage2" / "eval" / "rankings_bm25.jsonl").read_text() for w in ("one", "two")]
+  assert rankings[0] == rankings[1]
+  assert "wrote:" not in logs[1] and "process 1 of 2" in logs[1]

@@ -17,6 +17,7 @@ from calrec_jax.eval.generate import generate
 from calrec_jax.eval.merge import merge_generations
 from calrec_jax.eval.metrics import rank_of, ranking_metrics
 from calrec_jax.model.decoder import Decoder
+from calrec_jax.train.sharding import gather_to_host
 from calrec_jax.train.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def item_embeddings(parts, params, cat: int, batch_size: int = 64) -> np.ndarray
       seq = [tok.bos_id] + enc.item_tokens(cat, i) + [tok.eos_id]
       toks[r, :len(seq)], mask[r, :len(seq)], tmask[r, 1:len(seq) - 1] = seq, True, True
     pos = np.broadcast_to(np.arange(li, dtype=np.int32), (batch_size, li))
-    out.append(np.asarray(fn(params, toks, pos, mask, tmask))[:len(ids)])
+    out.append(np.asarray(gather_to_host(fn(params, toks, pos, mask, tmask)))[:len(ids)])
   return np.concatenate(out)
 
 
@@ -129,7 +130,7 @@ def evaluate_dense(config, parts, params, rows, cat: int, item_emb: np.ndarray |
     chunk = rows[start:start + ec.batch_size]
     batch = enc.collate([enc.encode(cat, h, t) for _, h, t in chunk], ec.batch_size)
     # causal attention: hidden states over the history never see the target tokens that follow them
-    v_u = np.asarray(fn(params, batch))[:len(chunk)]
+    v_u = np.asarray(gather_to_host(fn(params, batch)))[:len(chunk)]
     scores = v_u @ item_emb.T  # [U, I]
     for (user, hist, target), s in zip(chunk, scores):
       if ec.exclude_history:
@@ -200,6 +201,8 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
     log.info("%s retrieval on %d %s users of %s: %.1fs", method, len(rows), split, parts.categories[cat].name,
              time.time() - t0)
   results["popularity"], records["popularity"] = evaluate_popularity(config, parts.categories[cat], rows)
+  if jax.process_index() != 0:  # every process computed the same results; process 0 writes them
+    return results
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump({"category": parts.categories[cat].name, "split": split,

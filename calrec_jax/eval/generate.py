@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from calrec_jax.eval.constrained import CatalogTrie, advance, constrain_logits
 from calrec_jax.model.decoder import Decoder, init_cache
+from calrec_jax.train.sharding import gather_to_host, place_host_array
 
 
 def _top_p_mask(sorted_logits: jax.Array, top_p: float) -> jax.Array:
@@ -161,7 +162,7 @@ def _shard_rows(mesh: Mesh | None, *arrays: np.ndarray) -> tuple[list, int]:
   out = []
   for a in arrays:
     a = np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)]) if padded > n else a
-    out.append(jax.device_put(a, sh))
+    out.append(place_host_array(a, sh))  # every process holds the same prompts; each places its rows
   return out, n
 
 
@@ -194,7 +195,7 @@ def generate(decoder: Decoder, params, prompts: Sequence[Sequence[int]], num_sam
     toks, mask = left_pad(prompts, decoder.cfg.pad_id)
     (toks, mask), n = _shard_rows(mesh, toks, mask)
     beams, _ = _beam_search(decoder, params, toks, mask, stop_arr, max_new_tokens, num_samples)
-    beams = np.asarray(beams)[:n]  # [B, K, L]
+    beams = np.asarray(gather_to_host(beams))[:n]  # [B, K, L]
     return [[_strip(row, stops) for row in beams[i]] for i in range(len(prompts))]
   if shared_prefill:  # one prefill per prompt, its cache copied to the N sample rows
     toks, mask = left_pad(prompts, decoder.cfg.pad_id)
@@ -204,8 +205,8 @@ def generate(decoder: Decoder, params, prompts: Sequence[Sequence[int]], num_sam
     toks, mask = left_pad([x for x in prompts for _ in range(num_samples)], decoder.cfg.pad_id)
     (toks, mask), n_rows = _shard_rows(mesh, toks, mask)
     per_prompt = 1
-  out = np.asarray(_generate(decoder, params, toks, mask, stop_arr, jax.random.PRNGKey(seed), max_new_tokens,
-                             float(temperature), int(top_k), float(top_p), per_prompt,
-                             trie.arrays() if trie is not None else None,
-                             trie.width if trie is not None else 0))[:n_rows]
+  out = np.asarray(gather_to_host(_generate(
+      decoder, params, toks, mask, stop_arr, jax.random.PRNGKey(seed), max_new_tokens, float(temperature),
+      int(top_k), float(top_p), per_prompt, trie.arrays() if trie is not None else None,
+      trie.width if trie is not None else 0)))[:n_rows]  # rows generated on every host, gathered
   return [[_strip(row, stops) for row in out[i * num_samples:(i + 1) * num_samples]] for i in range(len(prompts))]

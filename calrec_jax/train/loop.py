@@ -293,7 +293,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     final = validate(validation, config, parts, model_params(state), tc.num_steps)
     writer.write(tc.num_steps, final)
     last.update(final)
-  export(workdir, parts, gather_to_host(model_params(state)))  # collective; LoRA: the merged weights
+  export(workdir, parts, shd.gather_to_host(model_params(state)))  # collective; LoRA: the merged weights
   if is_main and os.path.exists(writer.path):
     plot_curves(writer.path, os.path.join(workdir, "training_curves.png"))
   writer.close()
@@ -307,14 +307,6 @@ def validate(validation: ValidationFn, config, parts: RunParts, params, step: in
   log.info("step %d validation (%.1fs): %s", step, time.time() - t0,
            ", ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in out.items()))
   return out
-
-
-def gather_to_host(params):
-  """Host numpy copy of (possibly multi-host sharded) params; a collective when there are several processes."""
-  if jax.process_count() == 1:
-    return jax.device_get(params)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(params, tiled=True)
 
 
 def export(workdir: str, parts: RunParts, host_params) -> None:

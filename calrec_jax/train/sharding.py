@@ -46,6 +46,19 @@ def shardings_from_boxed(abstract_boxed: Any, mesh: Mesh, rules=DEFAULT_RULES) -
   return jax.tree_util.tree_map(one, abstract_boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
+def gather_to_host(tree):
+  """Host numpy copy of (possibly multi-host sharded) arrays; a collective when there are several processes."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def place_host_array(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from the same host array on every process (each supplies its addressable shards)."""
+  return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dim split over data x fsdp; everything else replicated."""
   return NamedSharding(mesh, P(("data", "fsdp")))
