@@ -71,20 +71,14 @@ def _read(path: str) -> dict:
 
 
 def best_baseline_row(workdir: str) -> tuple[str, dict] | None:
-  """(label, metrics) of the comparison's best trained-or-not baseline by NDCG@10 (zero-shot excluded)."""
+  """(label, metrics) of the comparison's best baseline row by NDCG@10, as the report picks it; zero-shot is
+  left out (it is the curve's step 0)."""
   from calrec_jax.compare.methods import load_result
-  best = None
-  for name in sorted(os.listdir(workdir)):
-    path = os.path.join(workdir, name, "result.json")
-    if name == "zero_shot" or not os.path.exists(path):
-      continue
-    r = load_result(path)
-    if r.kind != "baseline":
-      continue
-    for label, m in r.rows.items():
-      if best is None or m["ndcg@10"] > best[1]["ndcg@10"]:
-        best = (label, m)
-  return best
+  from calrec_jax.compare.report import best_baseline
+  results = {name: load_result(os.path.join(workdir, name, "result.json")) for name in sorted(os.listdir(workdir))
+             if name != "zero_shot" and os.path.exists(os.path.join(workdir, name, "result.json"))}
+  best = best_baseline(results)
+  return None if best is None else (best[1], results[best[0]].rows[best[1]])
 
 
 def write_curve(points: list[dict], baseline, out_dir: str, title: str) -> list[str]:

@@ -12,9 +12,12 @@ import json
 import os
 from typing import Iterable
 
+from calrec_jax.data.tokenizer import write_atomically
 from calrec_jax.errors import DataError
 
 CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_FILES = (CONFIG_FILE, "special_tokens_map.json")  # token strings, searched in this order
+SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token")
 
 
 def _token_string(value) -> str | None:
@@ -38,8 +41,8 @@ class HFTokenizer:
     self.tokenizer_json = tokenizer_json
     self.source = source
     special = dict(special or {})
-    ids = {name: self._id(special.get(name)) for name in ("bos_token", "eos_token", "pad_token")}
-    for name in ("bos_token", "eos_token", "pad_token"):  # ids given directly (config.json, GGUF metadata)
+    ids = {name: self._id(special.get(name)) for name in SPECIAL_TOKENS}
+    for name in SPECIAL_TOKENS:  # ids given directly (config.json, GGUF metadata)
       if ids[name] is None and special.get(name + "_id") is not None:
         ids[name] = int(special[name + "_id"])
     self.eos_id = ids["eos_token"] if ids["eos_token"] is not None else ids["pad_token"]
@@ -73,10 +76,10 @@ class HFTokenizer:
   def save_to(self, folder: str) -> str:
     """tokenizer.json + tokenizer_config.json (special tokens, BOS behaviour) in `folder`; returns the json path."""
     path = os.path.join(folder, self.filename)
-    _atomic_write(path, self.tokenizer_json)
+    write_atomically(path, self.tokenizer_json.encode("utf-8"))
     config = dict(self.special, add_bos_token=self.add_bos, add_eos_token=False,
                   tokenizer_class="PreTrainedTokenizerFast", model_max_length=131072)
-    _atomic_write(os.path.join(folder, CONFIG_FILE), json.dumps(config, indent=1))
+    write_atomically(os.path.join(folder, CONFIG_FILE), json.dumps(config, indent=1).encode("utf-8"))
     return path
 
   def encode(self, text: str) -> list[int]:
@@ -89,13 +92,12 @@ class HFTokenizer:
 def special_tokens(folder: str) -> dict:
   """bos/eos/pad token strings (tokenizer_config.json) and ids (config.json) found in a checkpoint folder."""
   out: dict = {}
-  for name, keys in ((CONFIG_FILE, ("bos_token", "eos_token", "pad_token")),
-                     ("special_tokens_map.json", ("bos_token", "eos_token", "pad_token"))):
+  for name in SPECIAL_FILES:
     path = os.path.join(folder, name)
     if os.path.exists(path):
       with open(path, encoding="utf-8") as f:
         d = json.load(f)
-      for k in keys:
+      for k in SPECIAL_TOKENS:
         if out.get(k) is None and _token_string(d.get(k)) is not None:
           out[k] = _token_string(d[k])
   path = os.path.join(folder, "config.json")
@@ -111,17 +113,9 @@ def special_tokens(folder: str) -> dict:
   return out
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- GGUF byte-level BPE vocabularies
 # llama.cpp's `tokenizer.ggml.pre` names the pre-tokenizer its merges were learned with. Each maps to the
 # pre-tokenizer of the model's own tokenizer.json.
-_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"

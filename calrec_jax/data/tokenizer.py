@@ -39,10 +39,7 @@ class Tokenizer:
       return cls(f.read(), path)
 
   def save(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-      f.write(self.proto)
-    os.replace(tmp, path)
+    write_atomically(path, self.proto)
 
   def save_to(self, folder: str) -> str:
     """tokenizer.model in `folder`; returns its path."""
@@ -67,6 +64,14 @@ class Tokenizer:
   def decode(self, ids: Iterable[int]) -> str:
     ids = [int(i) for i in ids]
     return self.sp.decode(ids)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+  """Write through a temporary file: a crash never leaves a half-written tokenizer file behind."""
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
 
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # in the order a folder is searched
