@@ -6,6 +6,7 @@ from calrec_jax.errors import ConfigError
 CHOICES = {
     "data.source": ("synthetic", "prepared", "recbole", "amazon_raw", "tfds"),
     "model.compute_dtype": ("float32", "bfloat16"),
+    "model.attention": ("einsum", "xla", "cudnn"),
     "optim.name": ("adamw", "adafactor"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "eval.split": ("valid", "test"),
@@ -62,6 +63,9 @@ def validate_config(config) -> None:
   for key in NON_NEGATIVE:
     if _get(config, key) < 0:
       raise ConfigError(f"{key}={_get(config, key)!r} must be >= 0")
+  if config.model.attention == "cudnn" and config.model.compute_dtype != "bfloat16":
+    raise ConfigError("model.attention='cudnn' runs in bfloat16 only; set model.compute_dtype='bfloat16' "
+                      "or model.attention='xla'")
   if not 0 < config.loss.temperature:
     raise ConfigError("loss.temperature must be > 0")
   if not 0 <= config.data.min_attribute_coverage <= 1:

@@ -41,7 +41,7 @@ def main():
   shapes = step_lib.example_batch(16, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
   prompts = [enc.prompt_tokens(0, cats[0].sequences[u][:3])[0] for u in range(5)]
 
-  def run(mesh, grad_accum=1):
+  def run(mesh, grad_accum=1, model=model):
     state_sh, _ = step_lib.state_shardings(model, tx, mesh, shapes)
     state = step_lib.init_state(model, tx, mesh, shapes, 0, state_sh)
     step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig(), grad_accum), mesh,
@@ -65,6 +65,11 @@ def main():
     out[str(shape) + (f" grad_accum={grad_accum}" if grad_accum > 1 else "")] = {"loss_diff": float(np.abs(np.asarray(losses) - ref_losses).max()), "param_diff": max(diffs),
                        "sampled_equal": sampled == ref_sampled, "beams_equal": beams == ref_beams,
                        "embedding_spec": str(emb_sharding.spec)}
+  # the scanned blocks with jax.nn.dot_product_attention, sharded, against the unrolled einsum reference
+  losses, params, _, _, _ = run(shd.make_mesh(2, 2, 2), 1, TwoTower(cfg, scan_layers=True, attention="xla"))
+  diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), params, ref_params))
+  out["(2, 2, 2) scan_layers attention=xla"] = {"loss_diff": float(np.abs(np.asarray(losses) - ref_losses).max()),
+                                                "param_diff": max(diffs)}
   out["activation_constraints"] = activation_constraints(model, tx, shapes, shd.make_mesh(2, 2, 2))
   print("RESULT " + json.dumps(out))
 

@@ -75,6 +75,32 @@ def test_fused_loss_equals_plain_reference_values_and_grads(setup):
     np.testing.assert_allclose(a, c, atol=2e-5)
 
 
+@pytest.mark.parametrize("kw", [dict(scan_layers=True), dict(attention="xla"),
+                                dict(scan_layers=True, attention="xla", remat=True)])
+def test_scanned_blocks_and_fused_attention_equal_the_plain_reference(setup, kw):
+  """Scanning the blocks (one block per scan step, its sliding-window flag beside its weights) and
+  jax.nn.dot_product_attention change how the step is compiled, not what it computes: loss and every gradient
+  equal the plain reference's. Global layers get another RoPE base and scaling here, so a layer given the wrong
+  kind would show."""
+  cfg, _, params, b = setup
+  cfg = cfg.replace(rope_theta=1e6, rope_scaling="linear", rope_factor=8.0)
+  model = TwoTower(cfg, **kw)
+  lc = step_lib.LossConfig(vocab_chunk=100)
+  fast = lambda p: step_lib.calrec_loss(model, p, b, lc)[0]  # noqa: E731
+  plain = lambda p: plain_loss(cfg, p, b)  # noqa: E731
+  np.testing.assert_allclose(fast(params), plain(params), rtol=1e-5)
+  for a, c in zip(jax.tree_util.tree_leaves(jax.grad(fast)(params)), jax.tree_util.tree_leaves(jax.grad(plain)(params))):
+    np.testing.assert_allclose(a, c, atol=2e-5)
+
+
+def test_scan_groups_follow_the_local_global_pattern():
+  from calrec_jax.model.config import gemma3_layer_types
+  from calrec_jax.model.decoder import layer_period
+  assert layer_period(preset("gemma3-1b")) == 6      # 26 layers: 4 scanned groups of 5 local + 1 global, 2 after
+  assert layer_period(preset("llama-3.2-1b")) == 1   # all global: one block per group
+  assert layer_period(preset("tiny", n_layers=5, layer_types=gemma3_layer_types(5, 2))) == 2
+
+
 def test_bfloat16_compute_keeps_float32_params_and_close_loss(setup):
   cfg, model, params, b = setup
   lc = step_lib.LossConfig()

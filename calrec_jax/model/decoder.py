@@ -3,6 +3,12 @@
 `Decoder.__call__` returns final hidden states [B, T, D] for every position (and the updated KV cache when one
 is given); `Decoder.logits` projects chosen hidden states to the vocabulary. Padding and per-example positions
 are handled by `key_mask` and `positions`, never by shapes.
+
+With `scan_layers` the cache-free pass runs the blocks as one `jax.lax.scan`, so a deep model compiles one block
+instead of every layer: each step gets a layer's weights and whether it is a sliding-window layer (its mask and
+RoPE base are chosen inside). cuDNN's kernel needs the window static, so with it the scan runs over repeating
+groups of blocks instead (Gemma 3: 5 sliding-window + 1 global). Params keep their per-layer layout (`layers_0`, `layers_1`, ...): checkpoints, weight
+import/export and LoRA are the same either way; the groups' weights are stacked inside the step.
 """
 from __future__ import annotations
 
@@ -22,13 +28,15 @@ class Decoder(nn.Module):
   dtype: jnp.dtype = jnp.float32        # compute dtype (bfloat16 for speed; params stay param_dtype)
   param_dtype: jnp.dtype = jnp.float32
   remat: bool = False                   # rematerialise each block in the backward pass
+  scan_layers: bool = False             # scan over groups of blocks (compile time independent of depth)
+  attention: str = "einsum"             # Attention.kernel for the cache-free pass: einsum | xla | cudnn
 
   def setup(self):
     cfg = self.cfg
     self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
                             self.param_dtype, nn.initializers.normal(stddev=cfg.d_model ** -0.5 if cfg.is_gemma else 0.02))
     block = nn.remat(Block, static_argnums=()) if self.remat else Block
-    self.layers = [block(cfg, cfg.is_local(i), self.dtype, self.param_dtype, name=f"layers_{i}")
+    self.layers = [block(cfg, cfg.is_local(i), self.dtype, self.param_dtype, self.attention, name=f"layers_{i}")
                    for i in range(cfg.n_layers)]
     self.final_norm = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype)
     if not cfg.tie_embeddings:
@@ -48,7 +56,10 @@ class Decoder(nn.Module):
     if cache is not None:
       new_cache = []
       key_pos = jax.lax.dynamic_update_slice(cache[0]["pos"], positions.astype(jnp.int32), (0, cache_index))
-    for i, layer in enumerate(self.layers):
+    first = 0
+    if cache is None and self.scan_layers and not self.is_initializing():
+      x, first = self._scanned_groups(x, positions, key_mask)
+    for i, layer in enumerate(self.layers[first:], start=first):
       layer_cache = None
       if cache is not None:
         layer_cache = {"k": cache[i]["k"], "v": cache[i]["v"], "pos": key_pos}
@@ -58,6 +69,39 @@ class Decoder(nn.Module):
     if new_cache:
       new_cache[0]["pos"] = key_pos
     return self.final_norm(x), new_cache
+
+  def _scanned_groups(self, x: Array, positions: Array, key_mask: Array) -> tuple[Array, int]:
+    """Runs the leading whole groups of blocks as one scan; returns x and the first layer left to run."""
+    cfg = self.cfg
+    flags = None
+    if self.attention == "cudnn" or not cfg.sliding_window:
+      period = layer_period(cfg)
+    else:  # one block per step; its kind travels with its weights
+      period = 1
+      flags = jnp.asarray([cfg.is_local(i) for i in range(cfg.n_layers)])  # [L]
+    groups = cfg.n_layers // period
+    if groups < 2:
+      return x, 0
+    params = nn.meta.unbox(self.variables["params"])
+    # per position j in the group: that block's params stacked over groups, leaves [groups, ...]
+    stacked = [jax.tree_util.tree_map(lambda *ws: jnp.stack(ws), *[params[f"layers_{g * period + j}"]
+                                                                  for g in range(groups)]) for j in range(period)]
+
+    def run_block(j):
+      blk = Block(cfg, cfg.is_local(j), self.dtype, self.param_dtype, self.attention, parent=None)
+      fn = lambda p, h, flag: blk.apply({"params": p}, h, positions, key_mask, local_flag=flag)[0]  # noqa: E731
+      return jax.checkpoint(fn) if self.remat else fn
+
+    blocks = [run_block(j) for j in range(period)]
+
+    def group(h, xs):
+      group_params, flag = xs
+      for j in range(period):
+        h = blocks[j](group_params[j], h, flag)
+      return h, None
+
+    x, _ = jax.lax.scan(group, x, (stacked, flags))
+    return x, groups * period
 
   def output_embedding(self) -> Array:
     """[V, D] matrix whose rows score each vocabulary entry."""
@@ -72,6 +116,16 @@ class Decoder(nn.Module):
       cap = self.cfg.final_logit_softcap
       out = jnp.tanh(out / cap) * cap
     return out
+
+
+def layer_period(cfg: ModelConfig) -> int:
+  """Smallest group size p whose whole groups repeat the same local/global pattern (1 for all-global models)."""
+  kinds = [cfg.is_local(i) for i in range(cfg.n_layers)]
+  for p in range(1, cfg.n_layers + 1):
+    covered = cfg.n_layers // p * p
+    if all(kinds[i] == kinds[i % p] for i in range(covered)):
+      return p
+  return cfg.n_layers
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> list[dict]:

@@ -69,19 +69,28 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+ATTENTION_KERNELS = ("einsum", "xla", "cudnn")
+
+
 class Attention(nn.Module):
   """Causal GQA self-attention; sliding-window on local layers; optional KV cache.
 
   Visibility of key s to query t: key valid, pos[s] <= pos[t], and (local) pos[t] - pos[s] < window.
+  `kernel` picks how the cache-free (training) pass computes it: 'einsum' (the explicit reference below),
+  'xla' (`jax.nn.dot_product_attention` with the same mask) or 'cudnn' (its fused flash kernel on NVIDIA GPUs,
+  bfloat16 only; it masks by index, so it needs what training batches are: positions 0..T-1 and keys padded
+  on the right). Decoding with a KV cache always takes the einsum path.
   """
   cfg: ModelConfig
   local: bool
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  kernel: str = "einsum"
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, key_mask: Array, cache: dict | None = None,
-               cache_index: Array | None = None) -> tuple[Array, dict | None]:
+               cache_index: Array | None = None, local_flag: Array | None = None) -> tuple[Array, dict | None]:
+    """local_flag: a traced bool that replaces the static `local` (one scanned block serving both kinds)."""
     cfg = self.cfg
     d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     wq = _param(self, "q_proj", (d, n, h), ("embed", "heads", "head_dim"), self.param_dtype)
@@ -100,7 +109,10 @@ class Attention(nn.Module):
     if cfg.qk_norm:  # Gemma 3 (scale 1 + w), Qwen 3 (scale w)
       q = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype, name="q_norm")(q)
       key = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype, name="k_norm")(key)
-    inv_freq = rope_frequencies(cfg, self.local)
+    if local_flag is None:
+      inv_freq = rope_frequencies(cfg, self.local)
+    else:
+      inv_freq = jnp.where(local_flag, rope_frequencies(cfg, True), rope_frequencies(cfg, False))
     q = apply_rope(q, positions, inv_freq)
     key = apply_rope(key, positions, inv_freq)
     q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
@@ -114,17 +126,44 @@ class Attention(nn.Module):
       new_cache = {"k": key, "v": val}
       key_pos = cache["pos"]
 
+    if cache is None and self.kernel != "einsum":
+      out = self._fused(q, key, val, positions, key_mask, local_flag)  # [B, T, N, H]
+      return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), None
     b, t = q.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)
     logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key.astype(self.dtype),
                         preferred_element_type=jnp.float32) * cfg.attn_scale
     visible = key_mask[:, None, :] & (key_pos[:, None, :] <= positions[:, :, None])  # [B, T, S]
-    if self.local and cfg.sliding_window:
-      visible &= positions[:, :, None] - key_pos[:, None, :] < cfg.sliding_window
+    visible &= self._window(positions, key_pos, local_flag)
     logits = jnp.where(visible[:, None, None], logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val.astype(self.dtype)).reshape(b, t, n, h)
     return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), new_cache
+
+
+  def _window(self, positions: Array, key_pos: Array, local_flag: Array | None) -> Array | bool:
+    """[B, T, S] keys inside the sliding window (all of them on global layers)."""
+    if not self.cfg.sliding_window or (local_flag is None and not self.local):
+      return True
+    inside = positions[:, :, None] - key_pos[:, None, :] < self.cfg.sliding_window
+    return inside if local_flag is None else inside | ~local_flag
+
+  def _fused(self, q: Array, key: Array, val: Array, positions: Array, key_mask: Array,
+             local_flag: Array | None) -> Array:
+    """`jax.nn.dot_product_attention` over q [B, T, N, H], key/val [B, S, K, H]; returns [B, T, N, H]."""
+    cfg, local = self.cfg, self.local and bool(self.cfg.sliding_window)
+    key, val = key.astype(self.dtype), val.astype(self.dtype)
+    if self.kernel == "cudnn":  # the window is static in cuDNN: scanned groups keep each block's kind static
+      assert local_flag is None, "cudnn attention needs static local/global blocks"
+      lengths = jnp.sum(key_mask, axis=-1, dtype=jnp.int32)  # [B] valid keys, padded on the right
+      window = (cfg.sliding_window - 1, 0) if local else None
+      return jax.nn.dot_product_attention(q, key, val, scale=cfg.attn_scale, is_causal=True,
+                                          key_value_seq_lengths=lengths, local_window_size=window,
+                                          implementation="cudnn")
+    visible = key_mask[:, None, :] & (positions[:, None, :] <= positions[:, :, None])  # [B, T, S]
+    visible &= self._window(positions, positions, local_flag)
+    return jax.nn.dot_product_attention(q, key, val, mask=visible[:, None], scale=cfg.attn_scale,
+                                        implementation="xla")
 
 
 class MLP(nn.Module):
@@ -153,13 +192,14 @@ class Block(nn.Module):
   local: bool
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  attention: str = "einsum"   # Attention.kernel
 
   @nn.compact
-  def __call__(self, x, positions, key_mask, cache=None, cache_index=None):
+  def __call__(self, x, positions, key_mask, cache=None, cache_index=None, local_flag=None):
     cfg, off = self.cfg, self.cfg.norm_offset
     norm = lambda name: RMSNorm(cfg.norm_eps, off, self.param_dtype, name=name)  # noqa: E731
-    h, new_cache = Attention(cfg, self.local, self.dtype, self.param_dtype, name="attn")(
-        norm("input_norm")(x), positions, key_mask, cache, cache_index)
+    h, new_cache = Attention(cfg, self.local, self.dtype, self.param_dtype, self.attention, name="attn")(
+        norm("input_norm")(x), positions, key_mask, cache, cache_index, local_flag)
     if cfg.is_gemma:
       h = norm("post_attn_norm")(h)
     x = x + h

@@ -99,7 +99,8 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
     from calrec_jax.errors import ConfigError
     raise ConfigError(f"tokenizer has {tok.vocab_size} pieces but the model vocabulary is {cfg.vocab_size}")
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.compute_dtype]
-  model = TwoTower(cfg, config.model.projection_dim, dtype, jnp.float32, config.model.remat)
+  model = TwoTower(cfg, config.model.projection_dim, dtype, jnp.float32, config.model.remat,
+                   config.model.scan_layers, config.model.attention)
   return RunParts(cats, tok, cfg, model, ExampleEncoder(tok, cats, spec), pretrained)
 
 

@@ -19,9 +19,11 @@ class TwoTower(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  scan_layers: bool = False
+  attention: str = "einsum"
 
   def setup(self):
-    self.decoder = Decoder(self.cfg, self.dtype, self.param_dtype, self.remat)
+    self.decoder = Decoder(self.cfg, self.dtype, self.param_dtype, self.remat, self.scan_layers, self.attention)
     if self.projection_dim:
       self.proj = nn.Dense(self.projection_dim, use_bias=False, param_dtype=self.param_dtype,
                            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),

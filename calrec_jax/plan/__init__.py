@@ -1,0 +1,1 @@
+"""Capacity planning: memory per device, FLOPs and step time of a CALRec train step before running it."""
