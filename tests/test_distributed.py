@@ -157,7 +157,8 @@ def test_checkpoint_of_two_processes_restores_onto_other_meshes(tmp_path):
 
 def test_two_process_pipeline_through_the_local_launcher_equals_one_process(tmp_path):
   """launch/local_multiprocess.sh: stage 1 -> stage 2 -> evaluation with 2 processes x 4 devices gives the losses,
-  params, metrics and per-user rankings of 1 process x 8 devices; only process 0 writes the tables."""
+  params, metrics and per-user rankings of 1 process x 8 devices; the BM25 retrieval is split between the
+  processes; only process 0 writes the tables."""
   short = ["--config.pipeline.stage1_steps=6", "--config.pipeline.stage2_steps=4", "--config.ckpt.every=3",
            "--config.train.log_every=1", "--config.eval.max_users=8", "--config.eval.valid_users=8"]
   two = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "configs/demo.py:smoke", str(tmp_path / "two"),
@@ -178,3 +179,4 @@ def test_two_process_pipeline_through_the_local_launcher_equals_one_process(tmp_
   rankings = [(tmp_path / w / "stage2" / "eval" / "rankings_bm25.jsonl").read_text() for w in ("one", "two")]
   assert rankings[0] == rankings[1]
   assert "wrote:" not in logs[1] and "process 1 of 2" in logs[1]
+  assert "process 0 ranked 4 of 8 users" in logs[0] and "process 1 ranked 4 of 8 users" in logs[1]  # BM25 split

@@ -17,7 +17,7 @@ from calrec_jax.eval.generate import generate
 from calrec_jax.eval.merge import merge_generations
 from calrec_jax.eval.metrics import rank_of, ranking_metrics
 from calrec_jax.model.decoder import Decoder
-from calrec_jax.train.sharding import gather_to_host
+from calrec_jax.train.sharding import gather_objects, gather_to_host
 from calrec_jax.train.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, 
   prefilled once for its N samples (`shared_prefill`). A generation that is empty (or only whitespace)
   retrieves nothing and the user's list is filled from the other generations; a user whose generations are all
   empty gets an empty list (rank: miss) and is counted. `constrained`: sampling follows the catalog trie, so
-  every finished generation is the text of a catalog item.
+  every finished generation is the text of a catalog item. With several processes, generation runs sharded
+  over all of them and each process does the BM25 retrieval and merging of every process_count-th user; the
+  records are then gathered, so every process returns the same metrics and records.
   """
   ec = config.eval
   ks = [int(k) for k in split_names(ec.ks)]
@@ -68,7 +70,8 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, 
                   "before they end", ec.max_new_tokens)
   prompts = [parts.encoder.prompt_tokens(cat, h)[0] for _, h, _ in rows]
   order = sorted(range(len(rows)), key=lambda i: len(prompts[i])) if sort_by_length else list(range(len(rows)))
-  ranks, records, empty_users = [0] * len(rows), [None] * len(rows), 0
+  records = [None] * len(rows)
+  me, processes = jax.process_index(), jax.process_count()
   bar = tqdm(total=len(rows), desc="evaluate", unit="user", disable=not progress, dynamic_ncols=True)
   for start in range(0, len(rows), ec.batch_size):
     chunk = order[start:start + ec.batch_size]
@@ -76,18 +79,25 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, 
                        stop_ids, seed=config.seed + start, temperature=ec.temperature, top_k=ec.top_k,
                        top_p=ec.top_p, beam_search=ec.beam_search and not constrained, mesh=mesh,
                        shared_prefill=shared_prefill, trie=trie)
-    for i, gens in zip(chunk, samples):
+    for j, (i, gens) in enumerate(zip(chunk, samples)):
+      if (start + j) % processes != me:  # another process retrieves this user
+        continue
       user, hist, target = rows[i]
       texts = [tok.decode(g).strip() for g in gens]
       depth = kmax + (len(hist) if ec.exclude_history else 0)
       ranked, scores = index.top_k([tokenize(t) for t in texts], depth)
       top = merge_generations(texts, ranked, scores, kmax, set(hist) if ec.exclude_history else set())
-      ranks[i] = rank_of(target, top)
-      empty_users += not top
-      records[i] = {"user": parts.categories[cat].user_ids[user], "target": int(target), "rank": ranks[i],
-                    "top": top, "generations": texts}
+      records[i] = {"user": parts.categories[cat].user_ids[user], "target": int(target),
+                    "rank": rank_of(target, top), "top": top, "generations": texts}
     bar.update(len(chunk))
   bar.close()
+  if processes > 1:
+    log.info("BM25 retrieval: process %d ranked %d of %d users", me, sum(r is not None for r in records), len(rows))
+    for part in gather_objects({i: r for i, r in enumerate(records) if r is not None}):
+      for i, r in part.items():
+        records[i] = r
+  ranks = [r["rank"] for r in records]
+  empty_users = sum(not r["top"] for r in records)
   if empty_users:
     log.warning("%d of %d users: no generation matched any catalog item (empty or unmatched text); they count "
                 "as misses (see 'generations' in rankings_bm25.jsonl)", empty_users, len(rows))

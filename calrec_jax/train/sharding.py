@@ -54,6 +54,20 @@ def gather_to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def gather_objects(obj) -> list:
+  """Every process's picklable `obj`, in process order; a collective when there are several processes."""
+  if jax.process_count() == 1:
+    return [obj]
+  import pickle
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(pickle.dumps(obj), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64))).reshape(-1)  # [P]
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  every = np.asarray(multihost_utils.process_allgather(padded))  # [P, max size]
+  return [pickle.loads(every[p, :int(n)].tobytes()) for p, n in enumerate(sizes)]
+
+
 def place_host_array(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global array from the same host array on every process (each supplies its addressable shards)."""
   return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
