@@ -80,3 +80,9 @@ def test_bad_arguments_give_one_line(args, message):
   assert out.returncode != 0
   lines = [line for line in out.stderr.splitlines() if line.startswith("error")]
   assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_help_exits_zero_and_shows_the_examples():
+  out = run_plan("--help")
+  assert out.returncode == 0, out.stderr
+  assert "--mesh" in out.stdout and "python -m calrec_jax.plan --table" in out.stdout
