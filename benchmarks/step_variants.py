@@ -5,7 +5,7 @@ achieved FLOP/s and MFU, next to the capacity planner's prediction for the same 
   python benchmarks/step_variants.py --preset=gemma3-270m --batch=4 --variants=f32,f32-scan --steps=2   # CPU
   python benchmarks/step_variants.py --preset=gemma3-1b --batch=16 --peak=989e12                        # H100
 
-Variants (comma-separated): f32 | bf16 (compute dtype), with -scan (blocks scanned in groups), -remat, -xla or
+Variants (comma-separated): f32 | bf16 (compute dtype), with -scan (scanned blocks), -remat, -xla or
 -cudnn (attention kernel; default einsum), e.g. `bf16-cudnn-scan`. Random-init weights of the preset (nothing is
 downloaded); the full two-tower step (LM + both InfoNCE terms, AdamW, clipping) on a batch shaped like CALRec's
 (--seq joint tokens, --target target tokens, --item item-tower tokens). MFU counts the planner's matmul FLOPs
@@ -16,6 +16,7 @@ the device's peak bytes in use.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -72,29 +73,21 @@ def random_batch(shapes, vocab: int, seed: int = 0) -> dict:
 
 def run_variant(cfg, name: str, args, peak: float) -> dict:
   import jax
-  import jax.numpy as jnp
   import optax
-  from calrec_jax.plan.estimate import StepShape, estimate
+  from calrec_jax.plan.estimate import StepShape, compile_train_step, estimate, step_flops
   from calrec_jax.train import sharding as shd
   from calrec_jax.train import step as step_lib
-  from calrec_jax.train.two_tower import TwoTower
   parts = name.split("-")
-  bf16, scan, remat = parts[0] == "bf16", "scan" in parts, "remat" in parts
   attention = "cudnn" if "cudnn" in parts else "xla" if "xla" in parts else "einsum"
-  model = TwoTower(cfg, 0, jnp.bfloat16 if bf16 else jnp.float32, jnp.float32, remat, scan, attention)
+  shape = StepShape(args.batch, args.seq, args.target, args.item, (1, 1, 1), remat="remat" in parts,
+                    compute_bytes=2 if parts[0] == "bf16" else 4, scan_layers="scan" in parts)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5))
-  mesh = shd.make_mesh(devices=jax.devices()[:1])
-  shapes = step_lib.example_batch(args.batch, args.seq, args.target, args.item)
-  state_sh, abstract = step_lib.state_shardings(model, tx, mesh, shapes)
-  step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig()), mesh, state_sh)
-  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
   t0 = time.perf_counter()
-  compiled = step.lower(abstract, shapes).compile()
+  compiled, model, mesh, shapes, state_sh = compile_train_step(cfg, shape, tx, attention)
   compile_s = time.perf_counter() - t0
   print(f"  {name}: compiled in {compile_s:.1f} s", flush=True)
   mem = compiled.memory_analysis()
-  plan = estimate(cfg, StepShape(args.batch, args.seq, args.target, args.item, (1, 1, 1), remat=remat,
-                                 compute_bytes=2 if bf16 else 4, scan_layers=scan))
+  plan = estimate(cfg, shape)
   row = {"variant": name, "compile_s": compile_s,
          "xla_arguments_gib": mem.argument_size_in_bytes / 2 ** 30, "xla_temporaries_gib": mem.temp_size_in_bytes / 2 ** 30,
          "xla_total_gib": (mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2 ** 30,
@@ -112,8 +105,8 @@ def run_variant(cfg, name: str, args, peak: float) -> dict:
     m["loss"].block_until_ready()
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
-  useful = estimate(cfg, StepShape(args.batch, args.seq, args.target, args.item, (1, 1, 1)))["flops"]  # remat's
-  #                                                                      extra forward is not useful work
+  # remat's extra forward is not useful work
+  useful = step_flops(cfg, dataclasses.replace(shape, remat=False), int(plan["param_count"]))
   stats = jax.devices()[0].memory_stats() or {}
   row.update({"step_ms": step_s * 1e3, "first_loss": first_loss,
               "tokens_per_s": args.batch * (args.seq + args.item) / step_s,

@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   #                                    ('gemma3-270m-gguf', 'smollm2-135m-gguf')
   m.compute_dtype = "float32"        # 'bfloat16' for speed; params, loss and softmax stay float32
   m.remat = False                    # rematerialise blocks in the backward pass (less memory, ~30% slower)
-  m.scan_layers = False              # scan over groups of blocks: compile time independent of depth
+  m.scan_layers = False              # run the blocks as one jax.lax.scan: one block compiled (README: what it
+  #                                    saves and costs; off by default)
   m.attention = "einsum"             # training attention: einsum (reference) | xla (jax.nn.dot_product_attention)
   #                                    | cudnn (fused flash attention on NVIDIA GPUs; needs compute_dtype bfloat16)
   m.projection_dim = 0               # optional linear head on tower embeddings (0: none)

@@ -77,9 +77,8 @@ def main():
 def activation_constraints(model, tx, shapes, mesh) -> list[str]:
   """The sharding constraints the lowered train step carries (the layers' logical activation names)."""
   state_sh, abstract = step_lib.state_shardings(model, tx, mesh, shapes)
-  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
   step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig()), mesh, state_sh)
-  text = step.lower(abstract, shapes).as_text()
+  text = step.lower(shd.abstract_with_sharding(abstract, state_sh), shapes).as_text()
   return sorted({line.split("<@mesh, ", 1)[1].split(">", 1)[0] for line in text.splitlines()
                  if "sdy.sharding_constraint" in line})
 

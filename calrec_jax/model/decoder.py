@@ -7,8 +7,9 @@ are handled by `key_mask` and `positions`, never by shapes.
 With `scan_layers` the cache-free pass runs the blocks as one `jax.lax.scan`, so a deep model compiles one block
 instead of every layer: each step gets a layer's weights and whether it is a sliding-window layer (its mask and
 RoPE base are chosen inside). cuDNN's kernel needs the window static, so with it the scan runs over repeating
-groups of blocks instead (Gemma 3: 5 sliding-window + 1 global). Params keep their per-layer layout (`layers_0`, `layers_1`, ...): checkpoints, weight
-import/export and LoRA are the same either way; the groups' weights are stacked inside the step.
+groups of blocks instead (Gemma 3: 5 sliding-window + 1 global). Params keep their per-layer layout
+(`layers_0`, `layers_1`, ...): checkpoints, weight import/export and LoRA are the same either way; the layers'
+weights are stacked inside the step.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class Decoder(nn.Module):
   dtype: jnp.dtype = jnp.float32        # compute dtype (bfloat16 for speed; params stay param_dtype)
   param_dtype: jnp.dtype = jnp.float32
   remat: bool = False                   # rematerialise each block in the backward pass
-  scan_layers: bool = False             # scan over groups of blocks (compile time independent of depth)
+  scan_layers: bool = False             # run the blocks as one jax.lax.scan (see the module docstring)
   attention: str = "einsum"             # Attention.kernel for the cache-free pass: einsum | xla | cudnn
 
   def setup(self):

@@ -69,9 +69,6 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-ATTENTION_KERNELS = ("einsum", "xla", "cudnn")
-
-
 class Attention(nn.Module):
   """Causal GQA self-attention; sliding-window on local layers; optional KV cache.
 
@@ -139,7 +136,6 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val.astype(self.dtype)).reshape(b, t, n, h)
     return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), new_cache
-
 
   def _window(self, positions: Array, key_pos: Array, local_flag: Array | None) -> Array | bool:
     """[B, T, S] keys inside the sliding window (all of them on global layers)."""

@@ -163,22 +163,28 @@ def step_seconds(flops: float, devices: int, peak_flops: float, mfu: float) -> f
   return flops / (devices * peak_flops * mfu)
 
 
-def compiled_bytes(cfg: ModelConfig, shape: StepShape, lr: float = 1e-4, attention: str = "einsum"
-                   ) -> dict[str, float]:
-  """XLA's memory analysis of the real compiled train step on the local devices (arguments, temporaries)."""
-  import optax
+def compile_train_step(cfg: ModelConfig, shape: StepShape, tx, attention: str = "einsum"):
+  """The real train step of `shape`, compiled ahead of time on the first `shape.devices` local devices.
+
+  Returns (compiled step, model, mesh, abstract batch, state shardings)."""
   from calrec_jax.train import sharding as shd
   from calrec_jax.train import step as step_lib
   from calrec_jax.train.two_tower import TwoTower
   mesh = shd.make_mesh(*shape.mesh, devices=jax.devices()[:shape.devices])
   dtype = jnp.bfloat16 if shape.compute_bytes == 2 else jnp.float32
   model = TwoTower(cfg, 0, dtype, jnp.float32, shape.remat, shape.scan_layers, attention)
-  tx = optax.adamw(lr)
   batch = step_lib.example_batch(shape.global_batch, shape.seq_len, shape.target_len, shape.item_len)
   state_sh, abstract = step_lib.state_shardings(model, tx, mesh, batch)
   lc = step_lib.LossConfig(vocab_chunk=shape.vocab_chunk)
   step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, lc), mesh, state_sh)
-  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-  mem = step.lower(abstract, batch).compile().memory_analysis()
+  compiled = step.lower(shd.abstract_with_sharding(abstract, state_sh), batch).compile()
+  return compiled, model, mesh, batch, state_sh
+
+
+def compiled_bytes(cfg: ModelConfig, shape: StepShape, lr: float = 1e-4, attention: str = "einsum"
+                   ) -> dict[str, float]:
+  """XLA's memory analysis of the real compiled train step on the local devices (arguments, temporaries)."""
+  import optax
+  mem = compile_train_step(cfg, shape, optax.adamw(lr), attention)[0].memory_analysis()
   return {"arguments": float(mem.argument_size_in_bytes), "temporaries": float(mem.temp_size_in_bytes),
           "total": float(mem.argument_size_in_bytes + mem.temp_size_in_bytes)}

@@ -66,10 +66,6 @@ class StopSignals:
     return False
 
 
-def _abstract_with_sharding(abstract, shardings):
-  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
 def _fresh_params(config, parts: RunParts, shapes) -> Any:
   """Random-init params of the model (host numpy, unboxed)."""
   return jax.device_get(jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(parts.model, r, shapes)))(
@@ -95,7 +91,7 @@ def given_params(config, parts: RunParts, abstract_params, shapes) -> tuple[Any 
 def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr):
   """Restore order: workdir checkpoint -> ckpt.init_from params -> pretrained -> random. Returns (state, it_state, how)."""
   state_sh, abstract = step_lib.state_shardings(parts.model, tx, mesh, shapes)
-  restored = ckptr.restore_latest(_abstract_with_sharding(abstract, state_sh))
+  restored = ckptr.restore_latest(shd.abstract_with_sharding(abstract, state_sh))
   if restored is not None:
     step, state, it_state = restored
     return state, state_sh, it_state, f"resumed from {ckptr.directory} step {step}"
@@ -123,7 +119,7 @@ def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc):
   state_sh = jax.tree_util.tree_map(lambda _: rep, abstract)
   log.info("LoRA rank %d on %s: %d trainable parameters (frozen: %d)", lc.rank, ",".join(lc.targets),
            count(trainable), count(params["decoder"]))
-  restored = ckptr.restore_latest(_abstract_with_sharding(abstract, state_sh))
+  restored = ckptr.restore_latest(shd.abstract_with_sharding(abstract, state_sh))
   if restored is not None:
     step, state, it_state = restored
     return state, state_sh, it_state, f"resumed LoRA adapters from {ckptr.directory} step {step} on {how}", \
@@ -221,8 +217,8 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(parts.model, tx, step_lib.loss_config(config.loss), config.optim.grad_accum,
                                to_params), mesh, state_sh, frozen_sharding=frozen_sh)
-  abstract_state = _abstract_with_sharding(jax.eval_shape(lambda s: s, state), state_sh)
-  extra = () if frozen is None else (_abstract_with_sharding(jax.eval_shape(lambda f: f, frozen), frozen_sh),)
+  abstract_state = shd.abstract_with_sharding(jax.eval_shape(lambda s: s, state), state_sh)
+  extra = () if frozen is None else (shd.abstract_with_sharding(jax.eval_shape(lambda f: f, frozen), frozen_sh),)
   log.info("compiling the train step (batch %d x %d tokens) ...", dc.batch_size, shapes["tokens"].shape[1])
   t_compile = time.time()
   compiled = train_step.lower(abstract_state, shapes, *extra).compile()

@@ -46,6 +46,11 @@ def shardings_from_boxed(abstract_boxed: Any, mesh: Mesh, rules=DEFAULT_RULES) -
   return jax.tree_util.tree_map(one, abstract_boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
+def abstract_with_sharding(abstract, shardings):
+  """ShapeDtypeStructs carrying their target shardings (ahead-of-time lowering, orbax restore)."""
+  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
 def gather_to_host(tree):
   """Host numpy copy of (possibly multi-host sharded) arrays; a collective when there are several processes."""
   if jax.process_count() == 1:
