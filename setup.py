@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "ml-collections==1.1.0",
     "numpy>=1.26",
     "scipy>=1.11",
+    "numba>=0.60",                   # the compiled BM25 top-k kernel (calrec_jax/eval/bm25_kernel.py)
     "gguf>=0.17",
     "safetensors>=0.4",
     "huggingface_hub>=0.23",

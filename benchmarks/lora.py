@@ -38,6 +38,7 @@ def main() -> None:
   from calrec_jax.model.config import preset
   from calrec_jax.train import sharding as shd
   from calrec_jax.train import step as step_lib
+  from calrec_jax.train.optim import clip_by_global_norm
   from calrec_jax.train.two_tower import TwoTower
 
   cats = synthetic.make_dataset(["Garden", "Office"], [200, 100])
@@ -50,7 +51,7 @@ def main() -> None:
   enc = ExampleEncoder(tok, cats, ExampleSpec(max_len=256, max_item_tokens=40, length_buckets=(), max_history=6))
   batch = next(MixtureIterator(enc, args.batch, seed=0))
   model = TwoTower(cfg)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-4, weight_decay=0.01))
+  tx = optax.chain(clip_by_global_norm(1.0), optax.adamw(1e-4, weight_decay=0.01))  # the framework's clipping
   mesh = shd.make_mesh()
   shapes = step_lib.example_batch(args.batch, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
   gb = shd.global_batch(batch, mesh)

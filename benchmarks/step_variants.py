@@ -77,11 +77,12 @@ def run_variant(cfg, name: str, args, peak: float) -> dict:
   from calrec_jax.plan.estimate import StepShape, compile_train_step, estimate, step_flops
   from calrec_jax.train import sharding as shd
   from calrec_jax.train import step as step_lib
+  from calrec_jax.train.optim import clip_by_global_norm
   parts = name.split("-")
   attention = "cudnn" if "cudnn" in parts else "xla" if "xla" in parts else "einsum"
   shape = StepShape(args.batch, args.seq, args.target, args.item, (1, 1, 1), remat="remat" in parts,
                     compute_bytes=2 if parts[0] == "bf16" else 4, scan_layers="scan" in parts)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5))
+  tx = optax.chain(clip_by_global_norm(1.0), optax.adamw(1e-5))
   t0 = time.perf_counter()
   compiled, model, mesh, shapes, state_sh = compile_train_step(cfg, shape, tx, attention)
   compile_s = time.perf_counter() - t0

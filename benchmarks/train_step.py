@@ -108,6 +108,7 @@ def main():
   from calrec_jax.model.weights import export_hf_checkpoint
   from calrec_jax.train import sharding as shd
   from calrec_jax.train import step as step_lib
+  from calrec_jax.train.optim import clip_by_global_norm
   from calrec_jax.train.two_tower import TwoTower
 
   cats = synthetic.make_dataset(["Garden", "Office"], [200, 100])
@@ -117,7 +118,7 @@ def main():
   batch = next(it)
   cfg = preset(args.preset, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
   model = TwoTower(cfg)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-4, weight_decay=0.01))
+  tx = optax.chain(clip_by_global_norm(1.0), optax.adamw(1e-4, weight_decay=0.01))  # the framework's clipping
   mesh = shd.make_mesh()
   shapes = step_lib.example_batch(args.batch, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
   state_sh, _ = step_lib.state_shardings(model, tx, mesh, shapes)

@@ -13,8 +13,8 @@ CHOICES = {
     "eval.retrieval": ("bm25", "dense"),
 }
 POSITIVE = ("data.max_len", "data.max_item_tokens", "data.max_history", "data.batch_size", "train.num_steps",
-            "train.log_every", "ckpt.every", "ckpt.keep", "optim.grad_accum", "loss.vocab_chunk",
-            "eval.batch_size", "eval.num_samples", "eval.max_new_tokens", "tokenizer.vocab_size")
+            "train.log_every", "ckpt.every", "ckpt.keep", "ckpt.save_concurrent_gb", "optim.grad_accum",
+            "loss.vocab_chunk", "eval.batch_size", "eval.num_samples", "eval.max_new_tokens", "tokenizer.vocab_size")
 NON_NEGATIVE = ("loss.w_nig", "loss.w_tt", "loss.w_ut", "optim.learning_rate", "optim.weight_decay",
                 "train.eval_every", "eval.max_users", "eval.temperature", "data.mixture_alpha", "model.lora_rank")
 

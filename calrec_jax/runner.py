@@ -156,7 +156,10 @@ def train_run(config, workdir: str) -> dict:
   """One training run with the evaluation layer's validation (train.eval_every steps and at the end)."""
   from calrec_jax.eval.validation import validation_metrics
   from calrec_jax.train.loop import train
-  return train(config, workdir, validation_metrics)
+  from calrec_jax.train.resources import release_host_memory
+  out = train(config, workdir, validation_metrics)
+  release_host_memory()  # the finished run's train state and buffers, before a next stage or the evaluation
+  return out
 
 
 def train_pipeline(config, workdir: str):

@@ -93,6 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   ck.every = 200                     # steps between checkpoints
   ck.keep = 3                        # checkpoints kept
   ck.async_save = True
+  ck.save_concurrent_gb = 96         # GB of the state a save copies to host memory at once (orbax's default)
   ck.init_from = ""                  # params of a stage-1 workdir (or params checkpoint) for stage 2
 
   c.eval = ev = ml_collections.ConfigDict()

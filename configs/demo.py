@@ -52,6 +52,9 @@ def get_config(arg: str = ""):
     c.eval.num_samples = 2
     c.ckpt.every = 10
     c.ckpt.keep = 1                  # one float32 train state of Gemma-3-270M is about 3.2 GB on disk
+    c.ckpt.async_save = False        # on a CPU an async save's host copy would overlap the next step
+    c.ckpt.save_concurrent_gb = 1    # copy and write the 3.2 GB state 1 GB at a time
+    c.optim.grad_accum = 8           # microbatches of 1: the same gradient, an eighth of the activations
   elif arg:
     raise ValueError(f"unknown demo variant {arg!r}; use '', 'smoke' or 'gemma'")
   return c

@@ -32,6 +32,26 @@ def test_bm25_negative_idf_floor_and_save_load(tmp_path):
     BM25Index([])
 
 
+def test_bm25_top_k_ranks_negative_scores_below_untouched_documents(tmp_path):
+  """With a negative mean idf the floor itself is negative: documents holding the query term score below 0, so
+  documents no query term reaches (score 0) come first, and a saved and loaded index ranks the same."""
+  docs = [["a", "b", "c"], ["a", "b", "c"], ["a", "b", "c"], ["a", "b"], ["d"]]
+  ref = BM25Okapi(docs)
+  assert ref.get_scores(["a"]).min() < 0
+  index = BM25Index(docs)
+  index.save(str(tmp_path / "ix"))
+  queries = [["a"], ["a", "d"], ["c", "c"], ["zzz"], []]
+  for ix in (index, BM25Index.load(str(tmp_path / "ix"))):
+    for k in (1, 3, 5):
+      ids, scores = ix.top_k(queries, k)
+      for q, query in enumerate(queries):
+        full = ref.get_scores(query)
+        expect = np.lexsort((np.arange(len(docs)), -np.round(full, 9)))[:k]
+        assert ids[q].tolist() == expect.tolist(), (query, k)
+        np.testing.assert_allclose(scores[q], full[expect], atol=1e-9)
+  assert index.top_k([["a"]], 2)[0].tolist() == [[4, 0]]
+
+
 def test_quasi_round_robin_order_dedup_exclusion():
   ranked = [[1, 2, 3], [4, 1, 5], [6, 7, 8]]
   # round 2: list 0 gives 2, list 1 gives 1 (taken: skipped), list 2 gives 7

@@ -55,6 +55,21 @@ def test_damaged_newest_checkpoints_are_moved_aside_and_the_run_finishes(tmp_pat
   assert _train_steps(wd) == list(range(1, 11))  # steps 3..8 retrained once each, none duplicated in the log
 
 
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_save_in_bounded_pieces_restores_the_same_state(tmp_path, async_save):
+  """ckpt.save_concurrent_gb bounds the host memory a save copies at once; the checkpoint is the same."""
+  from calrec_jax.train.checkpoint import Checkpointer
+  ckptr = Checkpointer(str(tmp_path / "c"), keep=2, async_save=async_save, save_concurrent_gb=1)
+  state = {"step": jnp.int32(7), "params": {f"w{i}": jax.random.normal(jax.random.PRNGKey(i), (64, 32)) for i in range(5)}}
+  assert ckptr.save(7, state, {"position": 3}, force=True)
+  ckptr.wait()
+  step, restored, it_state = ckptr.restore_latest(jax.eval_shape(lambda s: s, state))
+  assert step == 7 and it_state == {"position": 3}
+  for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+    np.testing.assert_array_equal(a, b)
+  ckptr.close()
+
+
 def test_no_checkpoint_is_moved_aside_when_none_restores(tmp_path):
   """All checkpoints failing means another config, not damage: an error, and every checkpoint stays."""
   from calrec_jax.errors import CheckpointError

@@ -99,3 +99,20 @@ def test_evaluate_a_named_checkpoint_and_reject_a_mismatched_config(tmp_path):
   c.model.projection_dim = 16  # a model with a projection head the checkpoint does not have
   with pytest.raises(CheckpointError, match="missing.*proj"):
     evaluate_workdir(c, wd)
+
+
+def test_a_run_initialised_from_another_reads_its_config_and_tokenizer_not_the_pretrained_weights(tmp_path):
+  """Stage 2 (and its evaluation) take params, tokenizer and model config from the ckpt.init_from run: the
+  pretrained weights, a 1 GB read and dequantisation for Gemma-3-270M, are not loaded again."""
+  from calrec_jax.model.config import ModelConfig
+  from calrec_jax.train.loop import train
+  from calrec_jax.train.setup import build
+  first = str(tmp_path / "stage1")
+  train(smoke_config(2, 2), first)
+  c = smoke_config(2, 2)
+  c.model.pretrained = "no-such-weights"  # reading them would raise
+  c.ckpt.init_from = first
+  parts = build(c, str(tmp_path / "stage2"))
+  assert parts.pretrained_params is None
+  assert parts.model_cfg == ModelConfig.from_dict(json.load(open(os.path.join(first, "model_config.json"))))
+  assert parts.tokenizer.encode("Office desk lamp") == build(smoke_config(2, 2), first).tokenizer.encode("Office desk lamp")

@@ -168,6 +168,49 @@ def test_non_finite_loss_leaves_params_unchanged(setup):
     np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.parametrize("shaped_like_params", [True, False])
+def test_guard_skips_a_step_whose_new_optimizer_state_overflows(setup, shaped_like_params):
+  """A finite loss, gradient and update whose new optimizer state is not finite (a statistic that overflows, kept
+  per parameter like AdamW's moments or as one scalar): the step is skipped and the state comes back unchanged."""
+  _, model, params, b = setup
+
+  def init(p):
+    return jax.tree_util.tree_map(lambda x: jnp.full_like(x, 3e38), p) if shaped_like_params else jnp.float32(3e38)
+
+  def update(u, s, p=None):
+    return u, jax.tree_util.tree_map(lambda x: x * 10.0, s)  # 3e38 * 10 = inf; the update passes unchanged
+
+  tx = optax.chain(optax.adamw(1e-3), optax.GradientTransformation(init, update))
+  state = state_of(model, params, tx)
+  new, m = jax.jit(step_lib.make_train_step(model, tx, step_lib.LossConfig()))(state, b)
+  assert int(m["skipped"]) == 1 and np.isfinite(float(m["loss"]))
+  for x, y in zip(jax.tree_util.tree_leaves(new["params"]) + jax.tree_util.tree_leaves(new["opt_state"]),
+                  jax.tree_util.tree_leaves(state["params"]) + jax.tree_util.tree_leaves(state["opt_state"])):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_clip_by_global_norm_equals_optax():
+  tree = {"a": jnp.arange(6.0).reshape(2, 3) - 2.0, "b": jnp.asarray([0.5, -4.0])}
+  for max_norm in (0.3, 100.0):  # clipped and untouched
+    ours, ours_state = optim.clip_by_global_norm(max_norm).update(tree, optim.clip_by_global_norm(max_norm).init(tree))
+    ref, ref_state = optax.clip_by_global_norm(max_norm).update(tree, optax.clip_by_global_norm(max_norm).init(tree))
+    for a, r in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+      np.testing.assert_allclose(a, r, rtol=1e-6)
+    assert jax.tree_util.tree_structure(ours_state) == jax.tree_util.tree_structure(ref_state)
+
+
+def test_update_writes_the_state_in_place():
+  """The compiled step's temporaries stay near one gradient (plus the tied embedding's second gradient): the
+  guarded AdamW update keeps no second copy of params and moments (a whole-state select needed 4x the params)."""
+  from calrec_jax.plan.estimate import StepShape, compile_train_step, param_tree
+  cfg = preset("tiny", vocab_size=32768)  # the embedding dominates, so the update's buffers dominate the step
+  n = sum(x.size for x in jax.tree_util.tree_leaves(param_tree(cfg)))
+  tx = optax.chain(optim.clip_by_global_norm(1.0), optax.adamw(1e-3))
+  mem = compile_train_step(cfg, StepShape(1, 32, 8, 10, (1, 1, 1)), tx)[0].memory_analysis()
+  assert mem.argument_size_in_bytes < 3.01 * 4 * n  # params + two moments + the batch
+  assert mem.temp_size_in_bytes < 2.5 * 4 * n, mem.temp_size_in_bytes / (4 * n)
+
+
 def test_params_of_another_model_are_named_in_the_error(setup, tmp_path):
   from calrec_jax.errors import CheckpointError
   from calrec_jax.train.checkpoint import check_params, load_params, save_params

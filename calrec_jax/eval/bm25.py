@@ -2,8 +2,9 @@
 
 rank-bm25: idf(t) = ln(N - df + 0.5) - ln(df + 0.5); a negative idf is replaced by epsilon * mean(idf);
 score(q, d) = sum over query tokens (repeats count) of idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * |d| / avgdl)).
-Here the per-(term, doc) weights are precomputed once as a CSR [V, N] matrix; a query's scores are the sum of its
-tokens' rows (one bincount), and top-k selection partitions before sorting.
+Here the per-(term, doc) weights are precomputed once as a CSR [V, N] matrix (the most frequent terms' rows also
+dense); scoring and top-k retrieval run compiled kernels over the query terms' postings (`bm25_kernel`), a
+repeated query token adding its weight times its count.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import re
 import numpy as np
 import scipy.sparse as sp
 
+from calrec_jax.eval.bm25_kernel import scores_csr, top_k_csr
+
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+DENSE_DF_FRACTION = 16  # terms in >= 1/16 of the documents are also kept dense: adding a row beats scattering
 
 
 def tokenize(text: str) -> list[str]:
@@ -48,40 +52,53 @@ class BM25Index:
     w = idf[coo.col] * coo.data * (k1 + 1) / (coo.data + norm[coo.row])
     self.weights = sp.csr_matrix((w, (coo.row, coo.col)), shape=tf.shape).T.tocsr()  # [V, N]
     self.num_docs = n
+    self._build_dense_rows()
 
   @classmethod
   def from_texts(cls, texts: list[str], **kw) -> "BM25Index":
     return cls([tokenize(t) for t in texts], **kw)
 
-  def _score_row(self, tokens: list[str]) -> np.ndarray:
-    """[N] scores of one query: the weight rows of its tokens (repeats count) summed with one bincount."""
-    w = self.weights
-    rows = [self.vocab[t] for t in tokens if t in self.vocab]
-    if not rows:
-      return np.zeros(self.num_docs)
-    starts, ends = w.indptr[rows], w.indptr[np.asarray(rows) + 1]
-    idx = np.concatenate([w.indices[a:b] for a, b in zip(starts, ends)])
-    val = np.concatenate([w.data[a:b] for a, b in zip(starts, ends)])
-    return np.bincount(idx, weights=val, minlength=self.num_docs)
+  def _build_dense_rows(self) -> None:
+    """Copies the rows of the terms in at least 1/DENSE_DF_FRACTION of the documents into a dense [F, N] array."""
+    df = np.diff(self.weights.indptr)
+    frequent = np.flatnonzero(df * DENSE_DF_FRACTION >= self.num_docs)
+    self.dense_row = np.full(len(df), -1, np.int64)  # [V]
+    self.dense_row[frequent] = np.arange(len(frequent))
+    self.dense = self.weights[frequent].toarray() if len(frequent) else np.zeros((0, self.num_docs))  # [F, N]
+
+  def _query_terms(self, queries: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(terms, counts, offsets [Q+1]): each query's distinct known terms in first-occurrence order, concatenated."""
+    vocab, terms, counts = self.vocab, [], []
+    offsets = np.zeros(len(queries) + 1, np.int64)
+    for i, q in enumerate(queries):
+      seen: dict[int, int] = {}
+      for tok in q:
+        r = vocab.get(tok)
+        if r is not None:
+          seen[r] = seen.get(r, 0) + 1
+      terms.extend(seen)
+      counts.extend(seen.values())
+      offsets[i + 1] = len(terms)
+    return np.asarray(terms, np.int64), np.asarray(counts, np.float64), offsets
 
   def scores(self, queries: list[list[str]]) -> np.ndarray:
     """[Q, N] scores of tokenised queries against every document."""
-    return np.stack([self._score_row(q) for q in queries]) if queries else np.zeros((0, self.num_docs))
+    out = np.zeros((len(queries), self.num_docs))
+    if queries:
+      w = self.weights
+      scores_csr(w.indptr, w.indices, w.data, self.dense_row, self.dense, self.num_docs, *self._query_terms(queries),
+                 out)
+    return out
 
   def top_k(self, queries: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(doc indices [Q, k], scores [Q, k]) by score, ties broken by lower doc index."""
+    """(doc indices [Q, k], scores [Q, k]) by score, ties broken by lower doc index (one compiled call)."""
     k = min(k, self.num_docs)
     ids = np.zeros((len(queries), k), np.int64)
     out = np.zeros((len(queries), k))
-    for i, q in enumerate(queries):
-      s = self._score_row(q)
-      if k < self.num_docs:  # every doc scoring at least the k-th best, then an exact (score, index) sort
-        kth = np.partition(s, self.num_docs - k)[self.num_docs - k]
-        cand = np.flatnonzero(s >= kth)
-      else:
-        cand = np.arange(self.num_docs)
-      order = cand[np.lexsort((cand, -s[cand]))][:k]
-      ids[i], out[i] = order, s[order]
+    if queries and k > 0:
+      w = self.weights
+      top_k_csr(w.indptr, w.indices, w.data, self.dense_row, self.dense, self.num_docs, *self._query_terms(queries),
+                k, ids, out)
     return ids, out
 
   def save(self, path: str) -> None:
@@ -97,4 +114,5 @@ class BM25Index:
     self.k1, self.b, self.epsilon, self.vocab = meta["k1"], meta["b"], meta["epsilon"], meta["vocab"]
     self.weights = sp.load_npz(path + ".weights.npz").tocsr()
     self.num_docs = self.weights.shape[1]
+    self._build_dense_rows()
     return self

@@ -107,7 +107,7 @@ def _tower_activation_elements(cfg: ModelConfig, tokens: int, tensor: int, remat
 
 # Fitted on XLA's compiled memory analysis of full-finetuning float32 steps (tiny, small, SmolLM2-135M,
 # Gemma-3-270M on 1 device): buffers live at once during the backward pass, and during the AdamW update
-# (gradients, new moments, the tied embedding's second gradient).
+# (the gradients and the tied embedding's second gradient; new moments and params are written in place).
 ACTIVATION_FACTOR = 1.40
 PARAMS_IN_BACKWARD = 0.2
 SCAN_ACTIVATIONS = 0.33   # scanned blocks: the loop's stacked copies of the saved activations
@@ -130,6 +130,8 @@ def estimate(cfg: ModelConfig, shape: StepShape) -> dict[str, float]:
   block_params = params - emb_local * 4.0
   out = {"params": params, "optimizer": 2 * params, "gradients": params, "activations": activations}
   backward_peak = ACTIVATION_FACTOR * activations + PARAMS_IN_BACKWARD * params
+  if cfg.tie_embeddings:  # the LM head's gradient of the tied embedding, assembled over the vocabulary chunks
+    backward_peak += emb_local * 4.0
   if shape.compute_bytes == 2:  # the bfloat16 copy of the weights the passes read
     backward_peak += params / 2
   if shape.scan_layers:  # the groups' weights stacked for the scan, and the loop's stacked residuals
@@ -137,7 +139,8 @@ def estimate(cfg: ModelConfig, shape: StepShape) -> dict[str, float]:
   if shape.mesh[1] > 1:  # fsdp: the blocks' weights are gathered for the passes, and the embedding is gathered
     #                      with its gradient accumulated whole before the reduce-scatter
     backward_peak += (block_params + 2 * emb_local * 4.0) * shape.mesh[1] * shape.compute_bytes / 4
-  update_peak = 3 * params + emb_local * 4.0 * (1 if cfg.tie_embeddings else 0)
+  update_peak = params + emb_local * 4.0 * (1 if cfg.tie_embeddings else 0)  # the gradients (+ the tied
+  #                                          embedding's second gradient); the update itself is written in place
   if shape.scan_layers:  # the stacked gradients are still alive when the update starts
     update_peak += block_params
   batch_bytes = b * (shape.seq_len * 12 + shape.target_len * 12 + shape.item_len * 10 + 8)

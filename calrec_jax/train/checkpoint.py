@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 
 from calrec_jax.errors import CheckpointError
 from calrec_jax.model.params_io import load_params, save_params  # noqa: F401  (re-exported)
+from calrec_jax.train.resources import release_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -16,17 +17,24 @@ log = logging.getLogger(__name__)
 class Checkpointer:
   """Periodic (async) saves with keep-N; restores the newest readable checkpoint, falling back to older ones."""
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True, save_concurrent_gb: int = 96):
+    """save_concurrent_gb: how much of the state a save copies to host memory and writes at once."""
     self.directory = os.path.abspath(directory)
+    self.async_save = async_save
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "data_iter"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(save_concurrent_gb=save_concurrent_gb),
+                       "data_iter": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                              create=True))
 
   def save(self, step: int, state: Any, iterator_state: dict, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                           data_iter=ocp.args.JsonSave(iterator_state)),
-                             force=force)
+    saved = self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            data_iter=ocp.args.JsonSave(iterator_state)),
+                              force=force)
+    if saved and not self.async_save:  # the save's host copy of the state is free again
+      release_host_memory()
+    return saved
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -80,10 +88,12 @@ class Checkpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    release_host_memory()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+    release_host_memory()
 
 
 def check_params(params: Any, abstract: Any, source: str) -> None:

@@ -17,6 +17,7 @@ from calrec_jax.train import optim
 from calrec_jax.train import sharding as shd
 from calrec_jax.train import step as step_lib
 from calrec_jax.train.metrics_writer import MetricsWriter, plot_curves
+from calrec_jax.train.resources import release_host_memory
 from calrec_jax.train.setup import RunParts, build, save_run_files
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,8 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   tx = optim.make_optimizer(config.optim, tc.num_steps)
   spec = parts.encoder.spec
   shapes = step_lib.example_batch(dc.batch_size, parts.encoder.buckets[-1], spec.target_len, spec.item_len)
-  ckptr = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt.keep, config.ckpt.async_save)
+  ckptr = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt.keep, config.ckpt.async_save,
+                                config.ckpt.save_concurrent_gb)
   from calrec_jax.adapters.lora import LoraConfig, trainable_to_params
   lora = LoraConfig.from_config(config.model)
   frozen = frozen_sh = to_params = None
@@ -200,6 +202,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     state, state_sh, it_state, how, frozen, frozen_sh = lora_initial_state(config, parts, tx, mesh, shapes, ckptr,
                                                                           lora)
     to_params = lambda t, base: trainable_to_params(base, t, lora)  # noqa: E731
+  parts.pretrained_params = None  # now in the train state (or the frozen weights): free the host copy (1 GB at 270M)
   # the model's params tree of a train state (LoRA: adapters merged into the frozen weights)
   model_params = (lambda st: st["params"]) if lora is None else jax.jit(lambda st: to_params(st["params"], frozen))
   log.info("start: %s", how)
@@ -223,6 +226,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   t_compile = time.time()
   compiled = train_step.lower(abstract_state, shapes, *extra).compile()
   log.info("compiled the train step in %.1fs", time.time() - t_compile)
+  release_host_memory()  # what loading weights, building the state and compiling freed, before the steps' peak
   mem = compiled.memory_analysis()
   if mem is not None:
     log.info("compiled step (batch %d x %d tokens): %.1f MiB arguments, %.1f MiB temporaries per device",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from calrec_jax.errors import ConfigError
@@ -23,6 +24,20 @@ def schedule(cfg, num_steps: int) -> optax.Schedule:
   raise ConfigError(f"optim.schedule={cfg.schedule!r}; choose 'cosine', 'linear' or 'constant'")
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm's rule (scale by max_norm / norm when the norm exceeds it) as one scalar factor per
+  step, so the clipped gradient is a multiply XLA fuses into the optimizer update instead of a per-element divide
+  it writes out (a gradient-sized temporary). The state (empty) is optax's, so checkpoints are interchangeable."""
+
+  def update(updates, state, params=None):
+    del params
+    norm = optax.global_norm(updates)
+    scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+    return jax.tree_util.tree_map(lambda t: t * scale.astype(t.dtype), updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 def _decay_mask(params):
   """Weight decay on matrices only (not norms)."""
   return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
@@ -37,5 +52,5 @@ def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
   else:
     raise ConfigError(f"optim.name={cfg.name!r}; choose 'adamw' or 'adafactor'")
   if cfg.grad_clip_norm:
-    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
+    opt = optax.chain(clip_by_global_norm(cfg.grad_clip_norm), opt)
   return opt

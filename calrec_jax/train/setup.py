@@ -59,7 +59,10 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   pretrained, cfg, tok = None, None, None
   saved_tok = find_tokenizer(workdir) if os.path.isdir(workdir) else None
   saved_cfg = os.path.join(workdir, "model_config.json")
-  if config.model.pretrained:
+  init_dir = config.ckpt.init_from if config.ckpt.init_from and os.path.isdir(config.ckpt.init_from) else ""
+  init_cfg = os.path.join(init_dir, "model_config.json") if init_dir else ""
+  from_init = bool(init_dir and os.path.exists(init_cfg) and find_tokenizer(init_dir))
+  if config.model.pretrained and not from_init:  # (params, tokenizer and config of an init_from run are its own)
     from calrec_jax.model.loading import load_pretrained
     log.info("reading pretrained weights %s (a GGUF file is dequantised to float32: 10-40 s for 100-300M "
              "parameters) ...", config.model.pretrained)
@@ -67,8 +70,7 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
     cfg, pretrained, tok = load_pretrained(config.model.pretrained)
     log.info("read the pretrained weights in %.1fs", time.time() - t0)
     log.info("pretrained %s: %s, %d layers, d_model %d", config.model.pretrained, cfg.family, cfg.n_layers, cfg.d_model)
-  init_tok = find_tokenizer(config.ckpt.init_from) if config.ckpt.init_from and os.path.isdir(config.ckpt.init_from) \
-      else None
+  init_tok = find_tokenizer(init_dir) if init_dir else None
   if config.tokenizer.path:
     tok = load_tokenizer(config.tokenizer.path)
   elif tok is None and saved_tok:
@@ -89,8 +91,8 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
     tok = _from_process_zero(train_tokenizer(texts, config.tokenizer.vocab_size))
     log.info("trained a SentencePiece tokenizer on %d item texts (vocabulary %d)", len(texts), tok.vocab_size)
   if cfg is None:
-    if os.path.exists(saved_cfg):
-      with open(saved_cfg, encoding="utf-8") as f:
+    if os.path.exists(saved_cfg) or from_init:
+      with open(saved_cfg if os.path.exists(saved_cfg) else init_cfg, encoding="utf-8") as f:
         cfg = ModelConfig.from_dict(json.load(f))
     else:
       cfg = model_config.preset(config.model.preset, vocab_size=tok.vocab_size, bos_id=tok.bos_id,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -117,6 +118,51 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
   return grads, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch)}
 
 
+def all_finite(updates, opt_state) -> jax.Array:
+  """Whether every element of the update and of the optimizer state is finite, with one reduction per parameter.
+
+  The state's subtrees shaped like the update (AdamW's moments) join each parameter's update elementwise, so XLA
+  computes a parameter's update, moments and their shared producers in one pass that writes only a boolean per
+  element; other state leaves (counts, factored moments) are checked alone. (Not sum(x * 0): XLA's CPU code
+  reassociates (x * c) * 0 into x * (c * 0) and misses an overflow of x * c.)
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(updates)
+  ok = [jnp.isfinite(u) for u in leaves]
+  rest = []
+  like_updates = lambda x: jax.tree_util.tree_structure(x) == treedef  # noqa: E731
+  for sub in jax.tree_util.tree_leaves(opt_state, is_leaf=like_updates):
+    if like_updates(sub) and all(x.shape == u.shape for x, u in zip(jax.tree_util.tree_leaves(sub), leaves)):
+      ok = [a & jnp.isfinite(x) for a, x in zip(ok, jax.tree_util.tree_leaves(sub))]
+    else:
+      rest += [jnp.isfinite(x) for x in jax.tree_util.tree_leaves(sub)]
+  return functools.reduce(jnp.logical_and, [jnp.all(a) for a in ok + rest], jnp.bool_(True))
+
+
+def guarded_update(tx: optax.GradientTransformation, grads, opt_state, params, loss: jax.Array,
+                   grad_norm: jax.Array) -> tuple[jax.Array, Any, Any]:
+  """(finite, params, opt_state): the optimizer step, applied only when the loss, the gradient, the update and the
+  new optimizer state are all finite (a finite gradient can still give a non-finite update: a NaN learning rate,
+  an overflowing moment); otherwise params and opt_state come back unchanged.
+
+  The update is computed twice: first only reduced to its finiteness (`all_finite`), then, behind an optimization
+  barrier that keeps XLA from merging the two, inside a `lax.cond` that runs only when it is finite, so each
+  leaf's new moments and params can be written in place into the donated state. Selecting between whole new and
+  old states instead keeps the update, both new moments and copies of the old ones alive at once (about 3x the
+  params of temporaries).
+  """
+  probe_updates, probe_state = tx.update(grads, opt_state, params)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(probe_updates, probe_state)
+  finite, grads, opt_state, params = jax.lax.optimization_barrier((finite, grads, opt_state, params))
+
+  def apply(ops):
+    g, s, p = ops
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  new_params, new_opt_state = jax.lax.cond(finite, apply, lambda ops: (ops[2], ops[1]), (grads, opt_state, params))
+  return finite, new_params, new_opt_state
+
+
 def make_train_step(model: TwoTower, tx: optax.GradientTransformation, lc: LossConfig, grad_accum: int = 1,
                     to_params: Callable[[Any, Any], Any] | None = None
                     ) -> Callable[..., tuple[State, dict]]:
@@ -137,15 +183,8 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, lc: LossC
     else:
       grads, metrics = accumulated_loss_grads(model, params, batch, lc, grad_accum, full)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    # a finite loss and gradient can still give a non-finite update (a NaN learning rate, an overflowing moment):
-    # the step is applied only when the loss, the gradient, the update and the new optimizer state are finite
-    finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
-              & jnp.isfinite(optax.global_norm(jax.tree_util.tree_leaves(opt_state))))
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    new_state = {"step": state["step"] + 1, "params": keep(new_params, params),
-                 "opt_state": keep(opt_state, state["opt_state"])}
+    finite, new_params, opt_state = guarded_update(tx, grads, state["opt_state"], params, metrics["loss"], grad_norm)
+    new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
     metrics = dict(metrics, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
     return new_state, metrics
 
