@@ -1,10 +1,10 @@
-"""The compiled BM25 top-k kernel: sparse accumulation over the query terms' postings and a bounded heap.
+"""The compiled BM25 kernels: scores summed over the query terms' postings, and top-k with a bounded heap.
 
-numba compiles it to machine code on first use (cached on disk beside this file, or in numba's user cache where
-that is read-only). Per query it touches only the documents in the query terms' postings: scores accumulate in
-query-token order (rank-bm25's summation order), a size-k heap keeps the best (score desc, index asc), and the
-documents no query term reaches (score 0) enter only when fewer than k documents score above 0. The most frequent
-terms are also kept as dense rows, added with vector instructions instead of scattered.
+numba compiles them to machine code on first use (cached on disk beside this file, or in numba's user cache where
+that is read-only). A query's distinct terms add count x weight to the documents in their postings, in order of
+first occurrence; the most frequent terms are kept as dense rows, added with vector instructions instead of
+scattered. Top-k: a size-k heap keeps the best (score desc, index asc), and the documents no query term reaches
+(score 0) enter only when fewer than k documents score above 0.
 """
 from __future__ import annotations
 
