@@ -28,6 +28,8 @@ def parse_args():
   p.add_argument("--preset", default="small", help="model preset (random init, identical in both)")
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--steps", type=int, default=5, help="timed steps after a warm-up step")
+  p.add_argument("--attention", choices=["einsum", "xla"], default="einsum",
+                 help="calrec_jax's training attention (model.attention)")
   return p.parse_args()
 
 
@@ -117,7 +119,7 @@ def main():
   it = MixtureIterator(enc, args.batch, seed=0)
   batch = next(it)
   cfg = preset(args.preset, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
-  model = TwoTower(cfg)
+  model = TwoTower(cfg, attention=args.attention)
   tx = optax.chain(clip_by_global_norm(1.0), optax.adamw(1e-4, weight_decay=0.01))  # the framework's clipping
   mesh = shd.make_mesh()
   shapes = step_lib.example_batch(args.batch, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
