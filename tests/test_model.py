@@ -143,3 +143,49 @@ def test_hub_id_loads_the_cached_snapshot(tmp_path, monkeypatch):
     load_pretrained("hf://acme/missing")
   with pytest.raises(WeightImportError, match=r"expected hf://<org>/<name>"):
     load_pretrained("hf://just-a-name")
+
+
+@pytest.mark.parametrize("transpose_w,dtype,out_dtype", [(False, jnp.float32, None), (True, jnp.float32, jnp.float32),
+                                                         (False, jnp.bfloat16, None), (True, jnp.bfloat16, jnp.float32)])
+def test_dense_equals_einsum_values_and_grads(transpose_w, dtype, out_dtype):
+  """`dense` (its backward written as two plain products) against the einsum JAX differentiates itself."""
+  from calrec_jax.model.linear import dense
+  r = np.random.default_rng(0)
+  x = jnp.asarray(r.normal(size=(3, 5, 16)), dtype)
+  w = jnp.asarray(r.normal(size=(24, 16) if transpose_w else (16, 24)), dtype)
+  spec = "BTD,FD->BTF" if transpose_w else "BTD,DF->BTF"
+  cot = jnp.asarray(r.normal(size=(3, 5, 24)), jnp.float32)
+  ours = lambda x, w: (dense(x, w, transpose_w, out_dtype).astype(jnp.float32) * cot).sum()  # noqa: E731
+  ref = lambda x, w: (jnp.einsum(spec, x, w, preferred_element_type=out_dtype).astype(jnp.float32) * cot).sum()  # noqa: E731
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=tol)
+  for a, c in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w)):
+    assert a.dtype == c.dtype and a.shape == c.shape
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(c, np.float32), rtol=tol, atol=tol)
+
+
+def test_attend_equals_masked_softmax_values_and_grads():
+  """`attend` against jax.nn.softmax attention differentiated by JAX: causal + sliding-window masks, a padded
+  tail, and a row with no visible key (uniform weights, no gradient to the masked logits)."""
+  from calrec_jax.model.softmax_attention import NEG_INF, attend
+  r = np.random.default_rng(0)
+  b, t, k, g, h = 3, 7, 2, 2, 8
+  q = jnp.asarray(r.normal(size=(b, t, k, g, h)), jnp.float32)
+  key, val = (jnp.asarray(r.normal(size=(b, t, k, h)), jnp.float32) for _ in range(2))
+  pos = np.arange(t)[None].repeat(b, 0)
+  key_mask = np.ones((b, t), bool)
+  key_mask[1, 5:] = False   # padded tail
+  key_mask[2, :] = False    # nothing visible
+  visible = jnp.asarray(key_mask[:, None, :] & (pos[:, None, :] <= pos[:, :, None]) & (pos[:, :, None] - pos[:, None, :] < 3))
+  cot = jnp.asarray(r.normal(size=(b, t, k, g, h)), jnp.float32)
+
+  def ref_attend(q, key, val):
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, key) * 0.3
+    probs = jax.nn.softmax(jnp.where(visible[:, None, None], logits, NEG_INF), axis=-1)
+    return jnp.einsum("BKGTS,BSKH->BTKGH", probs, val)
+  ours = lambda *a: (attend(*a, visible, 0.3) * cot).sum()  # noqa: E731
+  ref = lambda *a: (ref_attend(*a) * cot).sum()  # noqa: E731
+  np.testing.assert_allclose(attend(q, key, val, visible, 0.3), ref_attend(q, key, val), atol=1e-5)
+  np.testing.assert_allclose(attend(q, key, val, visible, 0.3)[2], jnp.broadcast_to(val[2].mean(0)[:, None], (t, k, g, h)), atol=1e-5)
+  for a, c in zip(jax.grad(ours, (0, 1, 2))(q, key, val), jax.grad(ref, (0, 1, 2))(q, key, val)):
+    np.testing.assert_allclose(a, c, atol=1e-5)

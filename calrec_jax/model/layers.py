@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from calrec_jax.model.config import ModelConfig
+from calrec_jax.model.linear import dense, project
+from calrec_jax.model.softmax_attention import NEG_INF, attend
 from calrec_jax.model.partitioning import constrain
 
 Array = jax.Array
-NEG_INF = -2.3819763e38  # finite: a row with no visible key gives a uniform softmax, never NaN
 
 
 def _param(module: nn.Module, name: str, shape, axes, dtype, init=None):
@@ -73,10 +74,10 @@ class Attention(nn.Module):
   """Causal GQA self-attention; sliding-window on local layers; optional KV cache.
 
   Visibility of key s to query t: key valid, pos[s] <= pos[t], and (local) pos[t] - pos[s] < window.
-  `kernel` picks how the cache-free (training) pass computes it: 'einsum' (the explicit reference below),
-  'xla' (`jax.nn.dot_product_attention` with the same mask) or 'cudnn' (its fused flash kernel on NVIDIA GPUs,
-  bfloat16 only; it masks by index, so it needs what training batches are: positions 0..T-1 and keys padded
-  on the right). Decoding with a KV cache always takes the einsum path.
+  `kernel` picks how the cache-free (training) pass computes it: 'einsum' (`softmax_attention.attend`: einsums
+  with a written-out backward), 'xla' (`jax.nn.dot_product_attention` with the same mask) or 'cudnn' (its fused
+  flash kernel on NVIDIA GPUs, bfloat16 only; it masks by index, so it needs what training batches are:
+  positions 0..T-1 and keys padded on the right). Decoding with a KV cache always takes plain einsums.
   """
   cfg: ModelConfig
   local: bool
@@ -95,9 +96,9 @@ class Attention(nn.Module):
     wv = _param(self, "v_proj", (d, k, h), ("embed", "kv_heads", "head_dim"), self.param_dtype)
     wo = _param(self, "o_proj", (n, h, d), ("heads", "head_dim", "embed"), self.param_dtype)
     x = x.astype(self.dtype)
-    q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(self.dtype))
-    key = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(self.dtype))
-    val = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(self.dtype))
+    q = project(x, wq.astype(self.dtype))                    # [B, T, N, H]
+    key = project(x, wk.astype(self.dtype))                  # [B, T, K, H]
+    val = project(x, wv.astype(self.dtype))
     if cfg.attention_bias:  # Qwen 2
       zeros = nn.initializers.zeros
       q = q + _param(self, "q_bias", (n, h), ("heads", "head_dim"), self.param_dtype, zeros).astype(self.dtype)
@@ -125,17 +126,20 @@ class Attention(nn.Module):
 
     if cache is None and self.kernel != "einsum":
       out = self._fused(q, key, val, positions, key_mask, local_flag)  # [B, T, N, H]
-      return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), None
+      return project(out, wo.astype(self.dtype), n_in=2), None
     b, t = q.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key.astype(self.dtype),
-                        preferred_element_type=jnp.float32) * cfg.attn_scale
     visible = key_mask[:, None, :] & (key_pos[:, None, :] <= positions[:, :, None])  # [B, T, S]
     visible &= self._window(positions, key_pos, local_flag)
+    if cache is None:  # training / prefill: the fused forward and backward of softmax_attention
+      out = attend(qg, key.astype(self.dtype), val.astype(self.dtype), visible, cfg.attn_scale)
+      return project(out.reshape(b, t, n, h), wo.astype(self.dtype), n_in=2), None
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key.astype(self.dtype),
+                        preferred_element_type=jnp.float32) * cfg.attn_scale
     logits = jnp.where(visible[:, None, None], logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val.astype(self.dtype)).reshape(b, t, n, h)
-    return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), new_cache
+    return project(out, wo.astype(self.dtype), n_in=2), new_cache
 
   def _window(self, positions: Array, key_pos: Array, local_flag: Array | None) -> Array | bool:
     """[B, T, S] keys inside the sliding window (all of them on global layers)."""
@@ -175,11 +179,11 @@ class MLP(nn.Module):
     up = _param(self, "up_proj", (d, f), ("embed", "mlp"), self.param_dtype)
     down = _param(self, "down_proj", (f, d), ("mlp", "embed"), self.param_dtype)
     x = x.astype(self.dtype)
-    g = jnp.einsum("BTD,DF->BTF", x, gate.astype(self.dtype))
+    g = dense(x, gate.astype(self.dtype))                   # [B, T, F]
     g = jax.nn.gelu(g, approximate=True) if self.cfg.is_gemma else jax.nn.silu(g)
-    hdn = g * jnp.einsum("BTD,DF->BTF", x, up.astype(self.dtype))
+    hdn = g * dense(x, up.astype(self.dtype))
     hdn = constrain(hdn, ("activation_batch", "activation_length", "activation_mlp"))
-    return jnp.einsum("BTF,FD->BTD", hdn, down.astype(self.dtype))
+    return dense(hdn, down.astype(self.dtype))
 
 
 class Block(nn.Module):

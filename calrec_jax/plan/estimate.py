@@ -94,7 +94,7 @@ def _block_activation_elements(cfg: ModelConfig, tokens: int, tensor: int) -> fl
   d, n, k, h, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
   split = lambda x: x / tensor if x % tensor == 0 else x  # noqa: E731  (as the rules drop indivisible axes)
   norms = 4 if cfg.is_gemma else 2
-  return tokens * ((3 + norms) * d + split(2 * n * h) + split(2 * k * h) + split(2 * n) * tokens + split(4 * f))
+  return tokens * ((3 + norms) * d + split(2 * n * h) + split(2 * k * h) + split(n) * tokens + split(4 * f))
 
 
 def _tower_activation_elements(cfg: ModelConfig, tokens: int, tensor: int, remat: bool) -> float:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from calrec_jax.model.linear import dense
+
 Array = jax.Array
 
 
@@ -28,7 +30,7 @@ def chunked_lm_loss(hidden: Array, out_embedding: Array, labels: Array, weights:
 
   @jax.checkpoint
   def chunk_logits(wc, start):
-    z = jnp.einsum("BLD,CD->BLC", h, wc, preferred_element_type=jnp.float32)
+    z = dense(h, wc, True, jnp.float32)  # [B, L, C]
     if softcap:
       z = jnp.tanh(z / softcap) * softcap
     ids = start + jnp.arange(chunk)
