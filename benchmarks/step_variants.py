@@ -119,6 +119,8 @@ def run_variant(cfg, name: str, args, peak: float) -> dict:
 
 def main():
   args = parse_args()
+  from calrec_jax.huge_pages import reexec_with_huge_pages
+  reexec_with_huge_pages()  # as the calrec_jax commands run (CALREC_HUGE_PAGES=0: without)
   import jax
   from calrec_jax.model.config import preset
   cfg = preset(args.preset)

@@ -8,7 +8,9 @@ an equivalent PyTorch/transformers implementation, on the same model weights and
 The PyTorch side runs transformers' model (built from the exported HF checkpoint of the same params) as the two
 towers, computes the LM head only at target positions, the same InfoNCE terms (duplicate targets masked) and
 AdamW with gradient clipping. Both losses on the first batch are printed (they must agree). Achieved FLOP/s uses
-XLA's cost analysis of the compiled step; the peak is a float32 matmul measured on this machine.
+XLA's cost analysis of the compiled step; the peak is the faster of JAX's and PyTorch's float32 2048^3 matmul,
+measured in the same run. Both run in one process, whose malloc uses transparent huge pages where the machine
+offers them (`calrec_jax.huge_pages`, as the calrec_jax commands do; CALREC_HUGE_PAGES=0 runs both without).
 """
 from __future__ import annotations
 
@@ -79,13 +81,17 @@ def torch_step_fn(hf, batch_t, temperature=0.05, w=(1.0, 0.5, 0.5)):
   return step
 
 
-def matmul_peak(n=2048, repeats=5):
+def matmul_peak(n=2048, repeats=10):
+  """The faster of JAX's and PyTorch's float32 [n, n] @ [n, n] in FLOP/s (best of `repeats` each)."""
   import jax
   import jax.numpy as jnp
+  import torch
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
-  best = min(_time(lambda: f(a).block_until_ready()) for _ in range(repeats))
+  t = torch.ones((n, n), dtype=torch.float32)
+  best = min(min(_time(lambda: f(a).block_until_ready()) for _ in range(repeats)),
+             min(_time(lambda: t @ t) for _ in range(repeats)))
   return 2 * n ** 3 / best
 
 
@@ -97,6 +103,8 @@ def _time(fn):
 
 def main():
   args = parse_args()
+  from calrec_jax.huge_pages import reexec_with_huge_pages
+  reexec_with_huge_pages()
   import jax
   import optax
   import torch
@@ -167,7 +175,8 @@ def main():
         f"{batch['item_tokens'].shape[1]} ({tokens} real tokens of {slots} slots)")
   print(f"first-step loss: calrec_jax {jax_loss0:.5f}, PyTorch {torch_loss0:.5f} (same weights and batch)")
   print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"{os.cpu_count()} CPU cores; calrec_jax compile {compile_s:.1f}s\n")
+        f"{os.cpu_count()} CPU cores; calrec_jax compile {compile_s:.1f}s; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}\n")
   print("| implementation | step ms | tokens/s | ratio | achieved GFLOP/s | of matmul peak |")
   print("|---|---:|---:|---:|---:|---:|")
   for name, t in [("calrec_jax (jit, fused loss)", jax_t), ("PyTorch + transformers (eager)", torch_t)]:

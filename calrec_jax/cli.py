@@ -45,6 +45,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run_absl(main) -> None:
-  """`app.run(main)` with one-line flag errors (exit 2) and --help that exits 0."""
+  """`app.run(main)` with one-line flag errors (exit 2) and --help that exits 0, in a process whose malloc uses
+  transparent huge pages where the machine offers them (`huge_pages`: the command restarts itself once)."""
   from absl import app
+
+  from calrec_jax.huge_pages import reexec_with_huge_pages
+  reexec_with_huge_pages()
   app.run(main, flags_parser=_parse_flags)

@@ -234,8 +234,12 @@ def test_clip_by_global_norm_equals_optax():
   for max_norm in (0.3, 100.0):  # clipped and untouched
     ours, ours_state = optim.clip_by_global_norm(max_norm).update(tree, optim.clip_by_global_norm(max_norm).init(tree))
     ref, ref_state = optax.clip_by_global_norm(max_norm).update(tree, optax.clip_by_global_norm(max_norm).init(tree))
-    for a, r in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+    # the train step hands over the norm it computed; inside a chain, as the step calls it
+    chained = optax.chain(optim.clip_by_global_norm(max_norm), optax.identity())
+    given, _ = chained.update(tree, chained.init(tree), grad_norm=optax.global_norm(tree))
+    for a, g, r in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(given), jax.tree_util.tree_leaves(ref)):
       np.testing.assert_allclose(a, r, rtol=1e-6)
+      np.testing.assert_allclose(g, r, rtol=1e-6)
     assert jax.tree_util.tree_structure(ours_state) == jax.tree_util.tree_structure(ref_state)
 
 

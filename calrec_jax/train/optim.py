@@ -27,15 +27,18 @@ def schedule(cfg, num_steps: int) -> optax.Schedule:
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   """optax.clip_by_global_norm's rule (scale by max_norm / norm when the norm exceeds it) as one scalar factor per
   step, so the clipped gradient is a multiply XLA fuses into the optimizer update instead of a per-element divide
-  it writes out (a gradient-sized temporary). The state (empty) is optax's, so checkpoints are interchangeable."""
+  it writes out (a gradient-sized temporary). The state (empty) is optax's, so checkpoints are interchangeable.
 
-  def update(updates, state, params=None):
-    del params
-    norm = optax.global_norm(updates)
+  The train step passes the norm it has already computed as the extra argument `grad_norm` (the transformation
+  is first in the chain, so that is the norm of what it receives); without it the norm is computed here."""
+
+  def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+    del params, extra_args
+    norm = optax.global_norm(updates) if grad_norm is None else grad_norm
     scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
     return jax.tree_util.tree_map(lambda t: t * scale.astype(t.dtype), updates), state
 
-  return optax.GradientTransformation(optax.init_empty_state, update)
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
 
 
 def _decay_mask(params):

@@ -148,18 +148,23 @@ def guarded_update(tx: optax.GradientTransformation, grads, opt_state, params, l
   barrier that keeps XLA from merging the two, inside a `lax.cond` that runs only when it is finite, so each
   leaf's new moments and params can be written in place into the donated state. Selecting between whole new and
   old states instead keeps the update, both new moments and copies of the old ones alive at once (about 3x the
-  params of temporaries).
+  params of temporaries). `grad_norm` (the gradient's global norm) reaches the optimizer as the extra argument
+  of the same name, which `optim.clip_by_global_norm` uses instead of reducing the whole gradient again in each
+  of the two updates.
   """
-  probe_updates, probe_state = tx.update(grads, opt_state, params)
+  tx = optax.with_extra_args_support(tx)
+  probe_updates, probe_state = tx.update(grads, opt_state, params, grad_norm=grad_norm)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(probe_updates, probe_state)
-  finite, grads, opt_state, params = jax.lax.optimization_barrier((finite, grads, opt_state, params))
+  finite, grads, opt_state, params, grad_norm = jax.lax.optimization_barrier(
+      (finite, grads, opt_state, params, grad_norm))
 
   def apply(ops):
-    g, s, p = ops
-    u, s = tx.update(g, s, p)
+    g, s, p, norm = ops
+    u, s = tx.update(g, s, p, grad_norm=norm)
     return optax.apply_updates(p, u), s
 
-  new_params, new_opt_state = jax.lax.cond(finite, apply, lambda ops: (ops[2], ops[1]), (grads, opt_state, params))
+  new_params, new_opt_state = jax.lax.cond(finite, apply, lambda ops: (ops[2], ops[1]),
+                                           (grads, opt_state, params, grad_norm))
   return finite, new_params, new_opt_state
 
 
