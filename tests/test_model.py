@@ -164,6 +164,18 @@ def test_dense_equals_einsum_values_and_grads(transpose_w, dtype, out_dtype):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(c, np.float32), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("first_position", [0, -2 ** 31])  # the loop that materialises the tables runs once / never
+def test_rope_tables_equal_sin_and_cos(first_position):
+  from calrec_jax.model.layers import rope_tables
+  positions = np.arange(24, dtype=np.int32).reshape(2, 12)
+  positions[0, 0] = first_position
+  inv_freq = 1.0 / 10000 ** (np.arange(0, 16, 2) / 16)
+  sin, cos = jax.jit(rope_tables)(jnp.asarray(positions), jnp.asarray(inv_freq, jnp.float32))
+  angles = positions[..., None].astype(np.float32) * inv_freq.astype(np.float32)
+  np.testing.assert_allclose(sin, np.sin(angles), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(cos, np.cos(angles), rtol=1e-5, atol=1e-5)
+
+
 def test_attend_equals_masked_softmax_values_and_grads():
   """`attend` against jax.nn.softmax attention differentiated by JAX: causal + sliding-window masks, a padded
   tail, and a row with no visible key (uniform weights, no gradient to the masked logits)."""

@@ -4,7 +4,10 @@
 large batched matmuls in one layout ([B, K, G, T, H] queries against [B, K, S, H] keys) and skips the work that
 autodiff of `jax.nn.softmax` adds: the probabilities are normalised once, the backward pass reuses them and uses
 the identity dlogits = p * (dp - rowsum(dout * out)) instead of differentiating the max, the exp and the division
-separately. On a 2-core CPU this removes most of the attention's elementwise passes over [B, N, T, S].
+separately. On a 2-core CPU this removes most of the attention's elementwise passes over [B, N, T, S]. Every
+product asks for the dot's natural [B, K, ...] output and transposes that once: asked for [B, T, K, G, H]
+directly, XLA:CPU computed dq as its own transpose from a second, transposed copy of dlogits written element by
+element (a third of the attention's elementwise time in the `small` step).
 
 Shape letters: B batch, T queries, S keys, K kv heads, G query heads per kv head, H head dim.
 """
@@ -37,7 +40,7 @@ def attend(q: Array, k: Array, v: Array, visible: Array, scale: float) -> Array:
 def _attend_fwd(q, k, v, visible, scale):
   qt, kt, vt = q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   p = _probs(qt, kt, visible, scale)                                   # [B, K, G, T, S]
-  out = jnp.einsum("BKGTS,BKSH->BTKGH", p.astype(v.dtype), vt)
+  out = jnp.einsum("BKGTS,BKSH->BKGTH", p.astype(v.dtype), vt).transpose(0, 3, 1, 2, 4)
   return out, (qt, kt, vt, visible, p, out)
 
 
@@ -46,12 +49,12 @@ def _attend_bwd(scale, res, dout):
   dot = dout.transpose(0, 2, 3, 1, 4)                                  # [B, K, G, T, H]
   delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, T, K, G]
   delta = delta.transpose(0, 2, 3, 1)[..., None]                       # [B, K, G, T, 1]
-  dv = jnp.einsum("BKGTS,BKGTH->BSKH", p.astype(dout.dtype), dot)
+  dv = jnp.einsum("BKGTH,BKGTS->BKHS", dot, p.astype(dout.dtype)).transpose(0, 3, 1, 2)
   dp = jnp.einsum("BKGTH,BKSH->BKGTS", dot, vt, preferred_element_type=jnp.float32)
   ds = jnp.where(visible[:, None, None], p * (dp - delta), 0.0) * scale
   ds = ds.astype(qt.dtype)
-  dq = jnp.einsum("BKGTS,BKSH->BTKGH", ds, kt)
-  dk = jnp.einsum("BKGTS,BKGTH->BSKH", ds, qt)
+  dq = jnp.einsum("BKGTS,BKSH->BKGTH", ds, kt).transpose(0, 3, 1, 2, 4)
+  dk = jnp.einsum("BKGTH,BKGTS->BKHS", qt, ds).transpose(0, 3, 1, 2)
   return dq, dk, dv.astype(vt.dtype), None
 
 
