@@ -10,7 +10,8 @@ import pytest
 from calrec_jax.train.losses import chunked_lm_loss, info_nce
 
 
-def test_chunked_lm_loss_equals_full_softmax_values_and_grads():
+@pytest.mark.parametrize("softcap", [0.0, 3.0])  # Gemma 2's final soft-cap: logits -> cap * tanh(logits / cap)
+def test_chunked_lm_loss_equals_full_softmax_values_and_grads(softcap):
   rng = np.random.default_rng(0)
   h = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(37, 8)), jnp.float32)  # 37: not a multiple of the chunk
@@ -18,11 +19,12 @@ def test_chunked_lm_loss_equals_full_softmax_values_and_grads():
   weights = jnp.asarray(rng.random((3, 5)) > 0.3, jnp.float32)
 
   def plain(h, w):
-    logp = jax.nn.log_softmax(jnp.einsum("BLD,VD->BLV", h, w), -1)
+    logits = jnp.einsum("BLD,VD->BLV", h, w)
+    logp = jax.nn.log_softmax(jnp.tanh(logits / softcap) * softcap if softcap else logits, -1)
     nll = -jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
     return (nll * weights).sum() / weights.sum()
 
-  ours = lambda h, w: chunked_lm_loss(h, w, labels, weights, chunk=8)[0]  # noqa: E731
+  ours = lambda h, w: chunked_lm_loss(h, w, labels, weights, chunk=8, softcap=softcap)[0]  # noqa: E731
   np.testing.assert_allclose(ours(h, w), plain(h, w), rtol=1e-5)
   for a, b in zip(jax.grad(ours, (0, 1))(h, w), jax.grad(plain, (0, 1))(h, w)):
     np.testing.assert_allclose(a, b, atol=1e-5)
