@@ -26,6 +26,8 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--rank", type=int, default=8)
   args = ap.parse_args()
+  from calrec_jax.huge_pages import reexec_with_huge_pages
+  reexec_with_huge_pages()  # as the calrec_jax commands run (CALREC_HUGE_PAGES=0: without)
 
   import jax
   import optax

@@ -83,10 +83,9 @@ def rope_tables(positions: Array, inv_freq: Array) -> tuple[Array, Array]:
   return jax.lax.while_loop(lambda carry: carry[0] < once, again, (jnp.int32(0), angles, tables))[2]
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-  """Rotate-half RoPE. x: [B, T, N, H]; positions: [B, T]."""
-  sin, cos = rope_tables(positions, inv_freq)
-  sin, cos = sin[:, :, None, :], cos[:, :, None, :]
+def apply_rope(x: Array, tables: tuple[Array, Array]) -> Array:
+  """Rotate-half RoPE. x: [B, T, N, H]; tables: `rope_tables` of its positions."""
+  sin, cos = tables[0][:, :, None, :], tables[1][:, :, None, :]
   x32 = x.astype(jnp.float32)
   x1, x2 = jnp.split(x32, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
@@ -133,8 +132,9 @@ class Attention(nn.Module):
       inv_freq = rope_frequencies(cfg, self.local)
     else:
       inv_freq = jnp.where(local_flag, rope_frequencies(cfg, True), rope_frequencies(cfg, False))
-    q = apply_rope(q, positions, inv_freq)
-    key = apply_rope(key, positions, inv_freq)
+    tables = rope_tables(positions, inv_freq)
+    q = apply_rope(q, tables)
+    key = apply_rope(key, tables)
     q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
 
     new_cache = None
