@@ -97,6 +97,13 @@ def _block_activation_elements(cfg: ModelConfig, tokens: int, tensor: int) -> fl
   return tokens * ((3 + norms) * d + split(2 * n * h) + split(2 * k * h) + split(n) * tokens + split(4 * f))
 
 
+def _tower_probability_elements(cfg: ModelConfig, tokens: int, tensor: int, remat: bool) -> float:
+  """The part of `_tower_activation_elements` that is attention probabilities [N, T, S] (one block's with remat)."""
+  n = cfg.n_heads
+  per_block = tokens * (n / tensor if n % tensor == 0 else n) * tokens
+  return per_block * (1 if remat else cfg.n_layers)
+
+
 def _tower_activation_elements(cfg: ModelConfig, tokens: int, tensor: int, remat: bool) -> float:
   """Elements one sequence keeps through every layer: all of each block's activations, or with remat only each
   block's input (one block's activations are rebuilt at a time in the backward pass)."""
@@ -126,10 +133,14 @@ def estimate(cfg: ModelConfig, shape: StepShape) -> dict[str, float]:
   chunk = min(shape.vocab_chunk, cfg.vocab_size)
   loss = shape.target_len * (3 * chunk / (t if chunk % t == 0 else 1) + 4 * cfg.d_model)  # float32 logits chunk
   activations = b * (per_seq * shape.compute_bytes + loss * 4)
+  probabilities = b * shape.compute_bytes * (_tower_probability_elements(cfg, shape.seq_len, t, shape.remat)
+                                             + _tower_probability_elements(cfg, shape.item_len, t, shape.remat))
   params = local * 4.0
   block_params = params - emb_local * 4.0
   out = {"params": params, "optimizer": 2 * params, "gradients": params, "activations": activations}
-  backward_peak = ACTIVATION_FACTOR * activations + PARAMS_IN_BACKWARD * params
+  # attention's probabilities are kept once and its backward pass makes no second, transposed copy of them or of
+  # dlogits (softmax_attention), so they take no share of the factor for buffers alive beside the saved ones
+  backward_peak = ACTIVATION_FACTOR * activations - (ACTIVATION_FACTOR - 1) * probabilities + PARAMS_IN_BACKWARD * params
   if cfg.tie_embeddings:  # the LM head's gradient of the tied embedding, assembled over the vocabulary chunks
     backward_peak += emb_local * 4.0
   if shape.compute_bytes == 2:  # the bfloat16 copy of the weights the passes read
