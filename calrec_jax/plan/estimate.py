@@ -88,20 +88,24 @@ def sharded_elements(cfg: ModelConfig, mesh: tuple[int, int, int], rules=DEFAULT
   return total, local
 
 
+def _split(size: int, tensor: int) -> float:
+  """`size` elements of an axis sharded over a tensor axis of size `tensor` (whole when indivisible, as the
+  sharding rules drop indivisible axes)."""
+  return size / tensor if size % tensor == 0 else size
+
+
 def _block_activation_elements(cfg: ModelConfig, tokens: int, tensor: int) -> float:
   """Elements one block keeps for the backward pass for a sequence of `tokens`, on one device of a tensor axis
   of size `tensor` (heads, attention probabilities and the MLP width are split over it)."""
   d, n, k, h, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
-  split = lambda x: x / tensor if x % tensor == 0 else x  # noqa: E731  (as the rules drop indivisible axes)
   norms = 4 if cfg.is_gemma else 2
-  return tokens * ((3 + norms) * d + split(2 * n * h) + split(2 * k * h) + split(n) * tokens + split(4 * f))
+  return tokens * ((3 + norms) * d + _split(2 * n * h, tensor) + _split(2 * k * h, tensor)
+                   + _split(n, tensor) * tokens + _split(4 * f, tensor))
 
 
 def _tower_probability_elements(cfg: ModelConfig, tokens: int, tensor: int, remat: bool) -> float:
   """The part of `_tower_activation_elements` that is attention probabilities [N, T, S] (one block's with remat)."""
-  n = cfg.n_heads
-  per_block = tokens * (n / tensor if n % tensor == 0 else n) * tokens
-  return per_block * (1 if remat else cfg.n_layers)
+  return tokens * _split(cfg.n_heads, tensor) * tokens * (1 if remat else cfg.n_layers)
 
 
 def _tower_activation_elements(cfg: ModelConfig, tokens: int, tensor: int, remat: bool) -> float:
@@ -131,7 +135,7 @@ def estimate(cfg: ModelConfig, shape: StepShape) -> dict[str, float]:
   per_seq = (_tower_activation_elements(cfg, shape.seq_len, t, shape.remat)
              + _tower_activation_elements(cfg, shape.item_len, t, shape.remat))
   chunk = min(shape.vocab_chunk, cfg.vocab_size)
-  loss = shape.target_len * (3 * chunk / (t if chunk % t == 0 else 1) + 4 * cfg.d_model)  # float32 logits chunk
+  loss = shape.target_len * (3 * _split(chunk, t) + 4 * cfg.d_model)  # float32 logits chunk
   activations = b * (per_seq * shape.compute_bytes + loss * 4)
   probabilities = b * shape.compute_bytes * (_tower_probability_elements(cfg, shape.seq_len, t, shape.remat)
                                              + _tower_probability_elements(cfg, shape.item_len, t, shape.remat))
