@@ -88,3 +88,38 @@ def test_help_exits_zero_and_shows_the_examples():
   out = run_plan("--help")
   assert out.returncode == 0, out.stderr
   assert "--mesh" in out.stdout and "python -m calrec_jax.plan --table" in out.stdout
+
+
+def test_matmul_flops_count_loop_bodies_by_their_trip_count():
+  import jax
+  import jax.numpy as jnp
+  from calrec_jax.plan.flops import matmul_flops
+  x, w = jax.ShapeDtypeStruct((8, 32), jnp.float32), jax.ShapeDtypeStruct((16, 32, 32), jnp.float32)
+  scanned = lambda x, w: jax.lax.scan(lambda c, wi: (c @ wi, None), x, w)[0]  # noqa: E731
+  assert matmul_flops(scanned, x, w) == 16 * 2 * 8 * 32 * 32
+  branches = lambda x, w: jax.lax.cond(x.sum() > 0, lambda: x @ w[0] @ w[1], lambda: x @ w[0])  # noqa: E731
+  assert matmul_flops(branches, x, w) == 2 * (2 * 8 * 32 * 32)  # the costlier branch
+  looped = lambda x, w: jax.lax.while_loop(lambda c: c.sum() < 1, lambda c: c @ w[0], x)  # noqa: E731
+  with pytest.raises(ValueError, match="trip count"):
+    matmul_flops(looped, x, w)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_planned_flops_equal_the_matmuls_the_step_runs(scan_layers):
+  """The planner's FLOPs (what MFU divides by) against the traced loss, whose LM head scans vocabulary chunks."""
+  import flax
+  import jax
+  from calrec_jax.model.decoder import count_params
+  from calrec_jax.plan.estimate import step_flops
+  from calrec_jax.plan.flops import matmul_flops
+  from calrec_jax.train import step as step_lib
+  from calrec_jax.train.two_tower import TwoTower
+  cfg = preset("small")  # sliding-window and global layers
+  model = TwoTower(cfg, scan_layers=scan_layers)
+  batch = step_lib.example_batch(4, 64, 12, 14)
+  params = flax.linen.meta.unbox(
+      jax.eval_shape(lambda: step_lib._init_variables(model, jax.random.PRNGKey(0), batch)))
+  lc = step_lib.LossConfig(vocab_chunk=cfg.vocab_size // 3 + 1)  # 3 chunks, the last padded
+  forward = matmul_flops(lambda p, b: step_lib.calrec_loss(model, p, b, lc)[0], params, batch)
+  planned = step_flops(cfg, StepShape(4, 64, 12, 14, (1, 1, 1), scan_layers=scan_layers), count_params(params))
+  assert planned == pytest.approx(3 * forward, rel=2e-3)  # backward = 2x forward; norms' scales count as matmul
