@@ -10,13 +10,16 @@ import pytest
 from calrec_jax.train.losses import chunked_lm_loss, info_nce
 
 
+@pytest.mark.parametrize("chunk", [8, 64])  # 5 chunks, the last padded (rematerialised); one whole chunk
 @pytest.mark.parametrize("softcap", [0.0, 3.0])  # Gemma 2's final soft-cap: logits -> cap * tanh(logits / cap)
-def test_chunked_lm_loss_equals_full_softmax_values_and_grads(softcap):
+def test_chunked_lm_loss_equals_full_softmax_values_and_grads(softcap, chunk):
   rng = np.random.default_rng(0)
   h = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(37, 8)), jnp.float32)  # 37: not a multiple of the chunk
   labels = jnp.asarray(rng.integers(0, 37, size=(3, 5)))
   weights = jnp.asarray(rng.random((3, 5)) > 0.3, jnp.float32)
+
+  labels = labels.at[0, :2].set(jnp.argmax(jnp.einsum("LD,VD->LV", h[0, :2], w), -1))  # two hits at least
 
   def plain(h, w):
     logits = jnp.einsum("BLD,VD->BLV", h, w)
@@ -24,8 +27,12 @@ def test_chunked_lm_loss_equals_full_softmax_values_and_grads(softcap):
     nll = -jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
     return (nll * weights).sum() / weights.sum()
 
-  ours = lambda h, w: chunked_lm_loss(h, w, labels, weights, chunk=8, softcap=softcap)[0]  # noqa: E731
+  ours = lambda h, w: chunked_lm_loss(h, w, labels, weights, chunk=chunk, softcap=softcap)[0]  # noqa: E731
   np.testing.assert_allclose(ours(h, w), plain(h, w), rtol=1e-5)
+  hits = jnp.argmax(jnp.einsum("BLD,VD->BLV", h, w), -1) == labels
+  acc = chunked_lm_loss(h, w, labels, weights, chunk=chunk, softcap=softcap)[1]
+  np.testing.assert_allclose(acc, (hits * weights).sum() / weights.sum(), rtol=1e-6)
+  assert acc > 0
   for a, b in zip(jax.grad(ours, (0, 1))(h, w), jax.grad(plain, (0, 1))(h, w)):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -118,3 +125,13 @@ def test_a_run_initialised_from_another_reads_its_config_and_tokenizer_not_the_p
   assert parts.pretrained_params is None
   assert parts.model_cfg == ModelConfig.from_dict(json.load(open(os.path.join(first, "model_config.json"))))
   assert parts.tokenizer.encode("Office desk lamp") == build(smoke_config(2, 2), first).tokenizer.encode("Office desk lamp")
+
+
+@pytest.mark.parametrize("width", [8, 300, 1024])
+def test_blocked_max_and_first_argmax_equal_jnp_on_ties(width):
+  """The LM loss's accuracy takes the FIRST index of the max, as jnp.argmax does, also when values tie."""
+  from calrec_jax.train.losses import _max_and_first_argmax
+  z = jnp.asarray(np.random.default_rng(width).integers(0, 5, (3, 7, width)), jnp.float32)  # many ties
+  zmax, first = _max_and_first_argmax(z)
+  np.testing.assert_array_equal(zmax, z.max(-1))
+  np.testing.assert_array_equal(first, jnp.argmax(z, -1))

@@ -135,7 +135,7 @@ def estimate(cfg: ModelConfig, shape: StepShape) -> dict[str, float]:
   per_seq = (_tower_activation_elements(cfg, shape.seq_len, t, shape.remat)
              + _tower_activation_elements(cfg, shape.item_len, t, shape.remat))
   chunk = min(shape.vocab_chunk, cfg.vocab_size)
-  loss = shape.target_len * (3 * _split(chunk, t) + 4 * cfg.d_model)  # float32 logits chunk
+  loss = shape.target_len * (2 * _split(chunk, t) + 4 * cfg.d_model)  # a float32 logits chunk and its exp
   activations = b * (per_seq * shape.compute_bytes + loss * 4)
   probabilities = b * shape.compute_bytes * (_tower_probability_elements(cfg, shape.seq_len, t, shape.remat)
                                              + _tower_probability_elements(cfg, shape.item_len, t, shape.remat))

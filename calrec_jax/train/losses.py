@@ -4,6 +4,8 @@ L = w_nig * L_NIG + w_tt * InfoNCE(v_T|U, v_T) + w_ut * InfoNCE(v_U, v_T)
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -18,8 +20,9 @@ def chunked_lm_loss(hidden: Array, out_embedding: Array, labels: Array, weights:
 
   hidden: [B, L, D] at the positions that predict `labels` [B, L]; out_embedding: [V, D]; weights: [B, L].
   `denominator` (default: the weight sum here) lets microbatches divide by the whole batch's weight sum.
-  The vocabulary is scanned in chunks of `chunk` rows with an online logsumexp; each chunk is rematerialised
-  in the backward pass, so memory is O(B * L * chunk).
+  The vocabulary is scanned in chunks of `chunk` rows with an online logsumexp and a running first argmax; each
+  chunk is rematerialised in the backward pass when there is more than one, so memory is O(B * L * chunk). The
+  label's logit is one [D] dot product per position from its gathered embedding row, outside the loop.
   """
   v, d = out_embedding.shape
   chunk = min(chunk, v)
@@ -28,36 +31,53 @@ def chunked_lm_loss(hidden: Array, out_embedding: Array, labels: Array, weights:
   w = jnp.pad(out_embedding, ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
   h = hidden.astype(w.dtype)
 
-  @jax.checkpoint
+  def cap(z):
+    return jnp.tanh(z / softcap) * softcap if softcap else z
+
   def chunk_logits(wc, start):
-    z = dense(h, wc, True, jnp.float32)  # [B, L, C]
-    if softcap:
-      z = jnp.tanh(z / softcap) * softcap
-    ids = start + jnp.arange(chunk)
-    return jnp.where(ids < v, z, -jnp.inf), ids
+    z = cap(dense(h, wc, True, jnp.float32))  # [B, L, C]
+    return jnp.where(start + jnp.arange(chunk) < v, z, -jnp.inf) if pad else z
+  if n_chunks > 1:
+    chunk_logits = jax.checkpoint(chunk_logits)
 
   def body(carry, xs):
-    m, s, label_logit, best, best_id = carry
+    m, s, best, best_id = carry
     wc, start = xs
-    z, ids = chunk_logits(wc, start)
-    m_new = jnp.maximum(m, z.max(-1))
+    z = chunk_logits(wc, start)
+    cmax, carg = _max_and_first_argmax(jax.lax.stop_gradient(z))                       # [B, L] each
+    m_new = jnp.maximum(m, cmax)  # the logsumexp's shift: any value gives the same result and gradient
     s = s * jnp.exp(m - m_new) + jnp.exp(z - m_new[..., None]).sum(-1)
-    hit = ids[None, None, :] == labels[..., None]
-    label_logit = label_logit + jnp.where(hit, z, 0.0).sum(-1)
-    cmax, carg = z.max(-1), start + z.argmax(-1)
     better = cmax > best
-    return (m_new, s, label_logit, jnp.where(better, cmax, best), jnp.where(better, carg, best_id)), None
+    return (m_new, s, jnp.where(better, cmax, best), jnp.where(better, start + carg, best_id)), None
 
   b, l = labels.shape
-  init = (jnp.full((b, l), -jnp.inf), jnp.zeros((b, l)), jnp.zeros((b, l)), jnp.full((b, l), -jnp.inf),
-          jnp.zeros((b, l), jnp.int32))
+  init = (jnp.full((b, l), -jnp.inf), jnp.zeros((b, l)), jnp.full((b, l), -jnp.inf), jnp.zeros((b, l), jnp.int32))
   starts = jnp.arange(n_chunks, dtype=jnp.int32) * chunk
-  (m, s, label_logit, _, best_id), _ = jax.lax.scan(body, init, (w, starts))
+  (m, s, _, best_id), _ = jax.lax.scan(body, init, (w, starts))
+  label_rows = jnp.take(out_embedding, labels, axis=0, mode="clip").astype(w.dtype)    # [B, L, D]
+  label_logit = cap(jnp.einsum("BLD,BLD->BL", h, label_rows, preferred_element_type=jnp.float32))
   nll = m + jnp.log(s) - label_logit  # [B, L]
   denom = jnp.maximum(weights.sum() if denominator is None else denominator, 1.0)
   loss = (nll * weights).sum() / denom
   acc = ((best_id == labels) * weights).sum() / denom
   return loss, acc
+
+
+def _max_and_first_argmax(z: Array, block: int = 128) -> tuple[Array, Array]:
+  """Max of z [..., C] over its last dim and the first index holding it, in one pass over z.
+
+  The max is taken per block of `block` entries, then over the blocks; the first block holding the max is then
+  searched alone. (jnp.argmax is a variadic reduce that XLA:CPU runs several times slower than a max, and a
+  where + min over the whole chunk writes an index array as large as z.)"""
+  c = z.shape[-1]
+  b = math.gcd(c, block)
+  blocks = z.reshape(*z.shape[:-1], c // b, b)                                          # [..., C/b, b]
+  block_max = blocks.max(-1)                                                            # [..., C/b]
+  zmax = block_max.max(-1)                                                              # [...]
+  first_block = jnp.argmax(block_max == zmax[..., None], axis=-1)                       # [...]
+  rows = jnp.take_along_axis(blocks, first_block[..., None, None], axis=-2)[..., 0, :]  # [..., b]
+  within = jnp.argmax(rows == zmax[..., None], axis=-1)
+  return zmax, (first_block * b + within).astype(jnp.int32)
 
 
 def info_nce(query: Array, key: Array, target_ids: Array, valid: Array, temperature: float,
@@ -90,8 +110,9 @@ def info_nce(query: Array, key: Array, target_ids: Array, valid: Array, temperat
 
 def masked_mean(hidden: Array, mask: Array) -> Array:
   """Mean of hidden [B, T, D] over positions where mask [B, T]; float32 [B, D]; an empty row gives 0."""
-  m = mask.astype(jnp.float32)[..., None]
-  return (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+  m = mask.astype(jnp.float32)                                                          # [B, T]
+  total = jnp.einsum("BTD,BT->BD", hidden.astype(jnp.float32), m)  # a product: no [B, T, D] broadcast of the mask
+  return total / jnp.maximum(m.sum(1), 1.0)[:, None]
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
