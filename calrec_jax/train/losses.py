@@ -21,8 +21,9 @@ def chunked_lm_loss(hidden: Array, out_embedding: Array, labels: Array, weights:
   hidden: [B, L, D] at the positions that predict `labels` [B, L]; out_embedding: [V, D]; weights: [B, L].
   `denominator` (default: the weight sum here) lets microbatches divide by the whole batch's weight sum.
   The vocabulary is scanned in chunks of `chunk` rows with an online logsumexp and a running first argmax; each
-  chunk is rematerialised in the backward pass when there is more than one, so memory is O(B * L * chunk). The
-  label's logit is one [D] dot product per position from its gathered embedding row, outside the loop.
+  chunk's logits and exp are rebuilt in the backward pass when there is more than one, so memory is
+  O(B * L * chunk). The label's logit is one [D] dot product per position from its gathered embedding row,
+  outside the loop.
   """
   v, d = out_embedding.shape
   chunk = min(chunk, v)
@@ -34,19 +35,22 @@ def chunked_lm_loss(hidden: Array, out_embedding: Array, labels: Array, weights:
   def cap(z):
     return jnp.tanh(z / softcap) * softcap if softcap else z
 
-  def chunk_logits(wc, start):
-    z = cap(dense(h, wc, True, jnp.float32))  # [B, L, C]
-    return jnp.where(start + jnp.arange(chunk) < v, z, -jnp.inf) if pad else z
-  if n_chunks > 1:
-    chunk_logits = jax.checkpoint(chunk_logits)
+  def chunk_stats(wc, start, m):
+    """One chunk's max, first argmax, new shift and sum of exp(logits - shift) ([B, L] each)."""
+    z = cap(dense(h, wc, True, jnp.float32))                                            # [B, L, C]
+    if pad:
+      z = jnp.where(start + jnp.arange(chunk) < v, z, -jnp.inf)
+    cmax, carg = _max_and_first_argmax(jax.lax.stop_gradient(z))
+    m_new = jnp.maximum(m, cmax)  # the logsumexp's shift: any value gives the same result and gradient
+    return cmax, carg, m_new, jnp.exp(z - m_new[..., None]).sum(-1)
+  if n_chunks > 1:  # keep only the chunk's inputs for the backward pass, not its [B, L, C] logits or exp
+    chunk_stats = jax.checkpoint(chunk_stats)
 
   def body(carry, xs):
     m, s, best, best_id = carry
     wc, start = xs
-    z = chunk_logits(wc, start)
-    cmax, carg = _max_and_first_argmax(jax.lax.stop_gradient(z))                       # [B, L] each
-    m_new = jnp.maximum(m, cmax)  # the logsumexp's shift: any value gives the same result and gradient
-    s = s * jnp.exp(m - m_new) + jnp.exp(z - m_new[..., None]).sum(-1)
+    cmax, carg, m_new, s_chunk = chunk_stats(wc, start, m)
+    s = s * jnp.exp(m - m_new) + s_chunk
     better = cmax > best
     return (m_new, s, jnp.where(better, cmax, best), jnp.where(better, start + carg, best_id)), None
 
