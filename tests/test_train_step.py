@@ -229,6 +229,23 @@ def test_guard_skips_a_step_whose_new_optimizer_state_overflows(setup, shaped_li
     np.testing.assert_array_equal(x, y)
 
 
+def test_grouped_reductions_equal_per_array_ones():
+  """global_norm and all_finite reduce same-shaped arrays together; one bad element anywhere still counts."""
+  rng = np.random.default_rng(0)
+  tree = {f"layer_{i}": {"w": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32),
+                         "scale": jnp.asarray(rng.normal(size=(6,)), jnp.float32)} for i in range(3)}
+  tree["embedding"] = jnp.asarray(rng.normal(size=(5, 6)), jnp.float32)
+  np.testing.assert_allclose(step_lib.global_norm(tree), optax.global_norm(tree), rtol=1e-6)
+  moments = jax.tree_util.tree_map(jnp.abs, tree)
+  state = (optax.ScaleByAdamState(jnp.int32(1), tree, moments), jnp.float32(0.5))
+  assert bool(step_lib.all_finite(tree, state))
+  for bad in (jnp.inf, -jnp.inf, jnp.nan):
+    broken = dict(tree, layer_1=dict(tree["layer_1"], w=tree["layer_1"]["w"].at[2, 3].set(bad)))
+    assert not bool(step_lib.all_finite(broken, state))  # in the update
+    assert not bool(step_lib.all_finite(tree, (optax.ScaleByAdamState(jnp.int32(1), tree, broken), 0.5)))  # a moment
+    assert not bool(step_lib.all_finite(tree, (state[0], jnp.float32(bad))))  # a state leaf of its own
+
+
 def test_clip_by_global_norm_equals_optax():
   tree = {"a": jnp.arange(6.0).reshape(2, 3) - 2.0, "b": jnp.asarray([0.5, -4.0])}
   for max_norm in (0.3, 100.0):  # clipped and untouched

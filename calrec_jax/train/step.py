@@ -118,24 +118,46 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
   return grads, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch)}
 
 
-def all_finite(updates, opt_state) -> jax.Array:
-  """Whether every element of the update and of the optimizer state is finite, with one reduction per parameter.
+def _by_shape(columns: list[list[jax.Array]]) -> list[list[list[jax.Array]]]:
+  """Groups aligned lists of arrays (one list per tree, same structure) by their first list's shape and dtype."""
+  groups: dict[tuple, list[list[jax.Array]]] = {}
+  for row in zip(*columns):
+    groups.setdefault((row[0].shape, row[0].dtype), []).append(list(row))
+  return list(groups.values())
 
-  The state's subtrees shaped like the update (AdamW's moments) join each parameter's update elementwise, so XLA
-  computes a parameter's update, moments and their shared producers in one pass that writes only a boolean per
-  element; other state leaves (counts, factored moments) are checked alone. (Not sum(x * 0): XLA's CPU code
-  reassociates (x * c) * 0 into x * (c * 0) and misses an overflow of x * c.)
+
+def global_norm(tree) -> jax.Array:
+  """optax.global_norm with one reduction per distinct shape: the squares of same-shaped arrays are added
+  elementwise first. XLA:CPU compiles a kernel per reduction, and a model's layers repeat a few shapes (236
+  arrays, 8 shapes in Gemma-3-270M), so this cuts the step's compile time, not its work."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  sums = [jnp.sum(functools.reduce(jnp.add, [jnp.square(x.astype(jnp.float32)) for (x,) in group]))
+          for group in _by_shape([leaves])]
+  return jnp.sqrt(functools.reduce(jnp.add, sums, jnp.float32(0.0)))
+
+
+def all_finite(updates, opt_state) -> jax.Array:
+  """Whether every element of the update and of the optimizer state is finite, with one reduction per distinct
+  parameter shape.
+
+  The state's subtrees shaped like the update (AdamW's moments) join each parameter's update elementwise, and
+  parameters of the same shape join each other, so XLA computes the update and moments of a layer stack's
+  same-shaped weights and their shared producers in one pass that writes nothing but the reduction; other
+  state leaves (counts, factored moments) are checked alone. (Not sum(x * 0): XLA's CPU code reassociates
+  (x * c) * 0 into x * (c * 0) and misses an overflow of x * c.)
   """
   leaves, treedef = jax.tree_util.tree_flatten(updates)
-  ok = [jnp.isfinite(u) for u in leaves]
+  columns = [leaves]
   rest = []
   like_updates = lambda x: jax.tree_util.tree_structure(x) == treedef  # noqa: E731
   for sub in jax.tree_util.tree_leaves(opt_state, is_leaf=like_updates):
     if like_updates(sub) and all(x.shape == u.shape for x, u in zip(jax.tree_util.tree_leaves(sub), leaves)):
-      ok = [a & jnp.isfinite(x) for a, x in zip(ok, jax.tree_util.tree_leaves(sub))]
+      columns.append(jax.tree_util.tree_leaves(sub))
     else:
-      rest += [jnp.isfinite(x) for x in jax.tree_util.tree_leaves(sub)]
-  return functools.reduce(jnp.logical_and, [jnp.all(a) for a in ok + rest], jnp.bool_(True))
+      rest += [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(sub)]
+  ok = [jnp.all(functools.reduce(jnp.logical_and, [jnp.isfinite(x) for row in group for x in row]))
+        for group in _by_shape(columns)]
+  return functools.reduce(jnp.logical_and, ok + rest, jnp.bool_(True))
 
 
 def guarded_update(tx: optax.GradientTransformation, grads, opt_state, params, loss: jax.Array,
@@ -187,7 +209,7 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, lc: LossC
       (_, metrics), grads = jax.value_and_grad(lambda p: calrec_loss(model, full(p), batch, lc), has_aux=True)(params)
     else:
       grads, metrics = accumulated_loss_grads(model, params, batch, lc, grad_accum, full)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = global_norm(grads)
     finite, new_params, opt_state = guarded_update(tx, grads, state["opt_state"], params, metrics["loss"], grad_norm)
     new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
     metrics = dict(metrics, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
