@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from calrec_jax.model.config import ModelConfig
-from calrec_jax.model.layers import Block, RMSNorm, _param
+from calrec_jax.model.layers import Block, RMSNorm, _param, rope_frequencies, rope_tables
 from calrec_jax.model.partitioning import constrain
 
 Array = jax.Array
@@ -57,22 +57,26 @@ class Decoder(nn.Module):
     if cache is not None:
       new_cache = []
       key_pos = jax.lax.dynamic_update_slice(cache[0]["pos"], positions.astype(jnp.int32), (0, cache_index))
+    rope = {local: rope_tables(positions, rope_frequencies(self.cfg, local))  # once per call, not per layer
+            for local in {self.cfg.is_local(i) for i in range(self.cfg.n_layers)}}
     first = 0
     if cache is None and self.scan_layers and not self.is_initializing():
-      x, first = self._scanned_groups(x, positions, key_mask)
+      x, first = self._scanned_groups(x, positions, key_mask, rope)
     for i, layer in enumerate(self.layers[first:], start=first):
       layer_cache = None
       if cache is not None:
         layer_cache = {"k": cache[i]["k"], "v": cache[i]["v"], "pos": key_pos}
-      x, c = layer(x, positions, key_mask, layer_cache, cache_index)
+      x, c = layer(x, positions, key_mask, layer_cache, cache_index, rope=rope[self.cfg.is_local(i)])
       if cache is not None:
         new_cache.append(c)
     if new_cache:
       new_cache[0]["pos"] = key_pos
     return self.final_norm(x), new_cache
 
-  def _scanned_groups(self, x: Array, positions: Array, key_mask: Array) -> tuple[Array, int]:
-    """Runs the leading whole groups of blocks as one scan; returns x and the first layer left to run."""
+  def _scanned_groups(self, x: Array, positions: Array, key_mask: Array,
+                      rope: dict[bool, tuple[Array, Array]]) -> tuple[Array, int]:
+    """Runs the leading whole groups of blocks as one scan; returns x and the first layer left to run.
+    rope: the RoPE tables of each layer kind present (local True / global False)."""
     cfg = self.cfg
     flags = None
     if self.attention == "cudnn" or not cfg.sliding_window:
@@ -88,9 +92,15 @@ class Decoder(nn.Module):
     stacked = [jax.tree_util.tree_map(lambda *ws: jnp.stack(ws), *[params[f"layers_{g * period + j}"]
                                                                   for g in range(groups)]) for j in range(period)]
 
+    def tables(j, flag):
+      if flag is None or len(rope) == 1:
+        return rope[cfg.is_local(j)]
+      return tuple(jnp.where(flag, a, b) for a, b in zip(rope[True], rope[False]))
+
     def run_block(j):
       blk = Block(cfg, cfg.is_local(j), self.dtype, self.param_dtype, self.attention, parent=None)
-      fn = lambda p, h, flag: blk.apply({"params": p}, h, positions, key_mask, local_flag=flag)[0]  # noqa: E731
+      fn = lambda p, h, flag: blk.apply({"params": p}, h, positions, key_mask, local_flag=flag,  # noqa: E731
+                                        rope=tables(j, flag))[0]
       return jax.checkpoint(fn) if self.remat else fn
 
     blocks = [run_block(j) for j in range(period)]

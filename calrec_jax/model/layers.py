@@ -108,8 +108,10 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, key_mask: Array, cache: dict | None = None,
-               cache_index: Array | None = None, local_flag: Array | None = None) -> tuple[Array, dict | None]:
-    """local_flag: a traced bool that replaces the static `local` (one scanned block serving both kinds)."""
+               cache_index: Array | None = None, local_flag: Array | None = None,
+               rope: tuple[Array, Array] | None = None) -> tuple[Array, dict | None]:
+    """local_flag: a traced bool that replaces the static `local` (one scanned block serving both kinds).
+    rope: this layer's `rope_tables` of `positions`, when the caller computed them once for all layers."""
     cfg = self.cfg
     d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     wq = _param(self, "q_proj", (d, n, h), ("embed", "heads", "head_dim"), self.param_dtype)
@@ -128,11 +130,12 @@ class Attention(nn.Module):
     if cfg.qk_norm:  # Gemma 3 (scale 1 + w), Qwen 3 (scale w)
       q = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype, name="q_norm")(q)
       key = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype, name="k_norm")(key)
-    if local_flag is None:
-      inv_freq = rope_frequencies(cfg, self.local)
+    if rope is not None:
+      tables = rope
+    elif local_flag is None:
+      tables = rope_tables(positions, rope_frequencies(cfg, self.local))
     else:
-      inv_freq = jnp.where(local_flag, rope_frequencies(cfg, True), rope_frequencies(cfg, False))
-    tables = rope_tables(positions, inv_freq)
+      tables = rope_tables(positions, jnp.where(local_flag, rope_frequencies(cfg, True), rope_frequencies(cfg, False)))
     q = apply_rope(q, tables)
     key = apply_rope(key, tables)
     q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
@@ -217,11 +220,11 @@ class Block(nn.Module):
   attention: str = "einsum"   # Attention.kernel
 
   @nn.compact
-  def __call__(self, x, positions, key_mask, cache=None, cache_index=None, local_flag=None):
+  def __call__(self, x, positions, key_mask, cache=None, cache_index=None, local_flag=None, rope=None):
     cfg, off = self.cfg, self.cfg.norm_offset
     norm = lambda name: RMSNorm(cfg.norm_eps, off, self.param_dtype, name=name)  # noqa: E731
     h, new_cache = Attention(cfg, self.local, self.dtype, self.param_dtype, self.attention, name="attn")(
-        norm("input_norm")(x), positions, key_mask, cache, cache_index, local_flag)
+        norm("input_norm")(x), positions, key_mask, cache, cache_index, local_flag, rope)
     if cfg.is_gemma:
       h = norm("post_attn_norm")(h)
     x = x + h
