@@ -10,9 +10,10 @@ towers, computes the LM head only at target positions, the same InfoNCE terms (d
 AdamW with gradient clipping. Both losses on the first batch are printed (they must agree). Achieved FLOP/s
 divides the step's model FLOPs (3x the forward pass's matmul FLOPs, counted from its jaxpr with loop bodies
 times their trip count: `calrec_jax.plan.flops`; XLA's cost analysis counts the vocabulary-chunk loop of the LM
-loss once) by the step time, for both implementations; the peak is the faster of JAX's and PyTorch's float32 2048^3 matmul,
-measured in the same run. Both run in one process, whose malloc uses transparent huge pages where the machine
-offers them (`calrec_jax.huge_pages`, as the calrec_jax commands do; CALREC_HUGE_PAGES=0 runs both without).
+loss once) by the step time, for both implementations; the peak is the faster of JAX's and PyTorch's float32
+2048^3 matmul, measured in the same run. Both run in one process, whose malloc uses transparent huge pages
+where the machine offers them (`calrec_jax.huge_pages`, as the calrec_jax commands do; CALREC_HUGE_PAGES=0 runs
+both without).
 """
 from __future__ import annotations
 
