@@ -11,6 +11,7 @@ Shape letters: M the flattened leading dims of x, D the contracted dim, F the ou
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +52,6 @@ def project(x: Array, w: Array, n_in: int = 1) -> Array:
   """Contracts the last `n_in` dims of x with the first `n_in` dims of w (any output dims): x [..., *I] @ w [*I, *O]."""
   lead, ins, outs = x.shape[:x.ndim - n_in], w.shape[:n_in], w.shape[n_in:]
   assert x.shape[x.ndim - n_in:] == ins, (x.shape, w.shape)
-  k = 1
-  for s in ins:
-    k *= s
+  k = math.prod(ins)
   y = dense(x.reshape(*lead, k), w.reshape(k, -1))         # [..., prod(O)]
   return y.reshape(*lead, *outs)

@@ -91,9 +91,8 @@ class Checkpointer:
     release_host_memory()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
-    release_host_memory()
 
 
 def check_params(params: Any, abstract: Any, source: str) -> None:
