@@ -66,7 +66,7 @@ class Decoder(nn.Module):
       layer_cache = None
       if cache is not None:
         layer_cache = {"k": cache[i]["k"], "v": cache[i]["v"], "pos": key_pos}
-      x, c = layer(x, positions, key_mask, layer_cache, cache_index, rope=rope[self.cfg.is_local(i)])
+      x, c = layer(x, positions, key_mask, rope[self.cfg.is_local(i)], layer_cache, cache_index)
       if cache is not None:
         new_cache.append(c)
     if new_cache:
@@ -99,8 +99,8 @@ class Decoder(nn.Module):
 
     def run_block(j):
       blk = Block(cfg, cfg.is_local(j), self.dtype, self.param_dtype, self.attention, parent=None)
-      fn = lambda p, h, flag: blk.apply({"params": p}, h, positions, key_mask, local_flag=flag,  # noqa: E731
-                                        rope=tables(j, flag))[0]
+      fn = lambda p, h, flag: blk.apply({"params": p}, h, positions, key_mask, tables(j, flag),  # noqa: E731
+                                        local_flag=flag)[0]
       return jax.checkpoint(fn) if self.remat else fn
 
     blocks = [run_block(j) for j in range(period)]

@@ -107,11 +107,11 @@ class Attention(nn.Module):
   kernel: str = "einsum"
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, key_mask: Array, cache: dict | None = None,
-               cache_index: Array | None = None, local_flag: Array | None = None,
-               rope: tuple[Array, Array] | None = None) -> tuple[Array, dict | None]:
-    """local_flag: a traced bool that replaces the static `local` (one scanned block serving both kinds).
-    rope: this layer's `rope_tables` of `positions`, when the caller computed them once for all layers."""
+  def __call__(self, x: Array, positions: Array, key_mask: Array, rope: tuple[Array, Array],
+               cache: dict | None = None, cache_index: Array | None = None,
+               local_flag: Array | None = None) -> tuple[Array, dict | None]:
+    """rope: this layer's `rope_tables` of `positions` (the decoder computes them once for all layers).
+    local_flag: a traced bool that replaces the static `local` (one scanned block serving both kinds)."""
     cfg = self.cfg
     d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     wq = _param(self, "q_proj", (d, n, h), ("embed", "heads", "head_dim"), self.param_dtype)
@@ -130,14 +130,8 @@ class Attention(nn.Module):
     if cfg.qk_norm:  # Gemma 3 (scale 1 + w), Qwen 3 (scale w)
       q = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype, name="q_norm")(q)
       key = RMSNorm(cfg.norm_eps, cfg.norm_offset, self.param_dtype, name="k_norm")(key)
-    if rope is not None:
-      tables = rope
-    elif local_flag is None:
-      tables = rope_tables(positions, rope_frequencies(cfg, self.local))
-    else:
-      tables = rope_tables(positions, jnp.where(local_flag, rope_frequencies(cfg, True), rope_frequencies(cfg, False)))
-    q = apply_rope(q, tables)
-    key = apply_rope(key, tables)
+    q = apply_rope(q, rope)
+    key = apply_rope(key, rope)
     q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
 
     new_cache = None
@@ -220,11 +214,11 @@ class Block(nn.Module):
   attention: str = "einsum"   # Attention.kernel
 
   @nn.compact
-  def __call__(self, x, positions, key_mask, cache=None, cache_index=None, local_flag=None, rope=None):
+  def __call__(self, x, positions, key_mask, rope, cache=None, cache_index=None, local_flag=None):
     cfg, off = self.cfg, self.cfg.norm_offset
     norm = lambda name: RMSNorm(cfg.norm_eps, off, self.param_dtype, name=name)  # noqa: E731
     h, new_cache = Attention(cfg, self.local, self.dtype, self.param_dtype, self.attention, name="attn")(
-        norm("input_norm")(x), positions, key_mask, cache, cache_index, local_flag, rope)
+        norm("input_norm")(x), positions, key_mask, rope, cache, cache_index, local_flag)
     if cfg.is_gemma:
       h = norm("post_attn_norm")(h)
     x = x + h
