@@ -40,6 +40,8 @@ def parse_args():
   p.add_argument("--mfu", type=float, default=0.4, help="MFU the planner's predicted step time assumes")
   p.add_argument("--json", default="", help="also write the rows to this file")
   p.add_argument("--compile_only", action="store_true", help="compile and report memory; run no step")
+  p.add_argument("--compile_cache", default="", help="use this folder as JAX's persistent compilation cache, as "
+                 "the commands do (default: none, so compile times are cold ones); run twice to time a warm start")
   return p.parse_args()
 
 
@@ -123,6 +125,10 @@ def main():
   reexec_with_huge_pages()  # as the calrec_jax commands run (CALREC_HUGE_PAGES=0: without)
   import jax
   from calrec_jax.model.config import preset
+  if args.compile_cache:
+    import ml_collections
+    from calrec_jax.compile_cache import enable_compile_cache
+    enable_compile_cache(ml_collections.ConfigDict({"dir": args.compile_cache, "min_compile_secs": 1.0}))
   cfg = preset(args.preset)
   peak = args.peak or matmul_peak()
   print(f"{args.preset}, batch {args.batch} x ({args.seq} joint + {args.item} item tokens), "

@@ -16,7 +16,8 @@ POSITIVE = ("data.max_len", "data.max_item_tokens", "data.max_history", "data.ba
             "train.log_every", "ckpt.every", "ckpt.keep", "ckpt.save_concurrent_gb", "optim.grad_accum",
             "loss.vocab_chunk", "eval.batch_size", "eval.num_samples", "eval.max_new_tokens", "tokenizer.vocab_size")
 NON_NEGATIVE = ("loss.w_nig", "loss.w_tt", "loss.w_ut", "optim.learning_rate", "optim.weight_decay",
-                "train.eval_every", "eval.max_users", "eval.temperature", "data.mixture_alpha", "model.lora_rank")
+                "train.eval_every", "eval.max_users", "eval.temperature", "data.mixture_alpha", "model.lora_rank",
+                "compile_cache.min_compile_secs")
 
 
 def _get(config, key):

@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 
 def run_configured(config, action, validate=None, multihost=None) -> None:
   """The shared body of the absl commands: logging, config validation (`validate`, default: the run config's),
-  multi-host join (from `multihost`'s config, default `config`), then `action()`; a CalrecError ends the
-  command with its message (exit status 1) instead of a traceback."""
+  multi-host join and the persistent compilation cache (from `multihost`'s config, default `config`), then
+  `action()`; a CalrecError ends the command with its message (exit status 1) instead of a traceback."""
   import sys
   from calrec_jax.config_check import validate_config
   from calrec_jax.errors import CalrecError, Interrupted
@@ -22,9 +22,12 @@ def run_configured(config, action, validate=None, multihost=None) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  from calrec_jax.compile_cache import enable_compile_cache
+  run_config = multihost if multihost is not None else config
   try:
     validate(config)
-    maybe_init_distributed(multihost if multihost is not None else config)
+    maybe_init_distributed(run_config)
+    enable_compile_cache(run_config.compile_cache)
     action()
   except Interrupted as e:
     log.warning("%s", e)

@@ -115,6 +115,11 @@ def get_config() -> ml_collections.ConfigDict:
   ev.bm25_b = 0.75
   ev.bm25_epsilon = 0.25
 
+  c.compile_cache = cc = ml_collections.ConfigDict()
+  cc.dir = "auto"                    # JAX's persistent compilation cache: auto ($CALREC_COMPILE_CACHE, else
+                                     # ~/.cache/calrec_jax/xla) | a folder | "" (off)
+  cc.min_compile_secs = 1.0          # only programs that took this long to compile are written
+
   c.multihost = ml_collections.ConfigDict()
   c.multihost.enabled = False        # call jax.distributed.initialize (automatic on TPU pods)
   c.multihost.coordinator = ""       # host:port of process 0 (empty: auto-detect)

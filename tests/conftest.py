@@ -1,9 +1,16 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# commands started by the tests keep their compilation cache in a folder of this test process, not in ~/.cache
+_XLA_CACHE = tempfile.mkdtemp(prefix="calrec-test-xla-")
+os.environ.setdefault("CALREC_COMPILE_CACHE", _XLA_CACHE)
+atexit.register(shutil.rmtree, _XLA_CACHE, True)
 SHARED = os.path.join(ROOT, "..", "shared", "data", "amazon2018-scientific")
 sys.path.insert(0, ROOT)
 
