@@ -164,6 +164,30 @@ def test_dense_equals_einsum_values_and_grads(transpose_w, dtype, out_dtype):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(c, np.float32), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("offset,dtype", [(0.0, jnp.float32), (1.0, jnp.float32), (1.0, jnp.bfloat16)])
+def test_rms_norm_equals_autodiff_values_and_grads(offset, dtype):
+  """`rms_norm` (its backward written out) against the formula JAX differentiates itself, under jit as in the
+  step; a row of zeros (padding) included."""
+  from calrec_jax.model.rms_norm import rms_norm
+  r = np.random.default_rng(1)
+  x = np.asarray(r.normal(size=(3, 5, 16)) * 3, np.float32)
+  x[1, 2] = 0.0
+  x, w = jnp.asarray(x, dtype), jnp.asarray(r.normal(size=(16,)), dtype)
+  cot = jnp.asarray(r.normal(size=(3, 5, 16)), jnp.float32)
+
+  def ref_norm(x, w):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
+    return (y * (offset + w.astype(jnp.float32))).astype(x.dtype)
+  ours = lambda x, w: (rms_norm(x, w, 1e-6, offset).astype(jnp.float32) * cot).sum()  # noqa: E731
+  ref = lambda x, w: (ref_norm(x, w).astype(jnp.float32) * cot).sum()  # noqa: E731
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(jax.jit(ours)(x, w), ref(x, w), rtol=tol)
+  for a, c in zip(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(ref, (0, 1))(x, w)):
+    assert a.dtype == c.dtype and a.shape == c.shape
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(c, np.float32), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("first_position", [0, -2 ** 31])  # the loop that materialises the tables runs once / never
 def test_rope_tables_equal_sin_and_cos(first_position):
   from calrec_jax.model.layers import rope_tables

@@ -49,16 +49,24 @@ def _plain_attend(q, k, v, visible, scale):
   return jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(v.dtype), v)
 
 
+def _plain_rms_norm(x, scale, eps, offset):
+  """x / rms(x) * (offset + scale) in float32, differentiated by JAX itself."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (y * (offset + scale.astype(jnp.float32))).astype(x.dtype)
+
+
 @contextlib.contextmanager
 def plain_kernels():
   """The decoder with JAX's own autodiff everywhere: einsums instead of `dense`/`project`, jax.nn.softmax instead
-  of `attend`'s written-out backward."""
-  saved = layers.dense, layers.project, layers.attend
-  layers.dense, layers.project, layers.attend = _plain_project, _plain_project, _plain_attend
+  of `attend`'s written-out backward, the RMSNorm formula instead of `rms_norm`'s."""
+  saved = layers.dense, layers.project, layers.attend, layers.rms_norm
+  layers.dense, layers.project, layers.attend, layers.rms_norm = (_plain_project, _plain_project, _plain_attend,
+                                                                  _plain_rms_norm)
   try:
     yield
   finally:
-    layers.dense, layers.project, layers.attend = saved
+    layers.dense, layers.project, layers.attend, layers.rms_norm = saved
 
 
 def plain_loss(cfg, params, b, temperature=0.05, w=(1.0, 0.5, 0.5)):

@@ -15,6 +15,7 @@ from calrec_jax.model.config import ModelConfig
 from calrec_jax.model.linear import dense, project
 from calrec_jax.model.softmax_attention import NEG_INF, attend
 from calrec_jax.model.partitioning import constrain
+from calrec_jax.model.rms_norm import rms_norm
 
 Array = jax.Array
 
@@ -34,9 +35,7 @@ class RMSNorm(nn.Module):
   def __call__(self, x: Array) -> Array:
     init = nn.initializers.zeros if self.offset else nn.initializers.ones
     scale = _param(self, "scale", (x.shape[-1],), ("norm",), self.param_dtype, init)
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * (self.offset + scale.astype(jnp.float32))).astype(x.dtype)
+    return rms_norm(x, scale, self.eps, self.offset)
 
 
 def rope_frequencies(cfg: ModelConfig, local: bool) -> Array:
