@@ -117,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.compile_cache = cc = ml_collections.ConfigDict()
   cc.dir = "auto"                    # JAX's persistent compilation cache: auto ($CALREC_COMPILE_CACHE, else
-                                     # ~/.cache/calrec_jax/xla) | a folder | "" (off)
+                                     # ~/.cache/calrec_jax/xla) | a folder or gs:// URL | "" (off)
   cc.min_compile_secs = 1.0          # only programs that took this long to compile are written
 
   c.multihost = ml_collections.ConfigDict()

@@ -69,6 +69,7 @@ def test_damaged_entries_are_compiled_again(tmp_path):
 def test_cache_folder_resolution(tmp_path, monkeypatch):
   assert compile_cache.cache_dir("") is None
   assert compile_cache.cache_dir(str(tmp_path / "x")) == str(tmp_path / "x")
+  assert compile_cache.cache_dir("gs://bucket/xla") == "gs://bucket/xla"
   monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "env"))
   assert compile_cache.cache_dir("auto") == str(tmp_path / "env")
   monkeypatch.setenv(compile_cache.ENV, "")
