@@ -21,7 +21,7 @@ ENV = "CALREC_COMPILE_CACHE"
 
 
 def cache_dir(setting: str) -> str | None:
-  """The folder `setting` ('auto', a path or '') names; None when the cache is off."""
+  """The folder `setting` ('auto', a path, a URL or '') names; None when the cache is off."""
   if not setting:
     return None
   if "://" in setting:  # e.g. gs://bucket/xla, which JAX writes through etils.epath
