@@ -21,6 +21,7 @@ from calrec_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from calrec_jax.eval.generate import generate  # noqa: E402
 from calrec_jax.model.config import preset  # noqa: E402
 from calrec_jax.model.decoder import Decoder  # noqa: E402
+from calrec_jax.model.layer_stack import unstack_layers  # noqa: E402
 from calrec_jax.train import sharding as shd  # noqa: E402
 from calrec_jax.train import step as step_lib  # noqa: E402
 from calrec_jax.train.two_tower import TwoTower  # noqa: E402
@@ -50,12 +51,12 @@ def main():
     for b in batches:
       state, m = step(state, shd.global_batch(b, mesh))
       losses.append(float(m["loss"]))
-    params = state["params"]
+    params = unstack_layers(state["params"])  # a scanned model's train state holds its blocks stacked
     dec = Decoder(cfg)
     gen_mesh = None if mesh.size == 1 else mesh
     sampled = generate(dec, params["decoder"], prompts, 2, 8, [tok.eos_id], seed=1, top_k=20, mesh=gen_mesh)
     beams = generate(dec, params["decoder"], prompts, 3, 8, [tok.eos_id], beam_search=True, mesh=gen_mesh)
-    return losses, jax.device_get(params), sampled, beams, state["params"]["decoder"]["embedding"].sharding
+    return losses, jax.device_get(params), sampled, beams, params["decoder"]["embedding"].sharding
 
   ref_losses, ref_params, ref_sampled, ref_beams, _ = run(shd.make_mesh(devices=jax.devices()[:1]))
   out = {"ref_losses": ref_losses}

@@ -87,6 +87,39 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
   assert os.listdir(tmp_path / "full" / "tensorboard")
 
 
+def test_a_scanned_run_keeps_its_blocks_stacked_and_trains_resumes_and_exports_like_an_unscanned_one(tmp_path):
+  """With scan_layers the train state holds the blocks stacked (model/layer_stack.py): the losses, the resume
+  from a checkpoint and the exported per-layer params are those of the unscanned run, and the workdir refuses
+  to continue with scan_layers flipped."""
+  import orbax.checkpoint as ocp
+  from calrec_jax.errors import CalrecError
+  from calrec_jax.model.layer_stack import STACKED
+  from calrec_jax.train.checkpoint import load_params, params_from_workdir
+  from calrec_jax.train.loop import train
+
+  def scanned(num_steps, every):
+    c = smoke_config(num_steps, every)
+    c.model.scan_layers = True
+    return c
+  train(smoke_config(4, 2), str(tmp_path / "plain"))
+  train(scanned(2, 2), str(tmp_path / "scan"))  # stops at step 2 with a checkpoint
+  train(scanned(4, 2), str(tmp_path / "scan"))  # resumes at step 2
+  read = lambda d: [r["train/loss"] for r in map(json.loads, open(tmp_path / d / "metrics.jsonl")) if "train/loss" in r]  # noqa: E731
+  assert read("scan") == pytest.approx(read("plain"), rel=1e-5) and len(read("scan")) == 4
+  mgr = ocp.CheckpointManager(str(tmp_path / "scan" / "checkpoints"), item_names=("state", "data_iter"))
+  saved = mgr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  assert STACKED in saved["params"]["decoder"] and "layers_0" not in saved["params"]["decoder"]
+  moments = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(saved["opt_state"])]
+  assert any(STACKED in k for k in moments) and not any("layers_0" in k for k in moments)  # AdamW's alike
+  plain = load_params(str(tmp_path / "plain" / "export" / "params"))
+  for got in (load_params(str(tmp_path / "scan" / "export" / "params")), params_from_workdir(str(tmp_path / "scan"), 4)):
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(plain)
+    for x, y in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(plain)):
+      np.testing.assert_allclose(x, y, atol=1e-5)
+  with pytest.raises(CalrecError, match="model.scan_layers=False"):
+    train(smoke_config(6, 2), str(tmp_path / "scan"))
+
+
 def test_evaluate_a_named_checkpoint_and_reject_a_mismatched_config(tmp_path):
   from calrec_jax.errors import CheckpointError
   from calrec_jax.runner import evaluate_workdir

@@ -141,6 +141,36 @@ def test_scanned_blocks_and_fused_attention_equal_the_plain_reference(setup, kw)
     np.testing.assert_allclose(a, c, atol=2e-5)
 
 
+def test_a_scanned_models_train_state_stores_its_blocks_stacked(setup):
+  """state_shardings/init_state put a scanned model's blocks in one stacked tree (leading layer axis, unsharded);
+  unstack_layers gives back exactly the per-layer params; a gap in the layer numbering is refused."""
+  from calrec_jax.model.layer_stack import STACKED, is_stacked, stack_layers, unstack_layers
+  cfg, _, params, b = setup
+  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()}
+  mesh = shd.make_mesh()
+  tx = optax.adamw(1e-3)
+  plain_sh, _ = step_lib.state_shardings(TwoTower(cfg), tx, mesh, shapes)
+  scan_model = TwoTower(cfg, scan_layers=True)
+  scan_sh, abstract = step_lib.state_shardings(scan_model, tx, mesh, shapes)
+  decoder = abstract["params"]["decoder"]
+  assert is_stacked(abstract["params"]) and not any(k.startswith("layers_") for k in decoder)
+  per_layer = params["decoder"]["layers_0"]["attn"]["q_proj"].shape
+  assert decoder[STACKED]["attn"]["q_proj"].shape == (cfg.n_layers, *per_layer)
+  stacked_spec = scan_sh["params"]["decoder"][STACKED]["mlp"]["up_proj"].spec
+  assert tuple(stacked_spec) == (None, *plain_sh["params"]["decoder"]["layers_0"]["mlp"]["up_proj"].spec)
+  host = jax.device_get(params)
+  given = step_lib.init_state(scan_model, tx, mesh, shapes, 0, scan_sh, host)
+  back = unstack_layers(jax.device_get(given["params"]))
+  assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(host)
+  for x, y in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(host)):
+    np.testing.assert_array_equal(x, y)
+  assert not is_stacked(host) and unstack_layers(host)["decoder"] is host["decoder"]  # per-layer: unchanged
+  gap = dict(host["decoder"])
+  del gap["layers_0"]
+  with pytest.raises(ValueError, match="layers_0"):
+    stack_layers({"decoder": gap})
+
+
 def test_scan_groups_follow_the_local_global_pattern():
   from calrec_jax.model.config import gemma3_layer_types
   from calrec_jax.model.decoder import layer_period

@@ -7,9 +7,10 @@ are handled by `key_mask` and `positions`, never by shapes.
 With `scan_layers` the cache-free pass runs the blocks as one `jax.lax.scan`, so a deep model compiles one block
 instead of every layer: each step gets a layer's weights and whether it is a sliding-window layer (its mask and
 RoPE base are chosen inside). cuDNN's kernel needs the window static, so with it the scan runs over repeating
-groups of blocks instead (Gemma 3: 5 sliding-window + 1 global). Params keep their per-layer layout
-(`layers_0`, `layers_1`, ...): checkpoints, weight import/export and LoRA are the same either way; the layers'
-weights are stacked inside the step.
+groups of blocks instead (Gemma 3: 5 sliding-window + 1 global). The model's params keep their per-layer layout
+(`layers_0`, `layers_1`, ...): weight import/export, exported params and LoRA are the same either way. A train
+state stores a scanned model's blocks stacked (`layer_stack`), and the slices the step hands this module fold
+back into the stacks built here, so the scan reads the weights as stored.
 """
 from __future__ import annotations
 

@@ -149,15 +149,13 @@ def estimate(cfg: ModelConfig, shape: StepShape) -> dict[str, float]:
     backward_peak += emb_local * 4.0
   if shape.compute_bytes == 2:  # the bfloat16 copy of the weights the passes read
     backward_peak += params / 2
-  if shape.scan_layers:  # the groups' weights stacked for the scan, and the loop's stacked residuals
-    backward_peak += SCAN_ACTIVATIONS * activations + block_params
+  if shape.scan_layers:  # the loop's stacked residuals (the weights are stored stacked: model/layer_stack.py)
+    backward_peak += SCAN_ACTIVATIONS * activations
   if shape.mesh[1] > 1:  # fsdp: the blocks' weights are gathered for the passes, and the embedding is gathered
     #                      with its gradient accumulated whole before the reduce-scatter
     backward_peak += (block_params + 2 * emb_local * 4.0) * shape.mesh[1] * shape.compute_bytes / 4
   update_peak = params + emb_local * 4.0 * (1 if cfg.tie_embeddings else 0)  # the gradients (+ the tied
   #                                          embedding's second gradient); the update itself is written in place
-  if shape.scan_layers:  # the stacked gradients are still alive when the update starts
-    update_peak += block_params
   batch_bytes = b * (shape.seq_len * 12 + shape.target_len * 12 + shape.item_len * 10 + 8)
   out["temporaries"] = max(backward_peak, update_peak)
   out["total"] = 3 * params + batch_bytes + out["temporaries"]  # arguments (params, moments, batch) + temporaries

@@ -8,6 +8,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from calrec_jax.errors import CheckpointError
+from calrec_jax.model.layer_stack import unstack_layers
 from calrec_jax.model.params_io import load_params, save_params  # noqa: F401  (re-exported)
 from calrec_jax.train.resources import release_host_memory
 
@@ -112,8 +113,9 @@ def check_params(params: Any, abstract: Any, source: str) -> None:
 
 
 def params_from_workdir(workdir: str, step: int | None = None) -> Any:
-  """Params of a training workdir: checkpoint `step` if given, else its export, else its newest readable
-  checkpoint; or of a params checkpoint directory itself."""
+  """Params of a training workdir, per layer: checkpoint `step` if given, else its export, else its newest
+  readable checkpoint; or of a params checkpoint directory itself. (A scanned model's checkpoints hold its
+  blocks stacked; they come back unstacked.)"""
   export = os.path.join(workdir, "export", "params")
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if step is None and os.path.isdir(export):
@@ -131,7 +133,8 @@ def params_from_workdir(workdir: str, step: int | None = None) -> Any:
     raise CheckpointError(f"{ckpt_dir}: no checkpoint at step {step} (have {steps})")
   for s in ([step] if step is not None else reversed(steps)):
     try:
-      return mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["params"]
+      restored = mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      return unstack_layers(restored["state"]["params"])
     except Exception as e:  # noqa: BLE001
       if step is not None:
         raise CheckpointError(f"{ckpt_dir}/{s}: unreadable ({type(e).__name__}: {str(e)[:300]})") from None

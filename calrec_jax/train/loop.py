@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from calrec_jax.data.iterators import MixtureIterator
 from calrec_jax.errors import CalrecError, Interrupted
+from calrec_jax.model.layer_stack import unstack_layers
 from calrec_jax.train import checkpoint as ckpt_lib
 from calrec_jax.train import optim
 from calrec_jax.train import sharding as shd
@@ -132,9 +133,10 @@ def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc):
 
 # keys that must not change when a workdir with checkpoints is started again (shapes, tokenizer, data stream)
 RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_dim", "model.lora_rank",
-                "model.lora_targets", "tokenizer.path", "tokenizer.vocab_size", "data.source", "data.path",
-                "data.categories", "data.synthetic_users", "data.synthetic_seed", "data.kcore", "data.attributes",
-                "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha", "data.batch_size")
+                "model.lora_targets", "model.scan_layers", "tokenizer.path", "tokenizer.vocab_size", "data.source",
+                "data.path", "data.categories", "data.synthetic_users", "data.synthetic_seed", "data.kcore",
+                "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
+                "data.batch_size")
 
 
 def check_same_run(config, workdir: str) -> None:
@@ -203,8 +205,9 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
                                                                           lora)
     to_params = lambda t, base: trainable_to_params(base, t, lora)  # noqa: E731
   parts.pretrained_params = None  # now in the train state (or the frozen weights): free the host copy (1 GB at 270M)
-  # the model's params tree of a train state (LoRA: adapters merged into the frozen weights)
-  model_params = (lambda st: st["params"]) if lora is None else jax.jit(lambda st: to_params(st["params"], frozen))
+  # the model's per-layer params of a train state (blocks unstacked; LoRA: adapters merged into the frozen weights)
+  model_params = ((lambda st: unstack_layers(st["params"])) if lora is None
+                  else jax.jit(lambda st: to_params(st["params"], frozen)))
   log.info("start: %s", how)
   if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(
       os.path.join(workdir, "export", "model_config.json")):
@@ -293,7 +296,8 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     final = validate(validation, config, parts, model_params(state), tc.num_steps)
     writer.write(tc.num_steps, final)
     last.update(final)
-  export(workdir, parts, shd.gather_to_host(model_params(state)))  # collective; LoRA: the merged weights
+  # collective; LoRA: the merged weights; stacked blocks are unstacked on the host, without a device copy
+  export(workdir, parts, unstack_layers(shd.gather_to_host(state["params"] if lora is None else model_params(state))))
   if is_main and os.path.exists(writer.path):
     plot_curves(writer.path, os.path.join(workdir, "training_curves.png"))
   writer.close()

@@ -11,12 +11,15 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from calrec_jax.model.layer_stack import stack_layers, unstack_layers
 from calrec_jax.model.partitioning import activation_sharding, constrain
 from calrec_jax.train import sharding as shd
 from calrec_jax.train.losses import chunked_lm_loss, info_nce
 from calrec_jax.train.two_tower import TwoTower
 
 State = dict[str, Any]  # {'step': int32 [], 'params': tree, 'opt_state': tree}
+# A model with scanned blocks keeps them stacked in the train state (model/layer_stack.py): state['params'] is
+# then the stacked tree, and the model's per-layer params are unstack_layers(state['params']).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,12 +202,13 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, lc: LossC
   With grad_accum > 1 the batch is processed in microbatches and the gradient is still that of the whole
   batch (see `accumulated_loss_grads`). With `to_params(trainable, frozen)` (LoRA), `state['params']` is the
   trainable tree and the model runs on to_params(trainable, frozen); only the trainable tree gets gradients.
+  Stacked blocks (scanned models) are unstacked inside the loss, so their gradient and update stay stacked.
   """
   to_params = to_params or (lambda p, frozen: p)
 
   def train_step(state: State, batch: dict[str, jax.Array], frozen=None) -> tuple[State, dict]:
     params = state["params"]
-    full = lambda p: to_params(p, frozen)  # noqa: E731
+    full = lambda p: unstack_layers(to_params(p, frozen))  # noqa: E731
     if grad_accum == 1:
       (_, metrics), grads = jax.value_and_grad(lambda p: calrec_loss(model, full(p), batch, lc), has_aux=True)(params)
     else:
@@ -236,10 +240,15 @@ def _init_variables(model: TwoTower, rng, batch_shapes):
   return model.init(rng, dummy)["params"]
 
 
+def state_params(model: TwoTower, params):
+  """The model's per-layer params in the train state's layout: blocks stacked when the model scans them."""
+  return stack_layers(params) if model.scan_layers else params
+
+
 def state_shardings(model: TwoTower, tx, mesh: Mesh, batch_shapes, rules=shd.DEFAULT_RULES) -> tuple[Any, State]:
   """(NamedSharding tree of the train state, abstract unboxed state) without allocating anything."""
   def boxed_state(rng):
-    params = _init_variables(model, rng, batch_shapes)
+    params = state_params(model, _init_variables(model, rng, batch_shapes))
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   abstract = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
   shardings = shd.shardings_from_boxed(abstract, mesh, rules)
@@ -256,15 +265,15 @@ def init_state(model: TwoTower, tx, mesh: Mesh, batch_shapes, seed: int, state_s
                params: Any | None = None) -> State:
   """Sharded init: every array is created directly with its sharding (jit out_shardings).
 
-  With `params` given (pretrained or stage-1 weights), the optimizer state is initialised for them and the
-  step count starts at 0.
+  With `params` given (pretrained or stage-1 weights, per-layer), the optimizer state is initialised for them and
+  the step count starts at 0.
   """
   if params is None:
     def fresh(rng):
-      p = nn.meta.unbox(_init_variables(model, rng, batch_shapes))
+      p = state_params(model, nn.meta.unbox(_init_variables(model, rng, batch_shapes)))
       return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}
     return jax.jit(fresh, out_shardings=state_sharding)(jax.random.PRNGKey(seed))
-  params = jax.device_put(params, state_sharding["params"])
+  params = jax.device_put(state_params(model, params), state_sharding["params"])
 
   def with_params(p):
     return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}
