@@ -205,9 +205,14 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
                                                                           lora)
     to_params = lambda t, base: trainable_to_params(base, t, lora)  # noqa: E731
   parts.pretrained_params = None  # now in the train state (or the frozen weights): free the host copy (1 GB at 270M)
-  # the model's per-layer params of a train state (blocks unstacked; LoRA: adapters merged into the frozen weights)
-  model_params = ((lambda st: unstack_layers(st["params"])) if lora is None
-                  else jax.jit(lambda st: to_params(st["params"], frozen)))
+  # the model's per-layer params of a train state (blocks unstacked; LoRA: adapters merged into the frozen weights,
+  # which are an argument: closed over, jit would bake them into the program as constants, a 0.7 GB executable
+  # for Gemma-3-270M that took minutes to compile and to write to the compilation cache)
+  if lora is None:
+    model_params = lambda st: unstack_layers(st["params"])  # noqa: E731
+  else:
+    merge = jax.jit(lambda trainable, base: to_params(trainable, base))
+    model_params = lambda st: merge(st["params"], frozen)  # noqa: E731
   log.info("start: %s", how)
   if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(
       os.path.join(workdir, "export", "model_config.json")):
