@@ -144,7 +144,7 @@ def test_scanned_blocks_and_fused_attention_equal_the_plain_reference(setup, kw)
 def test_a_scanned_models_train_state_stores_its_blocks_stacked(setup):
   """state_shardings/init_state put a scanned model's blocks in one stacked tree (leading layer axis, unsharded);
   unstack_layers gives back exactly the per-layer params; a gap in the layer numbering is refused."""
-  from calrec_jax.model.layer_stack import STACKED, is_stacked, stack_layers, unstack_layers
+  from calrec_jax.model.layer_stack import STACKED, stack_layers, unstack_layers
   cfg, _, params, b = setup
   shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()}
   mesh = shd.make_mesh()
@@ -153,7 +153,7 @@ def test_a_scanned_models_train_state_stores_its_blocks_stacked(setup):
   scan_model = TwoTower(cfg, scan_layers=True)
   scan_sh, abstract = step_lib.state_shardings(scan_model, tx, mesh, shapes)
   decoder = abstract["params"]["decoder"]
-  assert is_stacked(abstract["params"]) and not any(k.startswith("layers_") for k in decoder)
+  assert STACKED in decoder and not any(k.startswith("layers_") for k in decoder)
   per_layer = params["decoder"]["layers_0"]["attn"]["q_proj"].shape
   assert decoder[STACKED]["attn"]["q_proj"].shape == (cfg.n_layers, *per_layer)
   stacked_spec = scan_sh["params"]["decoder"][STACKED]["mlp"]["up_proj"].spec
@@ -164,7 +164,7 @@ def test_a_scanned_models_train_state_stores_its_blocks_stacked(setup):
   assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(host)
   for x, y in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(host)):
     np.testing.assert_array_equal(x, y)
-  assert not is_stacked(host) and unstack_layers(host)["decoder"] is host["decoder"]  # per-layer: unchanged
+  assert STACKED not in host["decoder"] and unstack_layers(host)["decoder"] is host["decoder"]  # unchanged
   gap = dict(host["decoder"])
   del gap["layers_0"]
   with pytest.raises(ValueError, match="layers_0"):

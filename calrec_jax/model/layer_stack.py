@@ -79,9 +79,3 @@ def unstack_layers(params: Any) -> Any:
     return out
   return _map_decoder(params, one)
 
-
-def is_stacked(params: Any) -> bool:
-  """Whether any decoder params in the tree are stored stacked."""
-  found = []
-  _map_decoder(params, lambda d: found.append(STACKED in d) or d)
-  return any(found)

@@ -211,7 +211,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   if lora is None:
     model_params = lambda st: unstack_layers(st["params"])  # noqa: E731
   else:
-    merge = jax.jit(lambda trainable, base: to_params(trainable, base))
+    merge = jax.jit(to_params)
     model_params = lambda st: merge(st["params"], frozen)  # noqa: E731
   log.info("start: %s", how)
   if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(
