@@ -46,7 +46,8 @@ class Decoder(nn.Module):
 
   def __call__(self, tokens: Array, positions: Array, key_mask: Array, cache: list | None = None,
                cache_index: Array | None = None) -> tuple[Array, list | None]:
-    """tokens, positions: [B, T]; key_mask: [B, S] keys that may be attended (S = T without a cache).
+    """tokens, positions: [B, T]; key_mask: [B, S] keys that may be attended (S = T without a cache), or, for rows
+    that pack several sequences, their int32 segment ids (0: padding; positions restart in each segment).
 
     cache: per layer {'k', 'v': [B, S, K, H]} plus cache[0]['pos'] shared key positions [B, S].
     """

@@ -147,7 +147,7 @@ class Attention(nn.Module):
       return project(out, wo.astype(self.dtype), n_in=2), None
     b, t = q.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)
-    visible = key_mask[:, None, :] & (key_pos[:, None, :] <= positions[:, :, None])  # [B, T, S]
+    visible = key_visibility(key_mask, key_pos, positions)  # [B, T, S]
     visible &= self._window(positions, key_pos, local_flag)
     if cache is None:  # training / prefill: the fused forward and backward of softmax_attention
       out = attend(qg, key.astype(self.dtype), val.astype(self.dtype), visible, cfg.attn_scale)
@@ -173,15 +173,27 @@ class Attention(nn.Module):
     key, val = key.astype(self.dtype), val.astype(self.dtype)
     if self.kernel == "cudnn":  # the window is static in cuDNN: scanned groups keep each block's kind static
       assert local_flag is None, "cudnn attention needs static local/global blocks"
+      if jnp.issubdtype(key_mask.dtype, jnp.integer):
+        raise ValueError("cudnn attention masks by length: packed rows (segment ids) need model.attention "
+                         "einsum or xla")
       lengths = jnp.sum(key_mask, axis=-1, dtype=jnp.int32)  # [B] valid keys, padded on the right
       window = (cfg.sliding_window - 1, 0) if local else None
       return jax.nn.dot_product_attention(q, key, val, scale=cfg.attn_scale, is_causal=True,
                                           key_value_seq_lengths=lengths, local_window_size=window,
                                           implementation="cudnn")
-    visible = key_mask[:, None, :] & (positions[:, None, :] <= positions[:, :, None])  # [B, T, S]
+    visible = key_visibility(key_mask, positions, positions)  # [B, T, S]
     visible &= self._window(positions, positions, local_flag)
     return jax.nn.dot_product_attention(q, key, val, mask=visible[:, None], scale=cfg.attn_scale,
                                         implementation="xla")
+
+
+def key_visibility(key_mask: Array, key_pos: Array, positions: Array) -> Array:
+  """[B, T, S]: key s is valid and not after query t. key_mask [B, S] is bool, or integer segment ids of a packed
+  row (0: padding; self-attention only, S = T), and then a query sees only the keys of its own segment."""
+  causal = key_pos[:, None, :] <= positions[:, :, None]
+  if jnp.issubdtype(key_mask.dtype, jnp.integer):
+    return (key_mask[:, None, :] > 0) & (key_mask[:, None, :] == key_mask[:, :, None]) & causal
+  return key_mask[:, None, :] & causal
 
 
 class MLP(nn.Module):
