@@ -11,13 +11,18 @@ CHOICES = {
     "optim.schedule": ("cosine", "linear", "constant"),
     "eval.split": ("valid", "test"),
     "eval.retrieval": ("bm25", "dense"),
+    "data.packing": ("prefix", "sequence"),
+    "loss.lm_vocab": ("full", "catalog"),
+    "loss.negatives": ("batch", "catalog"),
 }
 POSITIVE = ("data.max_len", "data.max_item_tokens", "data.max_history", "data.batch_size", "train.num_steps",
             "train.log_every", "ckpt.every", "ckpt.keep", "ckpt.save_concurrent_gb", "optim.grad_accum",
-            "loss.vocab_chunk", "eval.batch_size", "eval.num_samples", "eval.max_new_tokens", "tokenizer.vocab_size")
+            "loss.vocab_chunk", "eval.batch_size", "eval.num_samples", "eval.max_new_tokens", "tokenizer.vocab_size",
+            "data.pack_window", "data.pack_context", "data.pack_max_len", "data.pack_slots", "data.pack_item_len",
+            "loss.bank_refresh_steps")
 NON_NEGATIVE = ("loss.w_nig", "loss.w_tt", "loss.w_ut", "optim.learning_rate", "optim.weight_decay",
                 "train.eval_every", "eval.max_users", "eval.temperature", "data.mixture_alpha", "model.lora_rank",
-                "compile_cache.min_compile_secs")
+                "compile_cache.min_compile_secs", "train.peak_flops")
 
 
 def _get(config, key):
@@ -67,6 +72,15 @@ def validate_config(config) -> None:
   if config.model.attention == "cudnn" and config.model.compute_dtype != "bfloat16":
     raise ConfigError("model.attention='cudnn' runs in bfloat16 only; set model.compute_dtype='bfloat16' "
                       "or model.attention='xla'")
+  if config.data.packing == "sequence":
+    from calrec_jax.data.packed import PackSpec
+    d = config.data
+    PackSpec(d.pack_window, d.pack_context, d.pack_max_len, d.pack_slots, d.pack_item_len)  # names the key
+  from calrec_jax.train.metrics_writer import parse_references
+  parse_references(config.eval.reference_valid_ndcg)
+  if config.loss.negatives == "catalog" and config.loss.symmetric:
+    raise ConfigError("loss.symmetric is not available with loss.negatives='catalog' (the bank has no gradient "
+                      "to give the item->user direction); set loss.symmetric=False or loss.negatives='batch'")
   if not 0 < config.loss.temperature:
     raise ConfigError("loss.temperature must be > 0")
   if not 0 <= config.data.min_attribute_coverage <= 1:

@@ -140,7 +140,9 @@ def print_outputs(folders: list[str]) -> None:
   """The closing lines of a command: where its tables, plots, exports and TensorBoard events are."""
   names = [("metrics.md", "evaluation table"), ("metrics.json", "evaluation metrics"),
            ("rankings_bm25.jsonl", "per-user rankings (rank 0: not in the top list)"),
-           ("training_curves.png", "training curves"), ("metrics.jsonl", "training metrics"),
+           ("training_curves.png", "training curves"),
+           ("time_to_quality.png", "validation against training time and examples seen"),
+           ("metrics.jsonl", "training metrics"),
            ("export", "export (params, tokenizer, model config)"), ("checkpoints", "checkpoints")]
   lines = []
   for folder in folders:

@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.lora_rank = 0                    # > 0: train LoRA adapters of this rank on frozen weights (0: full finetuning)
   m.lora_alpha = 16.0                # LoRA scale = lora_alpha / lora_rank
   m.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # projections with adapters
+  m.lora_layers = 0                  # adapters in the top N blocks only (0: all); the backward pass stops there
 
   c.tokenizer = t = ml_collections.ConfigDict()
   t.path = ""                        # tokenizer.model, tokenizer.json or their folder; empty: the pretrained
@@ -54,7 +55,15 @@ def get_config() -> ml_collections.ConfigDict:
   d.length_buckets = "128,256"       # joint lengths compiled for (comma-separated; max_len is always added)
   d.attributes = "title,category,brand,price"  # item attributes rendered, in order
   d.min_attribute_coverage = 0.05    # per category, an attribute known for fewer items is left out (0: keep all)
-  d.batch_size = 16                  # GLOBAL batch (all devices and hosts)
+  d.batch_size = 16                  # GLOBAL batch (all devices and hosts): examples, or units when packed
+  d.packing = "prefix"               # prefix: one (history -> next item) example per row | sequence: a window of
+  #                                    a user's items per row, every next item trained from one causal pass
+  d.pack_window = 6                  # sequence: items rendered per row (next items trained: up to window - 1)
+  d.pack_context = 2                 # sequence: history items each target of a long user's later window sees
+  d.pack_max_len = 384               # sequence: tokens of a row, holding as many whole windows as fit (a window's
+  #                                    oldest items are dropped until it fits alone)
+  d.pack_slots = 12                  # sequence: targets of one row (>= pack_window - 1)
+  d.pack_item_len = 384              # sequence: item-tower tokens of one row (its targets' texts, packed)
 
   c.loss = ls = ml_collections.ConfigDict()
   ls.w_nig = 1.0                     # next-item generation (LM on target tokens)
@@ -63,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   ls.temperature = 0.05              # contrastive temperature
   ls.symmetric = False               # also the key->query direction
   ls.vocab_chunk = 16384             # vocabulary chunk of the LM loss
+  ls.lm_vocab = "full"               # full | catalog: L_NIG's softmax over the tokens the item texts use only
+  ls.negatives = "batch"             # batch: the other rows' targets | catalog: every item of the run's categories
+  #                                    (an item bank in the train state, fresh vectors for the batch's targets)
+  ls.bank_refresh_steps = 100        # catalog: steps between re-encodings of the item bank
 
   c.optim = o = ml_collections.ConfigDict()
   o.name = "adamw"                   # adamw | adafactor
@@ -83,6 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   tr.eval_every = 0                  # steps between validations (0: only at the end)
   tr.max_consecutive_nonfinite = 5   # stop after this many non-finite losses in a row
   tr.progress = True                 # progress bar
+  tr.peak_flops = 0.0                # peak FLOP/s of one device (e.g. 989e12: H100 bf16): logs perf/mfu (0: off)
 
   c.mesh = me = ml_collections.ConfigDict()
   me.data = -1                       # data-parallel size (-1 fills the remaining devices)
@@ -100,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.split = "test"                  # valid | test
   ev.max_users = 0                   # 0: every user; else a fixed random subset
   ev.valid_users = 200               # users of the periodic validation during training
+  ev.reference_valid_ndcg = ""       # lines on time_to_quality.png: label=validation NDCG@10, e.g. 'SASRec=0.087'
   ev.batch_size = 16                 # users per generation batch
   ev.num_samples = 8                 # sampled continuations per user
   ev.temperature = 1.0

@@ -34,3 +34,18 @@ def synthetic_parts():
   tok = train_tokenizer(texts, 500)
   enc = ExampleEncoder(tok, cats, ExampleSpec(max_len=384, max_item_tokens=64, length_buckets=(192,), max_history=6))
   return cats, tok, enc
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic_parts):
+  """(categories, encoder, tiny two-tower model, random params) on the synthetic data."""
+  import jax
+  from calrec_jax.model.config import preset
+  from calrec_jax.train import step as step_lib
+  from calrec_jax.train.two_tower import TwoTower
+  cats, tok, enc = synthetic_parts
+  model = TwoTower(preset("tiny", vocab_size=512, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id))
+  shapes = step_lib.example_batch(2, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
+  params = jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(model, r, shapes)))(
+      jax.random.PRNGKey(1))
+  return cats, enc, model, params

@@ -103,3 +103,29 @@ def test_lora_training_moves_only_adapters_and_exports_the_merged_model(tmp_path
   from calrec_jax.config_check import validate_config
   with pytest.raises(ConfigError, match="nope"):
     validate_config(c)
+
+
+def test_lora_layers_adapts_only_the_top_blocks_and_the_gradient_stops_there():
+  model, params, tokens = tiny_two_tower()
+  n = model.cfg.n_layers
+  lc = LoraConfig(rank=2, alpha=4.0, layers=1)
+  adapters = init_adapters(params["decoder"], lc)
+  assert adapters and all(k.startswith(f"layers_{n - 1}/") for k in adapters)
+  adapters = jax.tree_util.tree_map(lambda x: x + 0.01, adapters)  # non-zero B: the adapters change the output
+
+  def loss(ad):
+    return _hidden_sum(model, trainable_to_params(params["decoder"], {"lora": ad}, lc), tokens)
+  grads = jax.grad(loss)(adapters)
+  assert set(grads) == set(adapters) and all(float(jnp.abs(g["a"]).sum()) > 0 for g in grads.values())
+  from calrec_jax.errors import ConfigError
+  import ml_collections
+  bad = ml_collections.ConfigDict({"lora_rank": 2, "lora_alpha": 4.0, "lora_targets": "q_proj", "lora_layers": -1})
+  with pytest.raises(ConfigError, match="model.lora_layers"):
+    LoraConfig.from_config(bad)
+
+
+def _hidden_sum(model, params, tokens):
+  from calrec_jax.model.decoder import Decoder
+  pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  h, _ = Decoder(model.cfg).apply({"params": params["decoder"]}, tokens, pos, tokens > 0)
+  return h.sum()

@@ -24,6 +24,8 @@ class LoraConfig:
   rank: int = 8
   alpha: float = 16.0
   targets: tuple[str, ...] = tuple(PROJECTIONS)
+  layers: int = 0  # adapters in the top `layers` blocks only (0: every block); nothing below them is
+  #                  differentiated, so the backward pass stops at the lowest adapted block
 
   @property
   def scale(self) -> float:
@@ -40,16 +42,25 @@ class LoraConfig:
       from calrec_jax.errors import ConfigError
       raise ConfigError(f"model.lora_targets={model_cfg.lora_targets!r}: unknown {unknown}; choose from "
                         f"{', '.join(PROJECTIONS)}")
-    return cls(int(model_cfg.lora_rank), float(model_cfg.lora_alpha), targets)
+    layers = int(model_cfg.get("lora_layers", 0))
+    if layers < 0:
+      from calrec_jax.errors import ConfigError
+      raise ConfigError(f"model.lora_layers={layers} must be >= 0 (0: every block)")
+    return cls(int(model_cfg.lora_rank), float(model_cfg.lora_alpha), targets, layers)
 
 
 def _targets(decoder_params, lc: LoraConfig) -> list[tuple[tuple[str, ...], Any]]:
   """(path, weight) of every targeted projection, in a fixed order."""
   out = []
+  n_layers = len([k for k in decoder_params if str(k).startswith("layers_")])
   for path, leaf in jax.tree_util.tree_leaves_with_path(decoder_params):
     keys = tuple(getattr(k, "key", str(k)) for k in path)
-    if keys[-1] in lc.targets:
-      out.append((keys, leaf))
+    if keys[-1] not in lc.targets:
+      continue
+    block = next((int(k[len("layers_"):]) for k in keys if k.startswith("layers_")), None)
+    if lc.layers and block is not None and block < n_layers - lc.layers:
+      continue
+    out.append((keys, leaf))
   return out
 
 

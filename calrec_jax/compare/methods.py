@@ -222,7 +222,9 @@ def method_fingerprint(name: str, cfg) -> str:
   return json.dumps({"method": name, "shared": shared, "own": own}, sort_keys=True, default=str)
 
 
-def run_method(name: str, cfg, data_bundle, workdir: str, progress: bool) -> MethodResult:
+def run_method(name: str, cfg, data_bundle, workdir: str, progress: bool, references: str = "") -> MethodResult:
+  """Train and evaluate one method; `references` ('SASRec=0.087'): validation lines of a CALRec variant's
+  time-to-quality plot."""
   cats, cat, rows = data_bundle
   if name == "popularity":
     return run_popularity(cfg, cats[cat], rows)
@@ -232,7 +234,8 @@ def run_method(name: str, cfg, data_bundle, workdir: str, progress: bool) -> Met
     return run_id_model(name, cfg, cats[cat], rows, workdir, progress)
   if name == "zero_shot":
     return run_zero_shot(cfg, workdir)
-  return run_calrec(name, cfg.variants[name], cfg, workdir, progress)
+  overrides = cfg.variants[name] + (f"; eval.reference_valid_ndcg={references}" if references else "")
+  return run_calrec(name, overrides, cfg, workdir, progress)
 
 
 def check_methods(cfg) -> list[str]:

@@ -11,6 +11,17 @@ from calrec_jax.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def reference_lines(results: dict) -> str:
+  """'SASRec=<its best validation NDCG@10>' (and GRU4Rec's) from the baselines already run: the lines a CALRec
+  variant's time_to_quality.png draws."""
+  out = []
+  for res in results.values():
+    value = res.notes.get("best_valid_ndcg@10") if res.notes else None
+    if value is not None:
+      out.append(f"{next(iter(res.rows))}={float(value):.5f}")
+  return ",".join(out)
+
+
 def run_comparison(cfg, workdir: str) -> dict[str, str]:
   """Train and evaluate `cfg.methods` into <workdir>/<method>/; a method whose result.json exists with the same
   settings is not run again (a crashed or extended comparison resumes). Returns the report's paths."""
@@ -34,7 +45,7 @@ def run_comparison(cfg, workdir: str) -> dict[str, str]:
       continue
     log.info("[%d/%d] %s: running in %s", i, len(names), name, folder)
     os.makedirs(folder, exist_ok=True)
-    res = methods_lib.run_method(name, cfg, data, folder, cfg.progress)
+    res = methods_lib.run_method(name, cfg, data, folder, cfg.progress, reference_lines(results))
     methods_lib.save_result(path, res, fingerprint)
     results[name] = res
     for label, m in res.rows.items():

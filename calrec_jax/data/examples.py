@@ -133,3 +133,13 @@ class ExampleEncoder:
     out["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
     out["item_positions"] = np.broadcast_to(np.arange(li, dtype=np.int32), (b, li)).copy()
     return out
+
+
+def catalog_vocabulary(encoder: ExampleEncoder) -> tuple[int, ...]:
+  """Sorted token ids of every item text of the encoder's categories (cut to data.max_item_tokens) and EOS:
+  every L_NIG label, the vocabulary of `loss.lm_vocab=catalog`. Linear in the catalog's size."""
+  ids = {encoder.tok.eos_id}
+  for c, cat in enumerate(encoder.categories):
+    for i in range(len(cat.catalog)):
+      ids.update(encoder.item_tokens(c, i))
+  return tuple(sorted(int(i) for i in ids))

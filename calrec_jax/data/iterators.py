@@ -31,7 +31,7 @@ class MixtureIterator:
     self.encoder, self.global_batch, self.seed = encoder, global_batch, seed
     self.process_index, self.process_count = process_index, process_count
     cats = encoder.categories
-    self.examples = [np.asarray(split_examples(c.sequences, split), np.int64).reshape(-1, 2) for c in cats]
+    self.examples = [self._rows(c, split) for c in cats]
     empty = [c.name for c, e in zip(cats, self.examples) if len(e) == 0]
     if empty:
       raise ValueError(f"categories with no {split} examples: {empty}")
@@ -39,6 +39,18 @@ class MixtureIterator:
     self.step = 0
     self.drawn = [0] * len(cats)
     self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+  def _rows(self, category, split: str) -> np.ndarray:
+    """The category's training rows, one per draw: (user, target position)."""
+    return np.asarray(split_examples(category.sequences, split), np.int64).reshape(-1, 2)
+
+  def _encode(self, choice: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    encoded = []
+    for c, row in choice:
+      user, t = self.examples[c][row]
+      seq = self.encoder.categories[c].sequences[user]
+      encoded.append(self.encoder.encode(c, seq[:t], seq[t]))
+    return self.encoder.collate(encoded)
 
   def get_state(self) -> dict:
     return {"step": self.step, "drawn": list(self.drawn)}
@@ -76,13 +88,47 @@ class MixtureIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     choice = self.next_global_choice()
     per_host = self.global_batch // self.process_count
-    mine = choice[self.process_index * per_host:(self.process_index + 1) * per_host]
-    encoded = []
-    for c, row in mine:
-      user, t = self.examples[c][row]
-      seq = self.encoder.categories[c].sequences[user]
-      encoded.append(self.encoder.encode(c, seq[:t], seq[t]))
-    return self.encoder.collate(encoded)
+    return self._encode(choice[self.process_index * per_host:(self.process_index + 1) * per_host])
+
+
+class PackedMixtureIterator(MixtureIterator):
+  """The same mixture over packed units (data/packed.py): a draw is one unit of a user's window, all of whose next
+  items are trained in one pass, and a batch is `global_batch` ROWS, each filled with units in draw order until
+  the next one does not fit (that draw is left for a later batch). The state {'step', 'drawn'} counts units, so it
+  restores the exact stream; every host computes the same rows and collates its own."""
+
+  def __init__(self, packed, global_batch: int, alpha: float = 0.3, seed: int = 0, process_index: int = 0,
+               process_count: int = 1):
+    self.packed = packed
+    super().__init__(packed.enc, global_batch, alpha, seed, process_index, process_count, "train")
+
+  def _rows(self, category, split: str) -> np.ndarray:
+    from calrec_jax.data.packed import training_units
+    return training_units(category.sequences, self.packed.spec)  # [N, 3] (user, first slot, end)
+
+  def next_global_rows(self) -> list[list[dict]]:
+    """The next global batch's rows of rendered units; advances the state."""
+    rng = np.random.default_rng([self.seed, 0, self.step])
+    rows: list[list[dict]] = []
+    while True:
+      c = int(rng.choice(len(self.probs), p=self.probs))
+      n, k = len(self.examples[c]), self.drawn[c]
+      user, first, end = (int(x) for x in self.examples[c][self._permutation(c, k // n)[k % n]])
+      unit = self.packed.encode_unit(c, user, first, end)
+      if rows and self.packed.fits(rows[-1], unit):
+        rows[-1].append(unit)
+      elif len(rows) == self.global_batch:
+        break
+      else:
+        rows.append([unit])
+      self.drawn[c] += 1
+    self.step += 1
+    return rows
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rows = self.next_global_rows()
+    per_host = self.global_batch // self.process_count
+    return self.packed.collate(rows[self.process_index * per_host:(self.process_index + 1) * per_host])
 
 
 def eval_rows(sequences: list[list[int]], split: str, max_users: int = 0,

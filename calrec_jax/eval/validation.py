@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 
+from calrec_jax.data.examples import catalog_vocabulary
 from calrec_jax.data.iterators import eval_batches, eval_examples
 from calrec_jax.eval.evaluate import eval_category_index, evaluate_dense
 from calrec_jax.train.step import calrec_loss, loss_config
@@ -12,7 +13,8 @@ def validation_metrics(config, parts, params) -> dict[str, float]:
   """The validation function the runner gives the training loop: loss terms and dense-retrieval metrics."""
   cat = eval_category_index(config, parts.categories)
   rows = eval_examples(parts.encoder, cat, "valid", config.eval.valid_users, config.seed)
-  lc = loss_config(config.loss)
+  vocab = catalog_vocabulary(parts.encoder) if config.loss.lm_vocab == "catalog" else ()
+  lc = loss_config(config.loss, vocab)
   fn = jax.jit(lambda p, b: calrec_loss(parts.model, p, b, lc)[1])
   sums, n = {}, 0.0
   bs = config.data.batch_size
@@ -20,7 +22,7 @@ def validation_metrics(config, parts, params) -> dict[str, float]:
     m = jax.device_get(fn(params, batch))
     w = float(len(users))
     for k, v in m.items():
-      if k != "tokens":
+      if k not in ("tokens", "examples"):
         sums[k] = sums.get(k, 0.0) + float(v) * w
     n += w
   out = {f"valid/{k}": v / n for k, v in sums.items()}

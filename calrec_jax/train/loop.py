@@ -10,14 +10,15 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from calrec_jax.data.iterators import MixtureIterator
+from calrec_jax.data.iterators import MixtureIterator, PackedMixtureIterator
 from calrec_jax.errors import CalrecError, Interrupted
 from calrec_jax.model.layer_stack import unstack_layers
 from calrec_jax.train import checkpoint as ckpt_lib
 from calrec_jax.train import optim
 from calrec_jax.train import sharding as shd
 from calrec_jax.train import step as step_lib
-from calrec_jax.train.metrics_writer import MetricsWriter, plot_curves
+from calrec_jax.train.item_bank import ItemBank
+from calrec_jax.train.metrics_writer import MetricsWriter, parse_references, plot_curves, plot_time_to_quality
 from calrec_jax.train.resources import release_host_memory
 from calrec_jax.train.setup import RunParts, build, save_run_files
 
@@ -90,19 +91,35 @@ def given_params(config, parts: RunParts, abstract_params, shapes) -> tuple[Any 
   return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), how
 
 
-def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr):
+def with_bank(state, state_sh, abstract, mesh, bank_shape):
+  """Adds the item bank (train/item_bank.py; zeros until its first refresh, replicated) to a state, its shardings
+  and its abstract tree; unchanged when bank_shape is None."""
+  if bank_shape is None:
+    return state, state_sh, abstract
+  rep = step_lib.NamedSharding(mesh, step_lib.P())
+  abstract = dict(abstract, bank=jax.ShapeDtypeStruct(bank_shape, jax.numpy.float32))
+  state_sh = dict(state_sh, bank=rep)
+  if state is not None:
+    state = dict(state, bank=jax.device_put(np.zeros(bank_shape, np.float32), rep))
+  return state, state_sh, abstract
+
+
+def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr, bank_shape=None):
   """Restore order: workdir checkpoint -> ckpt.init_from params -> pretrained -> random. Returns (state, it_state, how)."""
   state_sh, abstract = step_lib.state_shardings(parts.model, tx, mesh, shapes)
+  _, state_sh, abstract = with_bank(None, state_sh, abstract, mesh, bank_shape)
   restored = ckptr.restore_latest(shd.abstract_with_sharding(abstract, state_sh))
   if restored is not None:
     step, state, it_state = restored
     return state, state_sh, it_state, f"resumed from {ckptr.directory} step {step}"
   params, how = given_params(config, parts, abstract["params"], shapes)
-  state = step_lib.init_state(parts.model, tx, mesh, shapes, config.seed, state_sh, params)  # random: sharded init
+  plain_sh = {k: v for k, v in state_sh.items() if k != "bank"}
+  state = step_lib.init_state(parts.model, tx, mesh, shapes, config.seed, plain_sh, params)  # random: sharded init
+  state, _, _ = with_bank(state, plain_sh, abstract, mesh, bank_shape)
   return state, state_sh, None, how
 
 
-def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc):
+def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc, bank_shape=None):
   """LoRA: frozen weights by restore steps 2-4 (every start, also a resume), and a train state of the trainable
   tree {'lora', ['proj']} only, restored from the workdir's checkpoint when there is one.
   Returns (state, state shardings, iterator state, how, frozen decoder weights, their shardings)."""
@@ -119,24 +136,26 @@ def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc):
   abstract = jax.eval_shape(lambda t: {"step": jax.numpy.zeros((), jax.numpy.int32), "params": t,
                                        "opt_state": tx.init(t)}, trainable)
   state_sh = jax.tree_util.tree_map(lambda _: rep, abstract)
-  log.info("LoRA rank %d on %s: %d trainable parameters (frozen: %d)", lc.rank, ",".join(lc.targets),
-           count(trainable), count(params["decoder"]))
-  restored = ckptr.restore_latest(shd.abstract_with_sharding(abstract, state_sh))
+  log.info("LoRA rank %d on %s of %s: %d trainable parameters (frozen: %d)", lc.rank, ",".join(lc.targets),
+           f"the top {lc.layers} blocks" if lc.layers else "every block", count(trainable), count(params["decoder"]))
+  _, full_sh, full_abstract = with_bank(None, state_sh, abstract, mesh, bank_shape)
+  restored = ckptr.restore_latest(shd.abstract_with_sharding(full_abstract, full_sh))
   if restored is not None:
     step, state, it_state = restored
-    return state, state_sh, it_state, f"resumed LoRA adapters from {ckptr.directory} step {step} on {how}", \
+    return state, full_sh, it_state, f"resumed LoRA adapters from {ckptr.directory} step {step} on {how}", \
         frozen, p_sh["decoder"]
   state = jax.jit(lambda t: {"step": jax.numpy.zeros((), jax.numpy.int32), "params": t, "opt_state": tx.init(t)},
                   out_shardings=state_sh)(trainable)
-  return state, state_sh, None, f"LoRA adapters on {how}", frozen, p_sh["decoder"]
+  state, _, _ = with_bank(state, state_sh, abstract, mesh, bank_shape)
+  return state, full_sh, None, f"LoRA adapters on {how}", frozen, p_sh["decoder"]
 
 
 # keys that must not change when a workdir with checkpoints is started again (shapes, tokenizer, data stream)
 RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_dim", "model.lora_rank",
-                "model.lora_targets", "model.scan_layers", "tokenizer.path", "tokenizer.vocab_size", "data.source",
-                "data.path", "data.categories", "data.synthetic_users", "data.synthetic_seed", "data.kcore",
+                "model.lora_targets", "model.lora_layers", "model.scan_layers", "tokenizer.path",
+                "tokenizer.vocab_size", "data.source", "data.path", "data.categories", "data.synthetic_users", "data.synthetic_seed", "data.kcore",
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
-                "data.batch_size")
+                "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "loss.negatives")
 
 
 def check_same_run(config, workdir: str) -> None:
@@ -193,16 +212,21 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   tx = optim.make_optimizer(config.optim, tc.num_steps)
   spec = parts.encoder.spec
   shapes = step_lib.example_batch(dc.batch_size, parts.encoder.buckets[-1], spec.target_len, spec.item_len)
+  packed = training_packer(config, parts)
+  step_shapes = shapes if packed is None else step_lib.packed_batch(
+      dc.batch_size, packed.spec.slots, packed.spec.max_len, spec.target_len, packed.spec.item_len)
   ckptr = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt.keep, config.ckpt.async_save,
                                 config.ckpt.save_concurrent_gb)
   from calrec_jax.adapters.lora import LoraConfig, trainable_to_params
   lora = LoraConfig.from_config(config.model)
   frozen = frozen_sh = to_params = None
+  bank = ItemBank(parts.model, parts.encoder) if config.loss.negatives == "catalog" else None
+  bank_shape = None if bank is None else (len(bank), config.model.projection_dim or parts.model_cfg.d_model)
   if lora is None:
-    state, state_sh, it_state, how = initial_state(config, workdir, parts, tx, mesh, shapes, ckptr)
+    state, state_sh, it_state, how = initial_state(config, workdir, parts, tx, mesh, shapes, ckptr, bank_shape)
   else:
     state, state_sh, it_state, how, frozen, frozen_sh = lora_initial_state(config, parts, tx, mesh, shapes, ckptr,
-                                                                          lora)
+                                                                          lora, bank_shape)
     to_params = lambda t, base: trainable_to_params(base, t, lora)  # noqa: E731
   parts.pretrained_params = None  # now in the train state (or the frozen weights): free the host copy (1 GB at 270M)
   # the model's per-layer params of a train state (blocks unstacked; LoRA: adapters merged into the frozen weights,
@@ -220,38 +244,61 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     log.info("%s finished earlier (step %d of %d, export in %s/export): nothing to train", workdir,
              int(jax.device_get(state["step"])), tc.num_steps, workdir)
     return last_logged(workdir)
-  it = MixtureIterator(parts.encoder, dc.batch_size, dc.mixture_alpha, config.seed, jax.process_index(),
-                       jax.process_count())
+  if packed is None:
+    it = MixtureIterator(parts.encoder, dc.batch_size, dc.mixture_alpha, config.seed, jax.process_index(),
+                         jax.process_count())
+  else:
+    it = PackedMixtureIterator(packed, dc.batch_size, dc.mixture_alpha, config.seed, jax.process_index(),
+                               jax.process_count())
+    log.info("packed user sequences: %d units of up to %d items for %d training targets; rows of %d tokens, "
+             "%d targets, %d item-tower tokens", sum(len(e) for e in it.examples), packed.spec.window,
+             sum(int((e[:, 2] - e[:, 1]).sum()) for e in it.examples), packed.spec.max_len, packed.spec.slots,
+             packed.spec.item_len)
   if it_state is not None:
     it.set_state(it_state)
   log.info("mixture over %s with p=%s", [c.name for c in parts.categories], np.round(it.probs, 3).tolist())
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(parts.model, tx, step_lib.loss_config(config.loss), config.optim.grad_accum,
-                               to_params), mesh, state_sh, frozen_sharding=frozen_sh)
+      step_lib.make_train_step(parts.model, tx, step_lib.loss_config(config.loss, lm_vocabulary(config, parts)),
+                               config.optim.grad_accum, to_params), mesh, state_sh, frozen_sharding=frozen_sh)
   abstract_state = shd.abstract_with_sharding(jax.eval_shape(lambda s: s, state), state_sh)
   extra = () if frozen is None else (shd.abstract_with_sharding(jax.eval_shape(lambda f: f, frozen), frozen_sh),)
-  log.info("compiling the train step (batch %d x %d tokens) ...", dc.batch_size, shapes["tokens"].shape[1])
+  log.info("compiling the train step (batch %d x %d tokens) ...", dc.batch_size, step_shapes["tokens"].shape[1])
   t_compile = time.time()
-  compiled = train_step.lower(abstract_state, shapes, *extra).compile()
+  compiled = train_step.lower(abstract_state, step_shapes, *extra).compile()
   log.info("compiled the train step in %.1fs", time.time() - t_compile)
   release_host_memory()  # what loading weights, building the state and compiling freed, before the steps' peak
+  step_flops = compiled_flops(compiled)
   mem = compiled.memory_analysis()
   if mem is not None:
     log.info("compiled step (batch %d x %d tokens): %.1f MiB arguments, %.1f MiB temporaries per device",
-             dc.batch_size, shapes["tokens"].shape[1], mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20)
+             dc.batch_size, step_shapes["tokens"].shape[1], mem.argument_size_in_bytes / 2**20,
+             mem.temp_size_in_bytes / 2**20)
   if is_main:
     from calrec_jax.train.resources import check_resources
     check_resources(mem, state, config.ckpt.keep, workdir)
   start = int(jax.device_get(state["step"]))
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)
+  # time-to-quality counters, carried across resumes in the checkpoint's iterator state
+  seconds_before = float((it_state or {}).get("train_seconds", 0.0))
+  examples_seen = float((it_state or {}).get("examples_seen", 0.0))
+  t_start = time.time()
+
+  def counters() -> dict:
+    return {"perf/train_seconds": seconds_before + time.time() - t_start, "perf/examples_seen": examples_seen}
+
+  def position() -> dict:
+    c = counters()
+    return {**it.get_state(), "train_seconds": c["perf/train_seconds"], "examples_seen": examples_seen}
   bar = tqdm(total=tc.num_steps, initial=start, disable=not (tc.progress and is_main), unit="step",
              dynamic_ncols=True, desc=config.stage)
   acc: dict[str, float] = {}
-  nonfinite_run, t_last, tokens = 0, time.time(), 0.0
+  nonfinite_run, t_last, tokens, examples = 0, time.time(), 0.0, 0.0
   last = {}
   signals = StopSignals().__enter__()
   try:
     for step in range(start, tc.num_steps):
+      if bank is not None and step % config.loss.bank_refresh_steps == 0:  # the negatives of this step onwards
+        state = dict(state, bank=jax.device_put(bank.encode(model_params(state)), state_sh["bank"]))
       batch = shd.global_batch(next(it), mesh)
       state, m = train_step(state, batch) if frozen is None else train_step(state, batch, frozen)
       m = jax.device_get(m)
@@ -268,27 +315,35 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
           acc[k] = acc.get(k, 0.0) + float(v)
         acc["_n"] = acc.get("_n", 0) + 1
       tokens += float(m["tokens"])
+      examples += float(m["examples"])
+      examples_seen += float(m["examples"])
       done = step + 1
       if (done % tc.log_every == 0 or done == tc.num_steps) and acc.get("_n"):
         dt = time.time() - t_last
         n = acc.pop("_n")
-        last = {f"train/{k}": v / n for k, v in acc.items() if k not in ("tokens", "skipped")}
+        last = {f"train/{k}": v / n for k, v in acc.items() if k not in ("tokens", "examples", "skipped")}
         last["perf/steps_per_s"] = tc.log_every / dt if dt else 0.0
         last["perf/tokens_per_s"] = tokens / dt if dt else 0.0
+        last["perf/examples_per_s"] = examples / dt if dt else 0.0  # (history -> next item) pairs trained
+        if step_flops:  # XLA's count per device; see compiled_flops
+          last["perf/tflops_per_s"] = step_flops * last["perf/steps_per_s"] / 1e12
+          if tc.peak_flops:
+            last["perf/mfu"] = step_flops * last["perf/steps_per_s"] / tc.peak_flops
         writer.write(done, last)
-        bar.set_postfix(loss=f"{last['train/loss']:.3f}", tok_s=f"{last['perf/tokens_per_s']:.0f}")
-        acc, tokens, t_last = {}, 0.0, time.time()
+        bar.set_postfix(loss=f"{last['train/loss']:.3f}", tok_s=f"{last['perf/tokens_per_s']:.0f}",
+                        ex_s=f"{last['perf/examples_per_s']:.2f}")
+        acc, tokens, examples, t_last = {}, 0.0, 0.0, time.time()
       if validation and tc.eval_every and done % tc.eval_every == 0 and done != tc.num_steps:
-        writer.write(done, validate(validation, config, parts, model_params(state), done))
+        writer.write(done, {**validate(validation, config, parts, model_params(state), done), **counters()})
       if done % config.ckpt.every == 0 or done == tc.num_steps:
         writer.flush()
-        ckptr.save(done, state, it.get_state(), force=done == tc.num_steps)
+        ckptr.save(done, state, position(), force=done == tc.num_steps)
       bar.update(1)
       if done < tc.num_steps and signals.stop_now():
         bar.close()
         if done % config.ckpt.every:
           writer.flush()
-          ckptr.save(done, state, it.get_state(), force=True)
+          ckptr.save(done, state, position(), force=True)
         ckptr.close()
         writer.close()
         raise TrainingInterrupted(f"{signals.received or 'a stop signal'} at step {done} of {tc.num_steps}: saved "
@@ -299,14 +354,49 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   ckptr.close()
   if validation:
     final = validate(validation, config, parts, model_params(state), tc.num_steps)
-    writer.write(tc.num_steps, final)
+    writer.write(tc.num_steps, {**final, **counters()})
     last.update(final)
   # collective; LoRA: the merged weights; stacked blocks are unstacked on the host, without a device copy
   export(workdir, parts, unstack_layers(shd.gather_to_host(state["params"] if lora is None else model_params(state))))
   if is_main and os.path.exists(writer.path):
     plot_curves(writer.path, os.path.join(workdir, "training_curves.png"))
+    plot_time_to_quality(writer.path, os.path.join(workdir, "time_to_quality.png"),
+                         parse_references(config.eval.reference_valid_ndcg))
   writer.close()
   return last
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs of one compiled step per device as XLA counts them (0 when it does not say). XLA counts a while loop's
+  body once: the LM loss's vocabulary chunks beyond the first (none with loss.lm_vocab=catalog and a vocab_chunk
+  above the catalog's tokens) and scanned blocks beyond the first are missing, so MFU then reads low."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 - a backend without cost analysis
+    return 0.0
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def training_packer(config, parts: RunParts):
+  """The PackedEncoder of `data.packing='sequence'` (None for per-prefix examples)."""
+  if config.data.packing != "sequence":
+    return None
+  from calrec_jax.data.packed import PackedEncoder, PackSpec
+  dc = config.data
+  return PackedEncoder(parts.encoder, PackSpec(dc.pack_window, dc.pack_context, dc.pack_max_len, dc.pack_slots,
+                                               dc.pack_item_len))
+
+
+def lm_vocabulary(config, parts: RunParts) -> tuple[int, ...]:
+  """Token ids of `loss.lm_vocab='catalog'` (every item text's tokens and EOS); () for the whole vocabulary."""
+  if config.loss.lm_vocab != "catalog":
+    return ()
+  from calrec_jax.data.examples import catalog_vocabulary
+  vocab = catalog_vocabulary(parts.encoder)
+  log.info("L_NIG over the catalog's %d tokens (of %d)", len(vocab), parts.model_cfg.vocab_size)
+  return vocab
 
 
 def validate(validation: ValidationFn, config, parts: RunParts, params, step: int) -> dict[str, float]:

@@ -112,11 +112,45 @@ def info_nce(query: Array, key: Array, target_ids: Array, valid: Array, temperat
   return loss, acc
 
 
+def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, bank: Array, temperature: float
+                  ) -> tuple[Array, Array]:
+  """InfoNCE of each row against EVERY catalog item: row i's positive is its target; the negatives are all other
+  items. Every item is scored with its `bank` vector, and the batch's targets pass their gradient through their
+  fresh `key` rows (a straight-through key: bank value, fresh gradient). Scoring the positives with fresh vectors
+  and the rest with stale ones would let the model tell targets apart by freshness alone. With an up-to-date bank
+  this is the full-catalog softmax, values and gradients.
+
+  query, key: [N, E] L2-normalised; target_ids [N] global item ids (-1 for padding); valid [N]; bank [I, E].
+  """
+  q, k = query.astype(jnp.float32), key.astype(jnp.float32)
+  bank = jax.lax.stop_gradient(bank.astype(jnp.float32))
+  n, i = q.shape[0], bank.shape[0]
+  ids = jnp.where(valid, target_ids, i)                       # padding points past the bank (dropped below)
+  same = (ids[:, None] == ids[None, :]) & valid[:, None] & valid[None, :]                     # [N, N]
+  first = valid & ~jnp.any(same & jnp.tril(jnp.ones((n, n), bool), k=-1), axis=1)  # one key per distinct item
+  through = jnp.where(first[:, None], k - jax.lax.stop_gradient(k), 0.0)                     # [N, E] zeros
+  keys = bank.at[ids].add(through, mode="drop")                                              # [I, E]
+  logits = jnp.einsum("NE,IE->NI", q, keys) / temperature                                    # [N, I]
+  safe = jnp.minimum(ids, i - 1)
+  pos_logit = jnp.take_along_axis(logits, safe[:, None], axis=1)[:, 0]
+  nll = jax.nn.logsumexp(logits, axis=1) - pos_logit
+  acc = (jnp.argmax(logits, axis=1) == safe).astype(jnp.float32)
+  m = jnp.maximum(valid.sum(), 1)
+  return (nll * valid).sum() / m, (acc * valid).sum() / m
+
+
 def masked_mean(hidden: Array, mask: Array) -> Array:
   """Mean of hidden [B, T, D] over positions where mask [B, T]; float32 [B, D]; an empty row gives 0."""
   m = mask.astype(jnp.float32)                                                          # [B, T]
   total = jnp.einsum("BTD,BT->BD", hidden.astype(jnp.float32), m)  # a product: no [B, T, D] broadcast of the mask
   return total / jnp.maximum(m.sum(1), 1.0)[:, None]
+
+
+def slot_means(hidden: Array, masks: Array) -> Array:
+  """Per-slot means of hidden [B, T, D] over masks [B, K, T]: float32 [B, K, D] (an empty slot gives 0)."""
+  m = masks.astype(jnp.float32)
+  total = jnp.einsum("BTD,BKT->BKD", hidden.astype(jnp.float32), m)
+  return total / jnp.maximum(m.sum(-1), 1.0)[..., None]
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:

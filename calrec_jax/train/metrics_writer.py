@@ -93,3 +93,44 @@ def plot_curves(metrics_path: str, out_png: str) -> None:
   fig.tight_layout()
   fig.savefig(out_png, dpi=110)
   plt.close(fig)
+
+
+def plot_time_to_quality(metrics_path: str, out_png: str, references: dict[str, float] | None = None) -> bool:
+  """Validation NDCG@10 and Recall@10 of dense retrieval against training hours and (history -> next item)
+  examples seen, with `references` ({label: validation NDCG@10}, e.g. SASRec's) as horizontal lines on the
+  NDCG panels. Returns False (and writes nothing) when no validation row carries the time counters."""
+  rows = [r for r in read_metrics(metrics_path) if "perf/train_seconds" in r and "valid/dense_ndcg_at_10" in r]
+  if not rows:
+    return False
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  for ax, (xkey, xlabel, scale) in zip(axes, [("perf/train_seconds", "training hours (incl. validation)", 3600.0),
+                                              ("perf/examples_seen", "examples seen (thousands)", 1000.0)]):
+    x = [r[xkey] / scale for r in rows]
+    for key, label in (("valid/dense_ndcg_at_10", "NDCG@10"), ("valid/dense_recall_at_10", "Recall@10")):
+      ax.plot(x, [r.get(key, float("nan")) for r in rows], marker="o", markersize=3, label=f"CALRec dense {label}")
+    for name, value in (references or {}).items():
+      ax.axhline(value, linestyle="--", color="grey", linewidth=1)
+      ax.text(ax.get_xlim()[0], value, f" {name} NDCG@10 {value:.4f}", va="bottom", fontsize=7, color="grey")
+    ax.set_xlabel(xlabel)
+    ax.set_title("validation, dense retrieval", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def parse_references(text: str) -> dict[str, float]:
+  """'SASRec=0.0874,BM25=0.07' -> {'SASRec': 0.0874, 'BM25': 0.07} (the key eval.reference_valid_ndcg)."""
+  out = {}
+  for part in (p.strip() for p in str(text).split(",") if p.strip()):
+    name, sep, value = part.partition("=")
+    try:
+      out[name.strip()] = float(value)
+    except ValueError:
+      sep = ""
+    if not sep or not name.strip():
+      from calrec_jax.errors import ConfigError
+      raise ConfigError(f"eval.reference_valid_ndcg={text!r}: expected label=value pairs, e.g. 'SASRec=0.0874'")
+  return out

@@ -14,10 +14,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from calrec_jax.model.layer_stack import stack_layers, unstack_layers
 from calrec_jax.model.partitioning import activation_sharding, constrain
 from calrec_jax.train import sharding as shd
-from calrec_jax.train.losses import chunked_lm_loss, info_nce
+from calrec_jax.train.losses import bank_info_nce, chunked_lm_loss, info_nce
 from calrec_jax.train.two_tower import TwoTower
 
-State = dict[str, Any]  # {'step': int32 [], 'params': tree, 'opt_state': tree}
+State = dict[str, Any]  # {'step': int32 [], 'params': tree, 'opt_state': tree[, 'bank': float32 [I, E]]}
 # A model with scanned blocks keeps them stacked in the train state (model/layer_stack.py): state['params'] is
 # then the stacked tree, and the model's per-layer params are unstack_layers(state['params']).
 
@@ -30,16 +30,23 @@ class LossConfig:
   temperature: float = 0.05
   symmetric: bool = False
   vocab_chunk: int = 16_384
+  lm_vocab: tuple[int, ...] = ()  # sorted token ids L_NIG's softmax runs over (empty: the whole vocabulary)
 
 
-def loss_config(c) -> LossConfig:
-  """LossConfig from the config's `loss` section."""
-  return LossConfig(c.w_nig, c.w_tt, c.w_ut, c.temperature, c.symmetric, c.vocab_chunk)
+def loss_config(c, lm_vocab: tuple[int, ...] = ()) -> LossConfig:
+  """LossConfig from the config's `loss` section; `lm_vocab` from `catalog_vocabulary` when loss.lm_vocab is
+  'catalog'."""
+  return LossConfig(c.w_nig, c.w_tt, c.w_ut, c.temperature, c.symmetric, c.vocab_chunk, tuple(lm_vocab))
 
 
 def contrastive_loss(v_u: jax.Array, v_tu: jax.Array, v_t: jax.Array, target_id: jax.Array, valid: jax.Array,
-                     lc: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """w_tt * InfoNCE(v_T|U, v_T) + w_ut * InfoNCE(v_U, v_T) over all rows given ([B, E] each)."""
+                     lc: LossConfig, bank: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """w_tt * InfoNCE(v_T|U, v_T) + w_ut * InfoNCE(v_U, v_T) over all rows given ([B, E] each): against the other
+  rows' targets, or, with `bank` [I, E] (loss.negatives='catalog'), against every item of the catalog."""
+  if bank is not None:
+    tt, tt_acc = bank_info_nce(v_tu, v_t, target_id, valid, bank, lc.temperature)
+    ut, ut_acc = bank_info_nce(v_u, v_t, target_id, valid, bank, lc.temperature)
+    return lc.w_tt * tt + lc.w_ut * ut, {"loss_tt": tt, "loss_ut": ut, "acc_tt": tt_acc, "acc_ut": ut_acc}
   tt, tt_acc = info_nce(v_tu, v_t, target_id, valid, lc.temperature, lc.symmetric)
   ut, ut_acc = info_nce(v_u, v_t, target_id, valid, lc.temperature, lc.symmetric)
   return lc.w_tt * tt + lc.w_ut * ut, {"loss_tt": tt, "loss_ut": ut, "acc_tt": tt_acc, "acc_ut": ut_acc}
@@ -50,24 +57,52 @@ def _lm_weights(batch: dict[str, jax.Array]) -> jax.Array:
 
 
 def _lm_loss(model: TwoTower, params, out: dict, batch: dict, lc: LossConfig, denominator=None):
+  """L_NIG over the whole vocabulary, or over `lc.lm_vocab` (the softmax restricted to the tokens that item texts
+  use: the rows of the output embedding are gathered and the labels renumbered; every label is in it)."""
   w_out = model.apply({"params": params}, method=TwoTower.output_embedding)
-  return chunked_lm_loss(out["lm_hidden"], w_out, batch["lm_labels"], _lm_weights(batch), lc.vocab_chunk,
+  labels = batch["lm_labels"]
+  if lc.lm_vocab:
+    vocab = jnp.asarray(lc.lm_vocab, jnp.int32)                                        # [V']
+    w_out = jnp.take(w_out, vocab, axis=0)                                             # [V', D]
+    labels = jnp.minimum(jnp.searchsorted(vocab, labels), vocab.shape[0] - 1)          # padding: weight 0
+  return chunked_lm_loss(out["lm_hidden"], w_out, labels, _lm_weights(batch), lc.vocab_chunk,
                          model.cfg.final_logit_softcap, denominator)
+
+
+def is_packed(batch: dict) -> bool:
+  """Packed units (data/packed.py: per-slot masks [B, K, T]) rather than per-prefix examples ([B, T])."""
+  return batch["history_mask"].ndim == 3
+
+
+def tower_outputs(model: TwoTower, params, batch: dict[str, jax.Array]) -> tuple[dict, dict]:
+  """(model outputs, the per-row fields the losses read). A packed batch's slots become rows: [B, K, ...] ->
+  [B * K, ...], each slot an example of its own (weight slot_weight)."""
+  if not is_packed(batch):
+    return model.apply({"params": params}, batch), batch
+  out = model.apply({"params": params}, batch, method=TwoTower.packed)
+  n = batch["slot_weight"].size
+  rows = {"lm_labels": batch["lm_labels"].reshape(n, -1), "lm_weights": batch["lm_weights"].reshape(n, -1),
+          "example_weight": batch["slot_weight"].reshape(n), "target_id": batch["target_id"].reshape(n)}
+  lm = out["lm_hidden"]
+  out = {k: v.reshape(n, -1) for k, v in out.items() if k != "lm_hidden"}
+  out["lm_hidden"] = lm.reshape(n, lm.shape[2], lm.shape[3])                            # [N, Lt, D]
+  return out, rows
 
 
 def _tokens(batch: dict[str, jax.Array]) -> jax.Array:
   return batch["input_mask"].sum() + batch["item_mask"].sum()
 
 
-def calrec_loss(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossConfig
+def calrec_loss(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossConfig, bank: jax.Array | None = None
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Fused loss of one batch and its metrics."""
-  out = model.apply({"params": params}, batch)
-  nig, nig_acc = _lm_loss(model, params, out, batch, lc)
-  con, con_metrics = contrastive_loss(out["v_u"], out["v_t_given_u"], out["v_t"], batch["target_id"],
-                                      batch["example_weight"] > 0, lc)
+  """Fused loss of one batch (per-prefix or packed) and its metrics; `bank`: whole-catalog negatives."""
+  out, rows = tower_outputs(model, params, batch)
+  nig, nig_acc = _lm_loss(model, params, out, rows, lc)
+  con, con_metrics = contrastive_loss(out["v_u"], out["v_t_given_u"], out["v_t"], rows["target_id"],
+                                      rows["example_weight"] > 0, lc, bank)
   loss = lc.w_nig * nig + con
-  return loss, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch)}
+  return loss, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch),
+                "examples": rows["example_weight"].sum()}
 
 
 def split_microbatches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
@@ -77,7 +112,8 @@ def split_microbatches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Arr
 
 
 def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossConfig, n: int,
-                           to_params: Callable[[Any], Any] = lambda p: p) -> tuple[Any, dict[str, jax.Array]]:
+                           to_params: Callable[[Any], Any] = lambda p: p, bank: jax.Array | None = None
+                           ) -> tuple[Any, dict[str, jax.Array]]:
   """Gradient of the whole-batch loss computed `n` microbatches at a time (gradient caching).
 
   The contrastive terms still see the WHOLE batch as negatives: a first pass (no gradient) embeds every
@@ -93,20 +129,22 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
   full = to_params(params)
 
   def embed(carry, mb):
-    out = model.apply({"params": full}, mb)
-    return carry, {k: out[k] for k in ("v_u", "v_t_given_u", "v_t")}  # [B/n, E] each
-  _, embs = jax.lax.scan(embed, None, micro)  # [n, B/n, E] each
-  flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [n, B/n, ...] -> [B, ...] in microbatch order
-  valid = flat(micro["example_weight"]) > 0
+    out, rows = tower_outputs(model, full, mb)
+    return carry, ({k: out[k] for k in ("v_u", "v_t_given_u", "v_t")},  # [R/n, E] each (R rows: examples or slots)
+                   rows["target_id"], rows["example_weight"])
+  _, (embs, target_ids, row_weights) = jax.lax.scan(embed, None, micro)  # [n, R/n, ...]
+  flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [n, R/n, ...] -> [R, ...] in microbatch order
+  valid = flat(row_weights) > 0
   (con, con_metrics), d_embs = jax.value_and_grad(
       lambda e: contrastive_loss(flat(e["v_u"]), flat(e["v_t_given_u"]), flat(e["v_t"]),
-                                 flat(micro["target_id"]), valid, lc), has_aux=True)(embs)
-  lm_total = _lm_weights(batch).sum()
+                                 flat(target_ids), valid, lc, bank), has_aux=True)(embs)
+  lm_total = (batch["lm_weights"] * (batch["slot_weight"][..., None] if is_packed(batch)
+                                     else batch["example_weight"][:, None])).sum()
 
   def surrogate(t, mb, d_emb):
     p = to_params(t)
-    out = model.apply({"params": p}, mb)
-    nig, nig_acc = _lm_loss(model, p, out, mb, lc, lm_total)  # this microbatch's share of the batch mean
+    out, rows = tower_outputs(model, p, mb)
+    nig, nig_acc = _lm_loss(model, p, out, rows, lc, lm_total)  # this microbatch's share of the batch mean
     dot = sum((out[k] * d_emb[k]).sum() for k in d_emb)
     return lc.w_nig * nig + dot, (nig, nig_acc)
 
@@ -118,7 +156,8 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
   zeros = jax.tree_util.tree_map(jnp.zeros_like, (params, (jnp.zeros(()), jnp.zeros(()))))
   (grads, (nig, nig_acc)), _ = jax.lax.scan(body, zeros, (micro, d_embs))
   loss = lc.w_nig * nig + con
-  return grads, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch)}
+  return grads, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch),
+                 "examples": row_weights.sum()}
 
 
 def _by_shape(columns: list[list[jax.Array]]) -> list[list[list[jax.Array]]]:
@@ -207,19 +246,37 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, lc: LossC
   to_params = to_params or (lambda p, frozen: p)
 
   def train_step(state: State, batch: dict[str, jax.Array], frozen=None) -> tuple[State, dict]:
-    params = state["params"]
+    params, bank = state["params"], state.get("bank")
     full = lambda p: unstack_layers(to_params(p, frozen))  # noqa: E731
     if grad_accum == 1:
-      (_, metrics), grads = jax.value_and_grad(lambda p: calrec_loss(model, full(p), batch, lc), has_aux=True)(params)
+      (_, metrics), grads = jax.value_and_grad(lambda p: calrec_loss(model, full(p), batch, lc, bank),
+                                               has_aux=True)(params)
     else:
-      grads, metrics = accumulated_loss_grads(model, params, batch, lc, grad_accum, full)
+      grads, metrics = accumulated_loss_grads(model, params, batch, lc, grad_accum, full, bank)
     grad_norm = global_norm(grads)
     finite, new_params, opt_state = guarded_update(tx, grads, state["opt_state"], params, metrics["loss"], grad_norm)
     new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+    if bank is not None:
+      new_state["bank"] = bank
     metrics = dict(metrics, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
     return new_state, metrics
 
   return train_step
+
+
+def packed_batch(batch_size: int, slots: int, seq_len: int, target_len: int, item_len: int
+                 ) -> dict[str, jax.ShapeDtypeStruct]:
+  """Abstract packed batch (data/packed.py layout; item_len: the item-tower row), for ahead-of-time compilation."""
+  i32, f32, b = jnp.int32, jnp.float32, jnp.bool_
+  s = lambda *shape, dt: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
+  n, k, t, ti = batch_size, slots, seq_len, item_len
+  return {"tokens": s(n, t, dt=i32), "positions": s(n, t, dt=i32), "input_mask": s(n, t, dt=b),
+          "segment_ids": s(n, t, dt=i32), "history_mask": s(n, k, t, dt=b), "target_mask": s(n, k, t, dt=b),
+          "lm_positions": s(n, k, target_len, dt=i32), "lm_labels": s(n, k, target_len, dt=i32),
+          "lm_weights": s(n, k, target_len, dt=f32), "item_tokens": s(n, ti, dt=i32),
+          "item_positions": s(n, ti, dt=i32), "item_mask": s(n, ti, dt=b), "item_segment_ids": s(n, ti, dt=i32),
+          "item_text_mask": s(n, k, ti, dt=b), "target_id": s(n, k, dt=i32), "slot_weight": s(n, k, dt=f32),
+          "example_weight": s(n, dt=f32)}
 
 
 def example_batch(batch_size: int, seq_len: int, target_len: int, item_len: int) -> dict[str, jax.ShapeDtypeStruct]:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from calrec_jax.model.config import ModelConfig
 from calrec_jax.model.decoder import Decoder
-from calrec_jax.train.losses import l2_normalize, masked_mean
+from calrec_jax.train.losses import l2_normalize, masked_mean, slot_means
 
 Array = jax.Array
 
@@ -44,6 +44,21 @@ class TwoTower(nn.Module):
         "v_u": self.embed(masked_mean(joint, batch["history_mask"])),        # [B, E]
         "v_t_given_u": self.embed(masked_mean(joint, batch["target_mask"])),  # [B, E]
         "v_t": self.embed(masked_mean(item, batch["item_text_mask"])),       # [B, E]
+    }
+
+  def packed(self, batch: dict[str, Array]) -> dict[str, Array]:
+    """Both towers on a packed batch (data/packed.py): one causal pass per row gives every slot's LM hidden
+    states and embeddings (attention stays inside each unit by its segment id); the item tower encodes the
+    slots' targets, packed the same way. Shapes: lm_hidden [B, K, Lt, D], embeddings [B, K, E]."""
+    joint, _ = self.decoder(batch["tokens"], batch["positions"], batch["segment_ids"])  # [B, T, D]
+    item, _ = self.decoder(batch["item_tokens"], batch["item_positions"], batch["item_segment_ids"])  # [B, Ti, D]
+    b, k, lt = batch["lm_positions"].shape
+    lm_hidden = jnp.take_along_axis(joint, batch["lm_positions"].reshape(b, k * lt)[..., None], axis=1)
+    return {
+        "lm_hidden": lm_hidden.reshape(b, k, lt, -1),                                     # [B, K, Lt, D]
+        "v_u": self.embed(slot_means(joint, batch["history_mask"])),                       # [B, K, E]
+        "v_t_given_u": self.embed(slot_means(joint, batch["target_mask"])),                # [B, K, E]
+        "v_t": self.embed(slot_means(item, batch["item_text_mask"])),                      # [B, K, E]
     }
 
   def user_embedding(self, tokens: Array, positions: Array, input_mask: Array, history_mask: Array) -> Array:
