@@ -92,3 +92,17 @@ def test_gpu_launcher_names_each_missing_setting():
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), out.stderr
   out = launch("multihost_gpu.sh", "--dry-run", "--launcher=slurm", "--nodes=2", "fly", "c", "w")
   assert out.returncode == 2 and "MODE must be" in out.stderr
+
+
+def test_the_recipe_script_runs_both_stages_and_the_evaluation_on_a_tiny_config(tmp_path):
+  """launch/recipe.sh (the accelerator recipe) through the same code path on CPU: stage 1 -> stage 2 -> evaluation,
+  then the table and each stage's throughput."""
+  import sys
+  workdir = str(tmp_path / "recipe run")
+  out = launch("recipe.sh", "--variant=tiny", workdir, "--config.train.progress=false", PYTHON=sys.executable)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "stage1:" in out.stdout and "stage2:" in out.stdout and "examples/s" in out.stdout
+  assert "| CALRec (dense) | 24 |" in out.stdout
+  assert os.path.exists(os.path.join(workdir, "stage2", "time_to_quality.png"))
+  bad = launch("recipe.sh", "--variant=huge", workdir)
+  assert bad.returncode == 2 and bad.stderr.strip() == "error: --variant must be gpu, cpu or tiny (got 'huge')"

@@ -166,6 +166,22 @@ def _rows_from_eval(out_dir: str, label: str) -> tuple[dict, dict]:
   return rows, ranks
 
 
+def recorded_train_seconds(workdirs: list[str], fallback: float) -> float:
+  """Training seconds the runs themselves recorded (perf/train_seconds of their last row: kept across resumes,
+  so a comparison that resumed or re-used a finished run reports the whole training); `fallback` when a run
+  recorded none."""
+  from calrec_jax.train.metrics_writer import read_metrics
+  total = 0.0
+  for w in workdirs:
+    path = os.path.join(w, "metrics.jsonl")
+    seconds = [r["perf/train_seconds"] for r in (read_metrics(path) if os.path.exists(path) else [])
+               if "perf/train_seconds" in r]
+    if not seconds:
+      return fallback
+    total += seconds[-1]
+  return total
+
+
 def run_calrec(name: str, overrides: str, cfg, workdir: str, progress: bool) -> MethodResult:
   """Train the variant (stage 2 only, or stage 1 -> stage 2 when `pipeline.enabled`), then evaluate it."""
   from calrec_jax.runner import evaluate_workdir, train_pipeline, train_run
@@ -180,7 +196,8 @@ def run_calrec(name: str, overrides: str, cfg, workdir: str, progress: bool) -> 
     stage2 = workdir
     train_run(c, workdir)
     s2 = c
-  train_s = time.time() - t0
+  train_s = recorded_train_seconds([os.path.join(workdir, "stage1"), stage2] if c.pipeline.enabled else [stage2],
+                                   time.time() - t0)
   t0 = time.time()
   out_dir = os.path.join(workdir, "eval")
   evaluate_workdir(s2, stage2, out_dir=out_dir)

