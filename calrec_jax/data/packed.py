@@ -79,7 +79,7 @@ class PackedEncoder:
     if spec.max_len < need:
       raise ConfigError(f"data.pack_max_len={spec.max_len} cannot hold two items ({need} tokens with "
                         f"data.max_item_tokens={encoder.spec.max_item_tokens}); raise data.pack_max_len")
-    self.dropped_targets = 0  # slots lost because their window did not fit pack_max_len (reported by the trainer)
+    self.dropped_targets = 0  # drawn slots lost because their window did not fit pack_max_len (the trainer warns)
 
   @property
   def categories(self) -> list[CategoryData]:

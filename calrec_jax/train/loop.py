@@ -352,6 +352,9 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     signals.__exit__()
   bar.close()
   ckptr.close()
+  if packed is not None and packed.dropped_targets:
+    log.warning("%d drawn targets were left out because their window did not fit data.pack_max_len=%d tokens; "
+                "raise data.pack_max_len or lower data.pack_window", packed.dropped_targets, packed.spec.max_len)
   if validation:
     final = validate(validation, config, parts, model_params(state), tc.num_steps)
     writer.write(tc.num_steps, {**final, **counters()})
