@@ -153,7 +153,8 @@ def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc, ban
 # keys that must not change when a workdir with checkpoints is started again (shapes, tokenizer, data stream)
 RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_dim", "model.lora_rank",
                 "model.lora_targets", "model.lora_layers", "model.scan_layers", "tokenizer.path",
-                "tokenizer.vocab_size", "data.source", "data.path", "data.categories", "data.synthetic_users", "data.synthetic_seed", "data.kcore",
+                "tokenizer.vocab_size", "data.source", "data.path", "data.categories", "data.synthetic_users",
+                "data.synthetic_seed", "data.kcore",
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
                 "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "loss.negatives")
 
