@@ -36,6 +36,7 @@ def parse_args():
 def main():
   args = parse_args()
   import jax
+  from calrec_jax.model import variables
   from calrec_jax.data.examples import ExampleEncoder
   from calrec_jax.data.iterators import MixtureIterator
   from calrec_jax.data.recbole import load_recbole
@@ -43,10 +44,11 @@ def main():
   from calrec_jax.data.tokenizer import train_tokenizer
   from calrec_jax.model import config as model_config
   from calrec_jax.train import optim
-  from calrec_jax.train import sharding as shd
+  from calrec_jax.model import sharding as shd
+  from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
   from calrec_jax.train.setup import example_spec
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.two_tower import TwoTower
   from configs import base
 
   config = base.get_config()
@@ -97,10 +99,10 @@ def main():
                               pad_id=tok.pad_id)
     model = TwoTower(cfg)
     tx = optim.make_optimizer(config.optim, 100)
-    shapes = step_lib.example_batch(args.batch_size, enc.buckets[-1], spec.target_len, spec.item_len)
+    shapes = variables.example_batch(args.batch_size, enc.buckets[-1], spec.target_len, spec.item_len)
     state_sh, _ = step_lib.state_shardings(model, tx, mesh, shapes)
     state = step_lib.init_state(model, tx, mesh, shapes, 0, state_sh)
-    step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig()), mesh, state_sh)
+    step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, objective.LossConfig()), mesh, state_sh)
     pool = [shd.global_batch(b, mesh) for b in first[:4]]
     for b in pool:  # compile every bucket used
       state, m = step(state, b)

@@ -61,9 +61,10 @@ def main():
   from calrec_jax.data.text import render_item
   from calrec_jax.data.tokenizer import train_tokenizer
   from calrec_jax.model.config import preset
-  from calrec_jax.train import sharding as shd
+  from calrec_jax.model import sharding as shd, variables
+  from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.two_tower import TwoTower
 
   cats = synthetic.make_dataset(["Garden", "Office"], [200, 100])
   tok = train_tokenizer([render_item(a) for c in cats for a in c.catalog.attributes], 1000)
@@ -72,9 +73,9 @@ def main():
   cfg = preset(args.preset, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
   model = TwoTower(cfg)
   tx = optax.adamw(1e-4)
-  lc = step_lib.LossConfig()
+  lc = objective.LossConfig()
   mesh = shd.make_mesh()
-  shapes = step_lib.example_batch(args.batch, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
+  shapes = variables.example_batch(args.batch, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
   state_sh, _ = step_lib.state_shardings(model, tx, mesh, shapes)
   gb = shd.global_batch(batch, mesh)
 

@@ -26,6 +26,7 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--rank", type=int, default=8)
   args = ap.parse_args()
+  from calrec_jax.model import variables
   from calrec_jax.huge_pages import reexec_with_huge_pages
   reexec_with_huge_pages()  # as the calrec_jax commands run (CALREC_HUGE_PAGES=0: without)
 
@@ -38,10 +39,11 @@ def main() -> None:
   from calrec_jax.data.text import render_item
   from calrec_jax.data.tokenizer import train_tokenizer
   from calrec_jax.model.config import preset
-  from calrec_jax.train import sharding as shd
+  from calrec_jax.model import sharding as shd
+  from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
   from calrec_jax.train.optim import clip_by_global_norm
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.two_tower import TwoTower
 
   cats = synthetic.make_dataset(["Garden", "Office"], [200, 100])
   if args.pretrained:
@@ -55,10 +57,10 @@ def main() -> None:
   model = TwoTower(cfg)
   tx = optax.chain(clip_by_global_norm(1.0), optax.adamw(1e-4, weight_decay=0.01))  # the framework's clipping
   mesh = shd.make_mesh()
-  shapes = step_lib.example_batch(args.batch, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
+  shapes = variables.example_batch(args.batch, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
   gb = shd.global_batch(batch, mesh)
   lc = LoraConfig(rank=args.rank)
-  loss_cfg = step_lib.LossConfig(vocab_chunk=32768)
+  loss_cfg = objective.LossConfig(vocab_chunk=32768)
 
   state_sh, _ = step_lib.state_shardings(model, tx, mesh, shapes)
   params = None if decoder is None else {"decoder": decoder}

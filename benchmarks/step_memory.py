@@ -42,18 +42,20 @@ def compile_step(args, dump_dir: str):
                              "--xla_dump_hlo_module_re=jit_traced --xla_dump_hlo_as_text")
   import jax
   import optax
+  from calrec_jax.model import variables
   from calrec_jax.model.config import preset
-  from calrec_jax.train import sharding as shd
+  from calrec_jax.model import sharding as shd
+  from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
   from calrec_jax.train.optim import clip_by_global_norm
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.two_tower import TwoTower
   cfg = preset(args.preset)
   model = TwoTower(cfg, 0)
   mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  batch = step_lib.example_batch(args.batch, args.seq, args.target, args.item)
+  batch = variables.example_batch(args.batch, args.seq, args.target, args.item)
   tx = optax.chain(clip_by_global_norm(1.0), optax.adamw(1e-5))
   state_sh, abstract = step_lib.state_shardings(model, tx, mesh, batch)
-  step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig(), args.grad_accum),
+  step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, objective.LossConfig(), args.grad_accum),
                                  mesh, state_sh)
   return step.lower(shd.abstract_with_sharding(abstract, state_sh), batch).compile()
 

@@ -77,7 +77,7 @@ def run_variant(cfg, name: str, args, peak: float) -> dict:
   import jax
   import optax
   from calrec_jax.plan.estimate import StepShape, compile_train_step, estimate, step_flops
-  from calrec_jax.train import sharding as shd
+  from calrec_jax.model import sharding as shd
   from calrec_jax.train import step as step_lib
   from calrec_jax.train.optim import clip_by_global_norm
   parts = name.split("-")

@@ -106,6 +106,7 @@ def _time(fn):
 
 def main():
   args = parse_args()
+  from calrec_jax.model import variables
   from calrec_jax.huge_pages import reexec_with_huge_pages
   reexec_with_huge_pages()
   import jax
@@ -120,10 +121,11 @@ def main():
   from calrec_jax.model.config import preset
   from calrec_jax.model.weights import export_hf_checkpoint
   from calrec_jax.plan.flops import matmul_flops
-  from calrec_jax.train import sharding as shd
+  from calrec_jax.model import sharding as shd
+  from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
   from calrec_jax.train.optim import clip_by_global_norm
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.two_tower import TwoTower
 
   cats = synthetic.make_dataset(["Garden", "Office"], [200, 100])
   tok = train_tokenizer([render_item(a) for c in cats for a in c.catalog.attributes], 1000)
@@ -134,10 +136,10 @@ def main():
   model = TwoTower(cfg, attention=args.attention)
   tx = optax.chain(clip_by_global_norm(1.0), optax.adamw(1e-4, weight_decay=0.01))  # the framework's clipping
   mesh = shd.make_mesh()
-  shapes = step_lib.example_batch(args.batch, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
+  shapes = variables.example_batch(args.batch, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
   state_sh, _ = step_lib.state_shardings(model, tx, mesh, shapes)
   state = step_lib.init_state(model, tx, mesh, shapes, 0, state_sh)
-  lc = step_lib.LossConfig()
+  lc = objective.LossConfig()
   step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, lc), mesh, state_sh)
   gb = shd.global_batch(batch, mesh)
   abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)

@@ -20,7 +20,7 @@ POSITIVE = ("data.max_len", "data.max_item_tokens", "data.max_history", "data.ba
             "loss.vocab_chunk", "eval.batch_size", "eval.num_samples", "eval.max_new_tokens", "tokenizer.vocab_size",
             "data.pack_window", "data.pack_context", "data.pack_max_len", "data.pack_slots", "data.pack_item_len",
             "loss.bank_refresh_steps")
-NON_NEGATIVE = ("loss.w_nig", "loss.w_tt", "loss.w_ut", "optim.learning_rate", "optim.weight_decay",
+NON_NEGATIVE = ("optim.learning_rate", "optim.weight_decay",
                 "train.eval_every", "eval.max_users", "eval.temperature", "data.mixture_alpha", "model.lora_rank",
                 "compile_cache.min_compile_secs", "train.peak_flops")
 
@@ -54,6 +54,30 @@ def _int_list(config, key: str, minimum: int = 1) -> list[int]:
   return values
 
 
+def _check_fusion(ev) -> None:
+  """eval.fusion: known signals, a metric the evaluation reports, and the test split (weights come from valid)."""
+  from calrec_jax.eval.evaluate import FUSION_SIGNALS
+  signals = [s.strip() for s in str(ev.fusion).split(",") if s.strip()]
+  unknown = [s for s in signals if s not in FUSION_SIGNALS]
+  if unknown:
+    raise ConfigError(f"eval.fusion: unknown signal {unknown[0]!r}; choose from {FUSION_SIGNALS}")
+  if len(set(signals)) != len(signals):
+    raise ConfigError(f"eval.fusion={ev.fusion!r} names a signal twice")
+  if "beam" in signals and not ev.beams:
+    raise ConfigError("eval.fusion names 'beam' but eval.beams is 0; set eval.beams (e.g. 20) or drop 'beam'")
+  if not signals:
+    return
+  if ev.split != "test":
+    raise ConfigError("eval.fusion chooses its weights on the validation split, so it reports the test split "
+                      "only; set eval.split='test' or eval.fusion=''")
+  ks = [int(k) for k in str(ev.ks).split(",") if k.strip()]
+  allowed = ["mrr"] + [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks if k > 1]
+  if ev.fusion_metric not in allowed:
+    raise ConfigError(f"eval.fusion_metric={ev.fusion_metric!r}; choose one of {allowed} (from eval.ks)")
+  if ev.fusion_history_items < 1:
+    raise ConfigError(f"eval.fusion_history_items={ev.fusion_history_items} must be >= 1")
+
+
 def validate_config(config) -> None:
   """Every check that can be made before data is read or anything is compiled; raises ConfigError naming the key."""
   import math
@@ -66,7 +90,8 @@ def validate_config(config) -> None:
   for key in POSITIVE:
     if not _get(config, key) > 0:
       raise ConfigError(f"{key}={_get(config, key)!r} must be > 0")
-  for key in NON_NEGATIVE:
+  from calrec_jax.train.objective import TERMS
+  for key in NON_NEGATIVE + tuple(f"loss.w_{name}" for name in TERMS):  # every registered loss term's weight
     if _get(config, key) < 0:
       raise ConfigError(f"{key}={_get(config, key)!r} must be >= 0")
   if config.model.attention == "cudnn" and config.model.compute_dtype != "bfloat16":
@@ -94,6 +119,10 @@ def validate_config(config) -> None:
     raise ConfigError(f"eval.top_k={config.eval.top_k} must be >= 0 (0: off)")
   if not _int_list(config, "eval.ks"):
     raise ConfigError("eval.ks is empty; give the cut-offs, e.g. '1,5,10,20'")
+  if config.eval.beams < 0 or config.eval.beam_length_penalty < 0:
+    raise ConfigError(f"eval.beams={config.eval.beams}, eval.beam_length_penalty={config.eval.beam_length_penalty}: "
+                      "both must be >= 0")
+  _check_fusion(config.eval)
   _int_list(config, "data.length_buckets")
   names = [c.strip() for c in str(config.data.categories).split(",") if c.strip()]
   if config.data.source == "synthetic":

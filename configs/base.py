@@ -125,6 +125,14 @@ def get_config() -> ml_collections.ConfigDict:
   ev.retrieval = "bm25"              # bm25 (generation + BM25, and dense beside it) | dense
   ev.constrained = False             # also a row of catalog-constrained generation + BM25 (samples = real items)
   ev.exclude_history = True          # never recommend items already in the history
+  ev.beams = 0                       # > 0: a row ranked by catalog-constrained beam search with this many beams
+  ev.beam_length_penalty = 0.0       # beam scores: summed log-probability / length ** this
+  ev.sub_vocabulary = True           # beams score only the tokens the catalog's texts use (softmax over them)
+  ev.fusion = ""                     # signals of a fused row ("dense,beam,bm25_history,popularity" or some): per
+  #                                    item a weighted sum of per-user standardised scores, the weights chosen on
+  #                                    the validation split (eval.split must be test); "" for none
+  ev.fusion_history_items = 3        # bm25_history: the query is the texts of the user's last N items
+  ev.fusion_metric = "ndcg@10"       # what the weights maximise on validation (recall@k, ndcg@k or mrr)
   ev.ks = "1,5,10,20"                # Recall@k / NDCG@k cut-offs
   ev.bm25_k1 = 1.5
   ev.bm25_b = 0.75

@@ -41,11 +41,11 @@ def tiny_model(synthetic_parts):
   """(categories, encoder, tiny two-tower model, random params) on the synthetic data."""
   import jax
   from calrec_jax.model.config import preset
-  from calrec_jax.train import step as step_lib
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model import variables
+  from calrec_jax.model.two_tower import TwoTower
   cats, tok, enc = synthetic_parts
   model = TwoTower(preset("tiny", vocab_size=512, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id))
-  shapes = step_lib.example_batch(2, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
-  params = jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(model, r, shapes)))(
+  shapes = variables.example_batch(2, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
+  params = jax.jit(lambda r: variables.init_params(model, r, shapes))(
       jax.random.PRNGKey(1))
   return cats, enc, model, params

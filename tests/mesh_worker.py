@@ -13,6 +13,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from calrec_jax.model import variables  # noqa: E402
 from calrec_jax.data import synthetic  # noqa: E402
 from calrec_jax.data.examples import ExampleEncoder, ExampleSpec  # noqa: E402
 from calrec_jax.data.iterators import MixtureIterator  # noqa: E402
@@ -22,9 +23,10 @@ from calrec_jax.eval.generate import generate  # noqa: E402
 from calrec_jax.model.config import preset  # noqa: E402
 from calrec_jax.model.decoder import Decoder  # noqa: E402
 from calrec_jax.model.layer_stack import unstack_layers  # noqa: E402
-from calrec_jax.train import sharding as shd  # noqa: E402
+from calrec_jax.model import sharding as shd  # noqa: E402
+from calrec_jax.train import objective  # noqa: E402
 from calrec_jax.train import step as step_lib  # noqa: E402
-from calrec_jax.train.two_tower import TwoTower  # noqa: E402
+from calrec_jax.model.two_tower import TwoTower  # noqa: E402
 
 SHAPES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
@@ -39,13 +41,13 @@ def main():
   cfg = preset("tiny", vocab_size=512, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
   model = TwoTower(cfg)
   tx = optax.adamw(1e-3)
-  shapes = step_lib.example_batch(16, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
+  shapes = variables.example_batch(16, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
   prompts = [enc.prompt_tokens(0, cats[0].sequences[u][:3])[0] for u in range(5)]
 
   def run(mesh, grad_accum=1, model=model):
     state_sh, _ = step_lib.state_shardings(model, tx, mesh, shapes)
     state = step_lib.init_state(model, tx, mesh, shapes, 0, state_sh)
-    step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig(), grad_accum), mesh,
+    step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, objective.LossConfig(), grad_accum), mesh,
                                    state_sh)
     losses = []
     for b in batches:
@@ -78,7 +80,7 @@ def main():
 def activation_constraints(model, tx, shapes, mesh) -> list[str]:
   """The sharding constraints the lowered train step carries (the layers' logical activation names)."""
   state_sh, abstract = step_lib.state_shardings(model, tx, mesh, shapes)
-  step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, step_lib.LossConfig()), mesh, state_sh)
+  step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, objective.LossConfig()), mesh, state_sh)
   text = step.lower(shd.abstract_with_sharding(abstract, state_sh), shapes).as_text()
   return sorted({line.split("<@mesh, ", 1)[1].split(">", 1)[0] for line in text.splitlines()
                  if "sdy.sharding_constraint" in line})

@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from calrec_jax.train import objective
 from calrec_jax.train import step as step_lib
 from calrec_jax.train.item_bank import ItemBank, catalog_rows
-from calrec_jax.train.losses import bank_info_nce, l2_normalize
-from calrec_jax.train.two_tower import TwoTower
+from calrec_jax.model.pooling import l2_normalize
+from calrec_jax.train.losses import bank_info_nce
+from calrec_jax.model.two_tower import TwoTower
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,7 +113,7 @@ def test_bank_is_the_item_tower_of_every_item_and_the_loss_its_full_softmax(tiny
   seqs = cats[1].sequences
   batch = enc.collate([enc.encode(1, s[:2], s[2]) for s in seqs[:6]])
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  _, m = step_lib.calrec_loss(model, params, batch, step_lib.LossConfig(), bank)
+  _, m = step_lib.calrec_loss(model, params, batch, objective.LossConfig(), bank)
   out = model.apply({"params": params}, batch)
   logp = jax.nn.log_softmax(out["v_u"] @ bank.T / 0.05, axis=-1)  # every item of both categories
   ref = -np.mean([logp[r, int(batch["target_id"][r])] for r in range(6)])
@@ -126,7 +128,7 @@ SHARDED = textwrap.dedent("""
   from jax.sharding import NamedSharding, PartitionSpec as P
   from tests.test_item_bank import _case
   from calrec_jax.train.losses import bank_info_nce
-  from calrec_jax.train.sharding import make_mesh
+  from calrec_jax.model.sharding import make_mesh
   q, k, bank, ids, valid = _case(3, n=16, items=64)
   f = jax.value_and_grad(lambda q, k: bank_info_nce(q, k, ids, valid, bank, 0.05)[0], argnums=(0, 1))
   one = jax.jit(f)(q, k)

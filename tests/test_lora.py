@@ -12,8 +12,8 @@ from calrec_jax.adapters.lora import LoraConfig, PROJECTIONS, init_adapters, mer
 
 def tiny_two_tower(projection_dim=0):
   from calrec_jax.model.config import preset
-  from calrec_jax.train.step import _init_variables, example_batch
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.variables import init_boxed as _init_variables, example_batch
+  from calrec_jax.model.two_tower import TwoTower
   import flax.linen as nn
   model = TwoTower(preset("tiny", vocab_size=96), projection_dim)
   shapes = example_batch(2, 16, 5, 6)

@@ -9,6 +9,7 @@ import pytest
 from calrec_jax.data.iterators import PackedMixtureIterator
 from calrec_jax.data.packed import PackedEncoder, PackSpec, training_units
 from calrec_jax.data.records import split_examples
+from calrec_jax.train import objective
 from calrec_jax.train import step as step_lib
 
 
@@ -54,7 +55,7 @@ def test_packed_losses_and_gradients_equal_per_prefix(tiny):
   assert packed.dropped_targets == 0 and pb["slot_weight"].sum() == len(eb["target_id"])
   assert pb["segment_ids"].max() >= 2  # several units share a row
   assert pb["slot_weight"].sum() < pb["slot_weight"].size  # unused slots are padding
-  for lc in (step_lib.LossConfig(), step_lib.LossConfig(lm_vocab=enc_vocab(enc))):
+  for lc in (objective.LossConfig(), objective.LossConfig(lm_vocab=enc_vocab(enc))):
     f = jax.jit(jax.value_and_grad(lambda p, b: step_lib.calrec_loss(model, p, b, lc), has_aux=True))
     (lp, mp), gp = f(params, {k: jnp.asarray(v) for k, v in pb.items()})
     (le, me), ge = f(params, {k: jnp.asarray(v) for k, v in eb.items()})
@@ -75,8 +76,10 @@ def test_catalog_vocabulary_loss_equals_restricted_log_softmax(tiny):
   assert enc.tok.eos_id in vocab and list(vocab) == sorted(set(vocab))
   batch = {k: jnp.asarray(v) for k, v in enc.collate([enc.encode(0, s[:3], s[3]) for s in cats[0].sequences[:4]]).items()}
   out = model.apply({"params": params}, batch)
-  lc = step_lib.LossConfig(lm_vocab=vocab, vocab_chunk=64)
-  nig, _ = step_lib._lm_loss(model, params, out, batch, lc)
+  lc = objective.LossConfig(lm_vocab=vocab, vocab_chunk=64)
+  def nig_of(lc):
+    return objective.Objective(lc).token_loss(step_lib.token_inputs(model, params, out, batch))[1]["loss_nig"]
+  nig = nig_of(lc)
   logits = model.apply({"params": params}, out["lm_hidden"], method=lambda m, h: m.decoder.logits(h))  # [B, Lt, V]
   sub = jax.nn.log_softmax(logits[..., np.asarray(vocab)], axis=-1)
   col = np.searchsorted(np.asarray(vocab), np.asarray(batch["lm_labels"]))
@@ -84,7 +87,7 @@ def test_catalog_vocabulary_loss_equals_restricted_log_softmax(tiny):
   assert np.all(np.isin(np.asarray(batch["lm_labels"])[w > 0], vocab))
   ref = -(np.take_along_axis(np.asarray(sub), np.minimum(col, len(vocab) - 1)[..., None], -1)[..., 0] * w).sum() / w.sum()
   np.testing.assert_allclose(nig, ref, rtol=1e-5)
-  full, _ = step_lib._lm_loss(model, params, out, batch, step_lib.LossConfig())
+  full = nig_of(objective.LossConfig())
   assert float(full) > float(nig)  # the full softmax spreads mass over tokens no item text uses
 
 
@@ -130,7 +133,7 @@ def test_packed_gradient_accumulation_equals_the_whole_batch_step(tiny, with_ban
   it = PackedMixtureIterator(packed, 4, seed=5)
   batch = {k: jnp.asarray(v) for k, v in next(it).items()}
   tx = optax.sgd(1.0)  # update = -gradient
-  lc = step_lib.LossConfig(lm_vocab=enc_vocab(enc))
+  lc = objective.LossConfig(lm_vocab=enc_vocab(enc))
 
   def state():
     s = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}

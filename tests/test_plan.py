@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from calrec_jax.model import variables
 from calrec_jax.model.config import preset
 from calrec_jax.plan.estimate import StepShape, estimate, sharded_elements
 from calrec_jax.plan.recommend import meshes, recommend
@@ -112,14 +113,15 @@ def test_planned_flops_equal_the_matmuls_the_step_runs(scan_layers):
   from calrec_jax.model.decoder import count_params
   from calrec_jax.plan.estimate import step_flops
   from calrec_jax.plan.flops import matmul_flops
+  from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.two_tower import TwoTower
   cfg = preset("small")  # sliding-window and global layers
   model = TwoTower(cfg, scan_layers=scan_layers)
-  batch = step_lib.example_batch(4, 64, 12, 14)
+  batch = variables.example_batch(4, 64, 12, 14)
   params = flax.linen.meta.unbox(
-      jax.eval_shape(lambda: step_lib._init_variables(model, jax.random.PRNGKey(0), batch)))
-  lc = step_lib.LossConfig(vocab_chunk=cfg.vocab_size // 3 + 1)  # 3 chunks, the last padded
+      jax.eval_shape(lambda: variables.init_boxed(model, jax.random.PRNGKey(0), batch)))
+  lc = objective.LossConfig(vocab_chunk=cfg.vocab_size // 3 + 1)  # 3 chunks, the last padded
   forward = matmul_flops(lambda p, b: step_lib.calrec_loss(model, p, b, lc)[0], params, batch)
   planned = step_flops(cfg, StepShape(4, 64, 12, 14, (1, 1, 1), scan_layers=scan_layers), count_params(params))
   assert planned == pytest.approx(3 * forward, rel=2e-3)  # backward = 2x forward; norms' scales count as matmul

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from calrec_jax.model import variables
 from calrec_jax.errors import CalrecError, ConfigError
 from tests.test_train import smoke_config
 
@@ -98,13 +99,13 @@ def test_non_finite_config_values_are_rejected_up_front():
 
 def test_a_non_finite_update_is_never_applied():
   """A NaN learning rate gives a finite loss and gradient but a NaN update: the step must not apply it."""
+  from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.two_tower import TwoTower
   from calrec_jax.model.config import preset
-  import flax.linen as nn
   model = TwoTower(preset("tiny", vocab_size=64))
-  shapes = step_lib.example_batch(2, 16, 5, 6)
-  params = nn.meta.unbox(step_lib._init_variables(model, jax.random.PRNGKey(0), shapes))
+  shapes = variables.example_batch(2, 16, 5, 6)
+  params = variables.init_params(model, jax.random.PRNGKey(0), shapes)
   batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
   batch.update(tokens=jnp.full((2, 16), 5, jnp.int32), input_mask=jnp.ones((2, 16), bool),
                history_mask=jnp.ones((2, 16), bool).at[:, 8:].set(False),
@@ -116,7 +117,7 @@ def test_a_non_finite_update_is_never_applied():
                item_positions=jnp.tile(jnp.arange(6), (2, 1)))
   tx = optax.adamw(float("nan"))
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  new, m = jax.jit(step_lib.make_train_step(model, tx, step_lib.LossConfig()))(state, batch)
+  new, m = jax.jit(step_lib.make_train_step(model, tx, objective.LossConfig()))(state, batch)
   assert np.isfinite(float(m["loss"])) and int(m["skipped"]) == 1
   for a, b in zip(jax.tree_util.tree_leaves(new["params"]), jax.tree_util.tree_leaves(params)):
     np.testing.assert_array_equal(a, b)

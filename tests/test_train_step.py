@@ -11,15 +11,17 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from calrec_jax.model import variables
 from calrec_jax.data.iterators import MixtureIterator
 from calrec_jax.model.config import preset
 from calrec_jax.model import layers
 from calrec_jax.model.decoder import Decoder
 from calrec_jax.model.partitioning import logical_spec
 from calrec_jax.train import optim
-from calrec_jax.train import sharding as shd
+from calrec_jax.model import sharding as shd
+from calrec_jax.train import objective
 from calrec_jax.train import step as step_lib
-from calrec_jax.train.two_tower import TwoTower
+from calrec_jax.model.two_tower import TwoTower
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,8 @@ def setup(synthetic_parts):
   batch["example_weight"][-1] = 0.0                 # a padding row
   cfg = preset("tiny", vocab_size=512, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
   model = TwoTower(cfg)
-  params = jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(
-      model, r, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()})))(jax.random.PRNGKey(0))
+  params = jax.jit(lambda r: variables.init_params(
+      model, r, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}))(jax.random.PRNGKey(0))
   return cfg, model, params, {k: jnp.asarray(v) for k, v in batch.items()}
 
 
@@ -107,7 +109,7 @@ def _plain_loss(cfg, params, b, temperature, w):
 
 def test_fused_loss_equals_plain_reference_values_and_grads(setup):
   cfg, model, params, b = setup
-  lc = step_lib.LossConfig(vocab_chunk=100)  # several chunks, the last one partial
+  lc = objective.LossConfig(vocab_chunk=100)  # several chunks, the last one partial
   fused = lambda p: step_lib.calrec_loss(model, p, b, lc)[0]  # noqa: E731
   plain = lambda p: plain_loss(cfg, p, b)  # noqa: E731
   np.testing.assert_allclose(fused(params), plain(params), rtol=1e-5)
@@ -133,7 +135,7 @@ def test_scanned_blocks_and_fused_attention_equal_the_plain_reference(setup, kw)
   cfg, _, params, b = setup
   cfg = cfg.replace(rope_theta=1e6, rope_scaling="linear", rope_factor=8.0)
   model = TwoTower(cfg, **kw)
-  lc = step_lib.LossConfig(vocab_chunk=100)
+  lc = objective.LossConfig(vocab_chunk=100)
   fast = lambda p: step_lib.calrec_loss(model, p, b, lc)[0]  # noqa: E731
   plain = lambda p: plain_loss(cfg, p, b)  # noqa: E731
   np.testing.assert_allclose(fast(params), plain(params), rtol=1e-5)
@@ -181,7 +183,7 @@ def test_scan_groups_follow_the_local_global_pattern():
 
 def test_bfloat16_compute_keeps_float32_params_and_close_loss(setup):
   cfg, model, params, b = setup
-  lc = step_lib.LossConfig()
+  lc = objective.LossConfig()
   bf = TwoTower(cfg, dtype=jnp.bfloat16)
   l32, m32 = step_lib.calrec_loss(model, params, b, lc)
   l16, m16 = jax.jit(lambda p: step_lib.calrec_loss(bf, p, b, lc))(params)
@@ -198,7 +200,7 @@ def state_of(model, params, tx):
 def test_gradient_accumulation_equals_the_whole_batch_step(setup):
   """Microbatches change memory, not maths: contrastive negatives still span the whole batch."""
   _, model, params, b = setup
-  lc = step_lib.LossConfig(vocab_chunk=100)
+  lc = objective.LossConfig(vocab_chunk=100)
   tx = optax.sgd(1.0)  # update = -gradient, so new params expose the accumulated gradient
   whole, m_whole = jax.jit(step_lib.make_train_step(model, tx, lc))(state_of(model, params, tx), b)
   for grad_accum in (2, 4):
@@ -227,7 +229,7 @@ def test_optimizers_lower_the_loss_on_a_fixed_batch(setup, name):
                                      final_lr_fraction=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
                                      grad_clip_norm=1.0, grad_accum=1))
   tx = optim.make_optimizer(c, 12)
-  step = jax.jit(step_lib.make_train_step(model, tx, step_lib.LossConfig()))
+  step = jax.jit(step_lib.make_train_step(model, tx, objective.LossConfig()))
   state = state_of(model, params, tx)
   losses = []
   for _ in range(12):
@@ -240,7 +242,7 @@ def test_non_finite_loss_leaves_params_unchanged(setup):
   _, model, params, b = setup
   tx = optax.adamw(1e-3)
   bad = dict(b, lm_weights=b["lm_weights"].at[0, 0].set(jnp.nan))
-  new, m = jax.jit(step_lib.make_train_step(model, tx, step_lib.LossConfig()))(state_of(model, params, tx), bad)
+  new, m = jax.jit(step_lib.make_train_step(model, tx, objective.LossConfig()))(state_of(model, params, tx), bad)
   assert int(m["skipped"]) == 1
   for a, c in zip(jax.tree_util.tree_leaves(new["params"]), jax.tree_util.tree_leaves(params)):
     np.testing.assert_array_equal(a, c)
@@ -260,7 +262,7 @@ def test_guard_skips_a_step_whose_new_optimizer_state_overflows(setup, shaped_li
 
   tx = optax.chain(optax.adamw(1e-3), optax.GradientTransformation(init, update))
   state = state_of(model, params, tx)
-  new, m = jax.jit(step_lib.make_train_step(model, tx, step_lib.LossConfig()))(state, b)
+  new, m = jax.jit(step_lib.make_train_step(model, tx, objective.LossConfig()))(state, b)
   assert int(m["skipped"]) == 1 and np.isfinite(float(m["loss"]))
   for x, y in zip(jax.tree_util.tree_leaves(new["params"]) + jax.tree_util.tree_leaves(new["opt_state"]),
                   jax.tree_util.tree_leaves(state["params"]) + jax.tree_util.tree_leaves(state["opt_state"])):
@@ -314,11 +316,11 @@ def test_params_of_another_model_are_named_in_the_error(setup, tmp_path):
   from calrec_jax.errors import CheckpointError
   from calrec_jax.train.checkpoint import check_params, load_params, save_params
   cfg, model, params, b = setup
-  _, abstract = step_lib.params_shardings(model, shd.make_mesh(), {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+  _, abstract = variables.params_shardings(model, shd.make_mesh(), {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
                                                                   for k, v in b.items()})
   check_params(params, abstract, "ok")  # the matching tree passes
   other = TwoTower(preset("tiny", vocab_size=600))
-  _, other_abstract = step_lib.params_shardings(other, shd.make_mesh(), {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+  _, other_abstract = variables.params_shardings(other, shd.make_mesh(), {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
                                                                          for k, v in b.items()})
   save_params(str(tmp_path / "p"), jax.device_get(params))
   with pytest.raises(CheckpointError, match=r"embedding.*\(512, 64\).*\(600, 64\)"):

@@ -23,7 +23,7 @@ from calrec_jax.baselines.id_sequences import IdExamples, full_histories, id_exa
 from calrec_jax.baselines.models import build_model, item_scores
 from calrec_jax.data.records import CategoryData
 from calrec_jax.eval.metrics import ranking_metrics
-from calrec_jax.train import sharding as shd
+from calrec_jax.model import sharding as shd
 from calrec_jax.train.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)

@@ -11,12 +11,12 @@ import json
 import logging
 import os
 import time
+from typing import Any, Callable
 
 from calrec_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("popularity", "bm25_history", "sasrec", "gru4rec", "zero_shot")
 
 
 @dataclasses.dataclass
@@ -94,6 +94,15 @@ def _ks(calrec_config) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- baselines
+def _item_texts(calrec_config, data) -> list[str]:
+  """Every catalog item's text as CALRec renders it (the same attributes and coverage rule)."""
+  from calrec_jax.data.sources import split_names
+  from calrec_jax.data.text import render_item, rendered_attributes
+  attrs = rendered_attributes(data.catalog.attributes, tuple(split_names(calrec_config.data.attributes)),
+                              calrec_config.data.min_attribute_coverage)
+  return [render_item(a, attrs) for a in data.catalog.attributes]
+
+
 def run_popularity(cfg, data, rows) -> MethodResult:
   from calrec_jax.eval.evaluate import evaluate_popularity
   t0 = time.time()
@@ -105,22 +114,18 @@ def run_popularity(cfg, data, rows) -> MethodResult:
 
 def run_bm25_history(cfg, data, rows) -> MethodResult:
   """Text retrieval without learning: BM25 over item texts, the query the texts of the user's last items."""
-  from calrec_jax.data.sources import split_names
-  from calrec_jax.data.text import render_item, rendered_attributes
-  from calrec_jax.eval.bm25 import BM25Index, tokenize
+  from calrec_jax.eval.bm25 import BM25Index
   from calrec_jax.eval.metrics import rank_of, ranking_metrics
+  from calrec_jax.eval.signals import history_queries
   t0 = time.time()
   ec, ks = cfg.calrec.eval, _ks(cfg.calrec)
-  attrs = rendered_attributes(data.catalog.attributes, tuple(split_names(cfg.calrec.data.attributes)),
-                              cfg.calrec.data.min_attribute_coverage)  # the same item text CALRec uses
-  texts = [render_item(a, attrs) for a in data.catalog.attributes]
+  texts = _item_texts(cfg.calrec, data)
   index = BM25Index.from_texts(texts, k1=ec.bm25_k1, b=ec.bm25_b, epsilon=ec.bm25_epsilon)
   n = cfg.bm25_history.num_items
   ranks = {}
   for user, hist, target in rows:
-    query = tokenize(" ".join(texts[i] for i in hist[-n:]))
     seen = set(hist) if ec.exclude_history else set()
-    ids, scores = index.top_k([query], max(ks) + len(seen))
+    ids, scores = index.top_k(history_queries(texts, [hist], n), max(ks) + len(seen))
     top = [int(i) for i, s in zip(ids[0], scores[0]) if s > 0 and int(i) not in seen][:max(ks)]
     ranks[data.user_ids[user]] = rank_of(target, top)
   label = f"BM25 on the last {n} history texts"
@@ -128,12 +133,44 @@ def run_bm25_history(cfg, data, rows) -> MethodResult:
                       eval_seconds=time.time() - t0)
 
 
+def run_text_fused(cfg, data, rows) -> MethodResult:
+  """Without a model: BM25 over the last history texts and popularity, fused with weights chosen on the
+  validation split (the same fusion as CALRec's fused row, without its dense signal)."""
+  from calrec_jax.data.iterators import eval_rows
+  from calrec_jax.eval import fusion
+  from calrec_jax.eval.metrics import ranking_metrics
+  from calrec_jax.eval.signals import model_free_signals
+  t0 = time.time()
+  c = cfg.calrec
+  ec, ks = c.eval, _ks(c)
+  texts = _item_texts(c, data)
+  names = ("bm25_history", "popularity")
+  valid_rows = eval_rows(data.sequences, "valid", ec.max_users, c.seed)
+
+  def signals(rs):
+    raw = model_free_signals(names, texts, data.sequences, [h for _, h, _ in rs], ec)
+    return {n: fusion.standardise(raw[n]) for n in names}
+
+  def excluded(rs):
+    return fusion.exclusion_mask([h for _, h, _ in rs], len(texts)) if ec.exclude_history else None
+  choice = fusion.choose_weights(signals(valid_rows), [t for _, _, t in valid_rows], excluded(valid_rows),
+                                 ec.fusion_metric, ks)
+  scores = fusion.fused_scores(signals(rows), choice.weights)
+  ranks = fusion.target_ranks(scores, [t for _, _, t in rows], excluded(rows), max(ks)).tolist()
+  label = f"BM25 on the last {ec.fusion_history_items} history texts + popularity, fused"
+  return MethodResult("baseline", {label: ranking_metrics(ranks, ks)},
+                      {label: {data.user_ids[u]: r for (u, _, _), r in zip(rows, ranks)}},
+                      eval_seconds=time.time() - t0,
+                      notes={"fused": {"weights": choice.weights, "valid_users": choice.users,
+                                       f"valid_{ec.fusion_metric}": choice.valid_metric}})
+
+
 def run_id_model(name: str, cfg, data, rows, workdir: str, progress: bool) -> MethodResult:
   """SASRec / GRU4Rec: train with early stopping, then rank the evaluation users' items."""
   from calrec_jax.baselines.id_sequences import id_examples
   from calrec_jax.baselines.train_id import IdModelTrainer
   from calrec_jax.eval.metrics import ranking_metrics
-  from calrec_jax.train.sharding import make_mesh
+  from calrec_jax.model.sharding import make_mesh
   mc = cfg.calrec.mesh
   trainer = IdModelTrainer(name, cfg[name], data, cfg.calrec.eval, make_mesh(mc.data, mc.fsdp, mc.tensor),
                            seed=cfg.calrec.seed)
@@ -157,10 +194,12 @@ def _rows_from_eval(out_dir: str, label: str) -> tuple[dict, dict]:
   with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
   rows, ranks = {}, {}
-  names = {"bm25": "generation + BM25", "bm25_constrained": "constrained generation + BM25", "dense": "dense"}
+  names = {"bm25": "generation + BM25", "bm25_constrained": "constrained generation + BM25", "dense": "dense",
+           "beam": "constrained beams",
+           "fused": "fused (" + " + ".join(metrics.get("fused_choice", {}).get("weights", {})) + ")"}
   for m in [m for m in names if m in metrics]:
     name = f"{label} · {names[m]}"
-    rows[name] = metrics[m]
+    rows[name] = {k: v for k, v in metrics[m].items() if isinstance(v, (int, float))}
     with open(os.path.join(out_dir, f"rankings_{m}.jsonl"), encoding="utf-8") as f:
       ranks[name] = {r["user"]: r["rank"] for r in map(json.loads, f)}
   return rows, ranks
@@ -202,8 +241,12 @@ def run_calrec(name: str, overrides: str, cfg, workdir: str, progress: bool) -> 
   out_dir = os.path.join(workdir, "eval")
   evaluate_workdir(s2, stage2, out_dir=out_dir)
   rows, ranks = _rows_from_eval(out_dir, cfg.labels.get(name, name))
-  return MethodResult("calrec", rows, ranks, train_seconds=train_s, eval_seconds=time.time() - t0,
-                      notes={"overrides": overrides})
+  notes = {"overrides": overrides}
+  with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as f:
+    fused = json.load(f).get("fused_choice")
+  if fused:
+    notes["fused"] = fused
+  return MethodResult("calrec", rows, ranks, train_seconds=train_s, eval_seconds=time.time() - t0, notes=notes)
 
 
 def run_zero_shot(cfg, workdir: str) -> MethodResult:
@@ -223,17 +266,34 @@ def run_zero_shot(cfg, workdir: str) -> MethodResult:
   return MethodResult("baseline", rows, ranks, eval_seconds=time.time() - t0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+  """A comparison method that is not a CALRec variant: how it runs, and which config it depends on (beyond the
+  shared data, eval and seed: a finished result is re-used only while both are unchanged)."""
+  run: Callable[..., MethodResult]  # (cfg, (categories, eval category, rows), workdir, progress) -> MethodResult
+  settings: Callable[[Any], dict]
+
+
+BASELINE_METHODS: dict[str, Baseline] = {
+    "popularity": Baseline(lambda cfg, d, w, p: run_popularity(cfg, d[0][d[1]], d[2]), lambda cfg: {}),
+    "bm25_history": Baseline(lambda cfg, d, w, p: run_bm25_history(cfg, d[0][d[1]], d[2]),
+                             lambda cfg: cfg.bm25_history.to_dict()),
+    "text_fused": Baseline(lambda cfg, d, w, p: run_text_fused(cfg, d[0][d[1]], d[2]), lambda cfg: {}),
+    "sasrec": Baseline(lambda cfg, d, w, p: run_id_model("sasrec", cfg, d[0][d[1]], d[2], w, p),
+                       lambda cfg: cfg.sasrec.to_dict()),
+    "gru4rec": Baseline(lambda cfg, d, w, p: run_id_model("gru4rec", cfg, d[0][d[1]], d[2], w, p),
+                        lambda cfg: cfg.gru4rec.to_dict()),
+    "zero_shot": Baseline(lambda cfg, d, w, p: run_zero_shot(cfg, w),
+                          lambda cfg: {"overrides": cfg.zero_shot.overrides, "model": cfg.calrec.model.to_dict()}),
+}
+BASELINES = tuple(BASELINE_METHODS)
+
+
 def method_fingerprint(name: str, cfg) -> str:
   """What a finished method's result depends on: a resumed comparison re-uses it only when this is unchanged."""
   shared = {"data": cfg.calrec.data.to_dict(), "eval": cfg.calrec.eval.to_dict(), "seed": cfg.calrec.seed}
-  if name in ("sasrec", "gru4rec"):
-    own = cfg[name].to_dict()
-  elif name == "bm25_history":
-    own = cfg.bm25_history.to_dict()
-  elif name == "zero_shot":
-    own = {"overrides": cfg.zero_shot.overrides, "model": cfg.calrec.model.to_dict()}
-  elif name == "popularity":
-    own = {}
+  if name in BASELINE_METHODS:
+    own = BASELINE_METHODS[name].settings(cfg)
   else:
     own = apply_overrides(cfg.calrec, cfg.variants[name]).to_dict()
   return json.dumps({"method": name, "shared": shared, "own": own}, sort_keys=True, default=str)
@@ -242,15 +302,8 @@ def method_fingerprint(name: str, cfg) -> str:
 def run_method(name: str, cfg, data_bundle, workdir: str, progress: bool, references: str = "") -> MethodResult:
   """Train and evaluate one method; `references` ('SASRec=0.087'): validation lines of a CALRec variant's
   time-to-quality plot."""
-  cats, cat, rows = data_bundle
-  if name == "popularity":
-    return run_popularity(cfg, cats[cat], rows)
-  if name == "bm25_history":
-    return run_bm25_history(cfg, cats[cat], rows)
-  if name in ("sasrec", "gru4rec"):
-    return run_id_model(name, cfg, cats[cat], rows, workdir, progress)
-  if name == "zero_shot":
-    return run_zero_shot(cfg, workdir)
+  if name in BASELINE_METHODS:
+    return BASELINE_METHODS[name].run(cfg, data_bundle, workdir, progress)
   overrides = cfg.variants[name] + (f"; eval.reference_valid_ndcg={references}" if references else "")
   return run_calrec(name, overrides, cfg, workdir, progress)
 

@@ -67,6 +67,11 @@ def markdown(results: dict[str, MethodResult], title: str, sig: dict, exclude_hi
     lines.append(f"| {name} | {int(metrics.get('users', 0))} | "
                  + " | ".join(f"{metrics.get(k, 0.0):.4f}" for k in COLUMNS)
                  + f" | {r.train_seconds:.0f} | {r.eval_seconds:.0f} |")
+  for m, r in results.items():
+    fused = r.notes.get("fused") if r.notes else None
+    if fused:
+      lines += ["", f"Fused weights of {m} (chosen on {fused['valid_users']} validation users; the test split is "
+                "never read while choosing): " + ", ".join(f"{k} {v:g}" for k, v in fused["weights"].items())]
   rel = relative_changes(results)
   if rel:
     lines += ["", "Relative change of each CALRec row against the best baseline value of each metric:", "",

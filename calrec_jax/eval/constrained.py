@@ -23,19 +23,31 @@ class CatalogTrie:
   tokens: np.ndarray
   children: np.ndarray
   width: int  # most children of any node (static size of the per-step slice)
+  item_of_node: np.ndarray  # [nodes] the item a node names (the only one below it; at a stop: the lowest
+  #                           index among items of that text), -1 while several items share the prefix
 
   @classmethod
   def build(cls, sequences: Sequence[Sequence[int]], stop_id: int) -> "CatalogTrie":
-    """Trie of `sequences` (item token ids, no BOS/EOS), each followed by `stop_id`. Node 0 is the root."""
+    """Trie of `sequences` (item token ids, no BOS/EOS; item i is sequences[i]), each followed by `stop_id`.
+    Node 0 is the root."""
     nodes: list[dict[int, int]] = [{}]
-    for seq in sequences:
+    below: list[set[int]] = [set()]  # the items under each node (at most 2 kept: enough to tell 'one' from 'many')
+    for item, seq in enumerate(sequences):
       node = 0
-      for t in list(seq) + [stop_id]:
+      path = list(seq) + [stop_id]
+      for j, t in enumerate(path):
         nxt = nodes[node].get(int(t))
         if nxt is None:
           nxt = nodes[node][int(t)] = len(nodes)
           nodes.append({})
+          below.append(set())
         node = nxt
+        if len(below[node]) < 2 or j == len(path) - 1:
+          below[node].add(item)
+    item_of_node = np.full(len(nodes), -1, np.int32)
+    for n, items in enumerate(below):
+      if len(items) == 1 or (items and not nodes[n]):  # one item below, or a stop leaf (duplicates: the lowest)
+        item_of_node[n] = min(items)
     counts = np.asarray([len(n) for n in nodes], np.int32)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     width = int(counts.max())
@@ -44,7 +56,7 @@ class CatalogTrie:
     for n, kids in enumerate(nodes):
       for j, (t, c) in enumerate(sorted(kids.items())):
         tokens[offsets[n] + j], children[offsets[n] + j] = t, c
-    return cls(offsets, tokens, children, width)
+    return cls(offsets, tokens, children, width, item_of_node)
 
   def arrays(self) -> dict[str, jax.Array]:
     return {"offsets": jnp.asarray(self.offsets), "tokens": jnp.asarray(self.tokens),

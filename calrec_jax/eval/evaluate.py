@@ -17,8 +17,8 @@ from calrec_jax.eval.generate import generate
 from calrec_jax.eval.merge import merge_generations
 from calrec_jax.eval.metrics import rank_of, ranking_metrics
 from calrec_jax.model.decoder import Decoder
-from calrec_jax.train.sharding import gather_objects, gather_to_host
-from calrec_jax.train.two_tower import TwoTower
+from calrec_jax.model.sharding import gather_objects, gather_to_host
+from calrec_jax.model.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
 
@@ -127,41 +127,48 @@ def item_embeddings(parts, params, cat: int, batch_size: int = 64) -> np.ndarray
   return np.concatenate(out)
 
 
-def evaluate_dense(config, parts, params, rows, cat: int, item_emb: np.ndarray | None = None) -> tuple[dict, list]:
-  """Rank every catalog item by v_U . v_T."""
-  ec = config.eval
-  ks = [int(k) for k in split_names(ec.ks)]
-  item_emb = item_embeddings(parts, params, cat) if item_emb is None else item_emb
+def user_embeddings(config, parts, params, rows, cat: int) -> np.ndarray:
+  """v_U of each (user, history, target) row [U, E]; causal attention: the hidden states over the history never
+  see the target tokens that follow them."""
   fn = jax.jit(lambda p, b: parts.model.apply({"params": p}, b["tokens"], b["positions"], b["input_mask"],
                                                b["history_mask"], method=TwoTower.user_embedding))
-  enc = parts.encoder
-  ranks, records = [], []
-  for start in range(0, len(rows), ec.batch_size):
-    chunk = rows[start:start + ec.batch_size]
-    batch = enc.collate([enc.encode(cat, h, t) for _, h, t in chunk], ec.batch_size)
-    # causal attention: hidden states over the history never see the target tokens that follow them
-    v_u = np.asarray(gather_to_host(fn(params, batch)))[:len(chunk)]
-    scores = v_u @ item_emb.T  # [U, I]
-    for (user, hist, target), s in zip(chunk, scores):
-      if ec.exclude_history:
-        s = s.copy()
-        s[list(hist)] = -np.inf
-      top = np.argsort(-s, kind="stable")[:max(ks)].tolist()
-      r = rank_of(target, top)
-      ranks.append(r)
-      records.append({"user": parts.categories[cat].user_ids[user], "target": int(target), "rank": r, "top": top})
+  enc, bs = parts.encoder, config.eval.batch_size
+  out = []
+  for start in range(0, len(rows), bs):
+    chunk = rows[start:start + bs]
+    batch = enc.collate([enc.encode(cat, h, t) for _, h, t in chunk], bs)
+    out.append(np.asarray(gather_to_host(fn(params, batch)))[:len(chunk)])
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _ranked_records(config, data, rows, scores: np.ndarray, ks: list[int]) -> tuple[list[int], list[dict]]:
+  """Ranks and records of rows ranked by scores [U, I] (history items excluded as configured)."""
+  from calrec_jax.eval.fusion import exclusion_mask, target_ranks, top_items
+  excluded = exclusion_mask([h for _, h, _ in rows], scores.shape[1]) if config.eval.exclude_history else None
+  targets = np.asarray([t for _, _, t in rows], np.int64)
+  ranks = target_ranks(scores, targets, excluded, max(ks)).tolist()
+  tops = top_items(scores, excluded, max(ks)).tolist()
+  records = [{"user": data.user_ids[u], "target": int(t), "rank": r, "top": top}
+             for (u, _, t), r, top in zip(rows, ranks, tops)]
+  return ranks, records
+
+
+def evaluate_dense(config, parts, params, rows, cat: int, item_emb: np.ndarray | None = None) -> tuple[dict, list]:
+  """Rank every catalog item by v_U . v_T."""
+  ks = [int(k) for k in split_names(config.eval.ks)]
+  item_emb = item_embeddings(parts, params, cat) if item_emb is None else item_emb
+  scores = user_embeddings(config, parts, params, rows, cat) @ item_emb.T                # [U, I]
+  ranks, records = _ranked_records(config, parts.categories[cat], rows, scores, ks)
   return ranking_metrics(ranks, ks), records
 
 
 def evaluate_popularity(config, data, rows) -> tuple[dict, list]:
   """Baseline: items ranked by their count in the training sequences of `data` (a CategoryData), history items
   excluded as configured."""
+  from calrec_jax.eval.signals import popularity_counts
   ec = config.eval
   ks = [int(k) for k in split_names(ec.ks)]
-  counts = np.zeros(len(data.catalog))
-  for seq in data.sequences:
-    np.add.at(counts, np.asarray(seq[:-2], np.int64), 1)  # training part: without the valid and test items
-  order = np.argsort(-counts, kind="stable")
+  order = np.argsort(-popularity_counts(data.sequences, len(data.catalog)), kind="stable")
   ranks, records = [], []
   for user, hist, target in rows:
     seen = set(hist) if ec.exclude_history else set()
@@ -169,6 +176,101 @@ def evaluate_popularity(config, data, rows) -> tuple[dict, list]:
     ranks.append(rank_of(target, top))
     records.append({"user": data.user_ids[user], "target": int(target), "rank": ranks[-1]})
   return ranking_metrics(ranks, ks), records
+
+
+def beam_rankings(config, parts, params, rows, cat: int, mesh=None, progress: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Catalog-constrained beam search for each row's prompt: (items [U, K], scores [U, K]), best first, -1 where a
+  beam named no item; K = eval.beams, the softmax over the catalog's tokens when eval.sub_vocabulary."""
+  from calrec_jax.eval.beams import CatalogBeamSearch
+  ec, enc = config.eval, parts.encoder
+  n_items = len(parts.categories[cat].catalog)
+  search = CatalogBeamSearch(Decoder(parts.model_cfg, parts.model.dtype),
+                             [enc.item_tokens(cat, i) for i in range(n_items)], parts.tokenizer.eos_id,
+                             sub_vocabulary=ec.sub_vocabulary)
+  prompts = [enc.prompt_tokens(cat, h)[0] for _, h, _ in rows]
+  order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
+  items = np.full((len(rows), ec.beams), -1, np.int64)
+  scores = np.full((len(rows), ec.beams), -np.inf, np.float32)
+  bar = tqdm(total=len(rows), desc="beams", unit="user", disable=not progress, dynamic_ncols=True)
+  for start in range(0, len(rows), ec.batch_size):
+    chunk = order[start:start + ec.batch_size]
+    it, sc = search.search(params["decoder"], [prompts[i] for i in chunk], ec.beams,
+                           length_penalty=ec.beam_length_penalty, mesh=mesh)
+    items[chunk], scores[chunk] = it, sc
+    bar.update(len(chunk))
+  bar.close()
+  return items, scores
+
+
+def evaluate_beams(config, parts, params, rows, cat: int, mesh=None, beams=None) -> tuple[dict, list]:
+  """Rank by constrained beam search: each user's beams, best first, history items left out; `beams`: the
+  (items, scores) of `beam_rankings` when already computed."""
+  ks = [int(k) for k in split_names(config.eval.ks)]
+  items, scores = beams if beams is not None else beam_rankings(config, parts, params, rows, cat, mesh)
+  data = parts.categories[cat]
+  ranks, records = [], []
+  for (user, hist, target), its, sc in zip(rows, items, scores):
+    seen = set(hist) if config.eval.exclude_history else set()
+    top = [int(i) for i in dict.fromkeys(its.tolist()) if i >= 0 and int(i) not in seen][:max(ks)]
+    ranks.append(rank_of(target, top))
+    records.append({"user": data.user_ids[user], "target": int(target), "rank": ranks[-1], "top": top,
+                    "scores": [float(x) for x, i in zip(sc, its) if i >= 0 and int(i) not in seen][:max(ks)]})
+  return ranking_metrics(ranks, ks), records
+
+
+def beam_signal(items: np.ndarray, scores: np.ndarray, num_items: int) -> np.ndarray:
+  """[U, I] the beams' probabilities (a softmax over each user's finite beam scores), 0 for items no beam named."""
+  out = np.zeros((len(items), num_items), np.float32)
+  finite = np.isfinite(scores) & (items >= 0)
+  shifted = np.where(finite, scores - np.where(finite, scores, -np.inf).max(1, keepdims=True), -np.inf)
+  prob = np.exp(shifted)
+  prob /= np.maximum(prob.sum(1, keepdims=True), 1e-30)
+  rows = np.repeat(np.arange(len(items)), items.shape[1])
+  keep = finite.reshape(-1)
+  np.add.at(out, (rows[keep], items.reshape(-1)[keep]), prob.reshape(-1)[keep])
+  return out
+
+
+FUSION_SIGNALS = ("dense", "beam", "bm25_history", "popularity")
+
+
+def fusion_signals(config, parts, params, rows, cat: int, item_emb: np.ndarray | None, mesh=None, beams=None
+                   ) -> dict[str, np.ndarray]:
+  """The standardised [U, I] score matrices of `eval.fusion`'s signals for these rows (`beams`: their
+  `beam_rankings` when already computed)."""
+  from calrec_jax.eval.fusion import standardise
+  from calrec_jax.eval.signals import model_free_signals
+  names = split_names(config.eval.fusion)
+  raw = model_free_signals(names, item_texts(parts, cat), parts.categories[cat].sequences, [h for _, h, _ in rows],
+                           config.eval)
+  if "dense" in names:
+    raw["dense"] = user_embeddings(config, parts, params, rows, cat) @ item_emb.T
+  if "beam" in names:
+    items, scores = beams if beams is not None else beam_rankings(config, parts, params, rows, cat, mesh)
+    raw["beam"] = beam_signal(items, scores, len(parts.categories[cat].catalog))
+  return {n: standardise(raw[n]) for n in names}
+
+
+def evaluate_fused(config, parts, params, rows, valid_rows, cat: int, item_emb: np.ndarray | None = None,
+                   mesh=None, beams=None) -> tuple[dict, list, dict]:
+  """The fused ranking of `rows` (the test split) with weights chosen on `valid_rows` only; returns metrics,
+  records and the choice (weights, their validation metric, each signal alone on validation)."""
+  from calrec_jax.eval.fusion import choose_weights, exclusion_mask, fused_scores
+  ec = config.eval
+  ks = [int(k) for k in split_names(ec.ks)]
+  if "dense" in split_names(ec.fusion) and item_emb is None:
+    item_emb = item_embeddings(parts, params, cat)
+  n_items = len(parts.categories[cat].catalog)
+  valid = fusion_signals(config, parts, params, valid_rows, cat, item_emb, mesh)
+  excluded = exclusion_mask([h for _, h, _ in valid_rows], n_items) if ec.exclude_history else None
+  choice = choose_weights(valid, np.asarray([t for _, _, t in valid_rows], np.int64), excluded, ec.fusion_metric, ks)
+  del valid, excluded
+  test = fusion_signals(config, parts, params, rows, cat, item_emb, mesh, beams)
+  ranks, records = _ranked_records(config, parts.categories[cat], rows, fused_scores(test, choice.weights), ks)
+  info = {"weights": choice.weights, "valid_users": choice.users, f"valid_{ec.fusion_metric}": choice.valid_metric,
+          f"valid_{ec.fusion_metric}_alone": choice.single}
+  return ranking_metrics(ranks, ks), records, info
 
 
 def run_evaluation(config, parts, params, out_dir: str, split: str | None = None, params_source: str = "params"
@@ -179,9 +281,9 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
   over its data x fsdp axes.
   """
   from calrec_jax.eval.metrics import markdown_table
-  from calrec_jax.train import sharding as shd
+  from calrec_jax.model import sharding as shd
   from calrec_jax.train.checkpoint import check_params
-  from calrec_jax.train.step import example_batch, params_shardings
+  from calrec_jax.model.variables import example_batch, params_shardings
   cat = eval_category_index(config, parts.categories)
   split = split or config.eval.split
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
@@ -197,17 +299,34 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
   if not rows:
     from calrec_jax.errors import DataError
     raise DataError(f"no {split} users in category {parts.categories[cat].name!r}")
-  results, records = {}, {}
+  results, records, notes = {}, {}, []
   methods = ["bm25", "dense"] if config.eval.retrieval == "bm25" else ["dense"]
   if config.eval.constrained:
     methods.insert(0, "bm25_constrained")
+  if config.eval.beams:
+    methods.append("beam")
+  if config.eval.fusion:
+    methods.append("fused")
+  item_emb = beams = None
   for method in methods:
     t0 = time.time()
     if method.startswith("bm25"):
       results[method], records[method] = evaluate_bm25(config, parts, params, rows, cat, mesh=mesh,
                                                        constrained=method == "bm25_constrained")
+    elif method == "dense":
+      item_emb = item_embeddings(parts, params, cat)
+      results[method], records[method] = evaluate_dense(config, parts, params, rows, cat, item_emb)
+    elif method == "beam":
+      beams = beam_rankings(config, parts, params, rows, cat, mesh)
+      results[method], records[method] = evaluate_beams(config, parts, params, rows, cat, mesh, beams)
     else:
-      results[method], records[method] = evaluate_dense(config, parts, params, rows, cat)
+      valid_rows = eval_examples(parts.encoder, cat, "valid", config.eval.max_users, config.seed)
+      results[method], records[method], choice = evaluate_fused(config, parts, params, rows, valid_rows, cat, item_emb,
+                                                                mesh, beams)
+      results["fused_choice"] = choice
+      notes.append("fused weights (chosen on %d validation users, %s %.4f): %s" % (
+          choice["valid_users"], config.eval.fusion_metric, choice[f"valid_{config.eval.fusion_metric}"],
+          ", ".join(f"{k}={v:g}" for k, v in choice["weights"].items())))
     log.info("%s retrieval on %d %s users of %s: %.1fs", method, len(rows), split, parts.categories[cat].name,
              time.time() - t0)
   results["popularity"], records["popularity"] = evaluate_popularity(config, parts.categories[cat], rows)
@@ -218,7 +337,8 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
     json.dump({"category": parts.categories[cat].name, "split": split,
                "exclude_history": bool(config.eval.exclude_history), **results}, f, indent=1)
   table = markdown_table({("Popularity (baseline)" if m == "popularity" else f"CALRec ({m})"): r
-                          for m, r in results.items()})
+                          for m, r in results.items() if m != "fused_choice"})
+  table = "\n\n".join([table] + notes)
   with open(os.path.join(out_dir, "metrics.md"), "w", encoding="utf-8") as f:
     f.write(f"{parts.categories[cat].name}, {split} split\n\n{table}\n")
   for method, recs in records.items():

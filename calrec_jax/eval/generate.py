@@ -12,7 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from calrec_jax.eval.constrained import CatalogTrie, advance, constrain_logits
 from calrec_jax.model.decoder import Decoder, init_cache
-from calrec_jax.train.sharding import gather_to_host, place_host_array
+from calrec_jax.model.sharding import gather_to_host, place_host_array
 
 
 def _top_p_mask(sorted_logits: jax.Array, top_p: float) -> jax.Array:
@@ -45,6 +45,18 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_k: i
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def prefill(decoder: Decoder, params, tokens: jax.Array, prompt_mask: jax.Array, max_new_tokens: int
+            ) -> tuple[jax.Array, dict, jax.Array, jax.Array]:
+  """One pass over left-padded prompts [B, P] into a KV cache with room for `max_new_tokens` more: (hidden state
+  at the last prompt position [B, D], cache, key mask [B, P + max_new_tokens], next positions [B])."""
+  b, p = tokens.shape
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)  # [B, P]
+  cache = init_cache(decoder.cfg, b, p + max_new_tokens, decoder.dtype)
+  key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # [B, S]
+  hidden, cache = decoder.apply({"params": params}, tokens, positions, key_mask, cache, 0)
+  return hidden[:, -1], cache, key_mask, positions[:, -1] + 1
+
+
 @functools.partial(jax.jit, static_argnames=("decoder", "max_new_tokens", "temperature", "top_k", "top_p",
                                              "num_samples", "trie_width"))
 def _generate(decoder: Decoder, params, tokens, prompt_mask, stop_ids, rng, max_new_tokens: int,
@@ -58,14 +70,11 @@ def _generate(decoder: Decoder, params, tokens, prompt_mask, stop_ids, rng, max_
   """
   b, p = tokens.shape
   cfg = decoder.cfg
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)  # [B, P]
-  cache = init_cache(cfg, b, p + max_new_tokens, decoder.dtype)
-  key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # [B, S]
-  hidden, cache = decoder.apply({"params": params}, tokens, positions, key_mask, cache, 0)
-  last = decoder.apply({"params": params}, hidden[:, -1], method=Decoder.logits)  # [B, V]
+  hidden, cache, key_mask, next_pos = prefill(decoder, params, tokens, prompt_mask, max_new_tokens)
+  last = decoder.apply({"params": params}, hidden, method=Decoder.logits)  # [B, V]
   rep = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731  [B, ...] -> [B*N, ...]
   cache = jax.tree_util.tree_map(rep, cache)
-  key_mask, last, next_pos = rep(key_mask), rep(last), rep(positions[:, -1] + 1)
+  key_mask, last, next_pos = rep(key_mask), rep(last), rep(next_pos)
   b = b * num_samples
 
   def cond(carry):
@@ -100,14 +109,11 @@ def _beam_search(decoder: Decoder, params, tokens, prompt_mask, stop_ids, max_ne
   """
   b, p = tokens.shape
   k, cfg = num_beams, decoder.cfg
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)  # [B, P]
-  cache = init_cache(cfg, b, p + max_new_tokens, decoder.dtype)
-  key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # [B, S]
-  hidden, cache = decoder.apply({"params": params}, tokens, positions, key_mask, cache, 0)
-  logits = decoder.apply({"params": params}, hidden[:, -1], method=Decoder.logits)  # [B, V]
+  hidden, cache, key_mask, pos = prefill(decoder, params, tokens, prompt_mask, max_new_tokens)
+  logits = decoder.apply({"params": params}, hidden, method=Decoder.logits)  # [B, V]
   rep = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
   cache = jax.tree_util.tree_map(rep, cache)
-  key_mask, logits, pos = rep(key_mask), rep(logits), rep(positions[:, -1] + 1)
+  key_mask, logits, pos = rep(key_mask), rep(logits), rep(pos)
   scores = jnp.tile(jnp.asarray([0.0] + [-jnp.inf] * (k - 1), jnp.float32), (b, 1))  # [B, K]
   v = logits.shape[-1]
   base = (jnp.arange(b) * k)[:, None]  # [B, 1] first row of each prompt in [B*K]

@@ -6,7 +6,8 @@ import jax
 from calrec_jax.data.examples import catalog_vocabulary
 from calrec_jax.data.iterators import eval_batches, eval_examples
 from calrec_jax.eval.evaluate import eval_category_index, evaluate_dense
-from calrec_jax.train.step import calrec_loss, loss_config
+from calrec_jax.train.objective import loss_config
+from calrec_jax.train.step import calrec_loss
 
 
 def validation_metrics(config, parts, params) -> dict[str, float]:

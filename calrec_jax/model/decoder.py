@@ -120,9 +120,12 @@ class Decoder(nn.Module):
     """[V, D] matrix whose rows score each vocabulary entry."""
     return self.embedding if self.cfg.tie_embeddings else self.lm_head.T
 
-  def logits(self, hidden: Array) -> Array:
-    """hidden: [..., D] -> logits [..., V] in float32 (with Gemma's final soft-cap when configured)."""
+  def logits(self, hidden: Array, vocab: Array | None = None) -> Array:
+    """hidden: [..., D] -> logits [..., V] in float32 (with Gemma's final soft-cap when configured); with
+    `vocab` [V'] (token ids), only those columns: [..., V'] (the output embedding's rows gathered first)."""
     w = self.output_embedding()
+    if vocab is not None:
+      w = jnp.take(w, vocab, axis=0)                                                    # [V', D]
     out = jnp.einsum("...D,VD->...V", hidden.astype(self.dtype), w.astype(self.dtype),
                      preferred_element_type=jnp.float32)
     if self.cfg.final_logit_softcap:

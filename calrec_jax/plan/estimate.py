@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from calrec_jax.model import variables
 from calrec_jax.model.config import ModelConfig
 from calrec_jax.model.partitioning import DEFAULT_RULES, logical_spec
 
@@ -59,8 +60,8 @@ def _divisor(spec, mesh) -> int:
 
 def param_tree(cfg: ModelConfig, projection_dim: int = 0):
   """Abstract params of the two-tower model, boxed with their logical axis names."""
-  from calrec_jax.train.step import _init_variables, example_batch
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.variables import init_boxed as _init_variables, example_batch
+  from calrec_jax.model.two_tower import TwoTower
   model = TwoTower(cfg, projection_dim)
   return jax.eval_shape(lambda r: _init_variables(model, r, example_batch(1, 8, 4, 6)), jax.random.PRNGKey(0))
 
@@ -183,15 +184,16 @@ def compile_train_step(cfg: ModelConfig, shape: StepShape, tx, attention: str = 
   """The real train step of `shape`, compiled ahead of time on the first `shape.devices` local devices.
 
   Returns (compiled step, model, mesh, abstract batch, state shardings)."""
-  from calrec_jax.train import sharding as shd
+  from calrec_jax.model import sharding as shd
+  from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
-  from calrec_jax.train.two_tower import TwoTower
+  from calrec_jax.model.two_tower import TwoTower
   mesh = shd.make_mesh(*shape.mesh, devices=jax.devices()[:shape.devices])
   dtype = jnp.bfloat16 if shape.compute_bytes == 2 else jnp.float32
   model = TwoTower(cfg, 0, dtype, jnp.float32, shape.remat, shape.scan_layers, attention)
-  batch = step_lib.example_batch(shape.global_batch, shape.seq_len, shape.target_len, shape.item_len)
+  batch = variables.example_batch(shape.global_batch, shape.seq_len, shape.target_len, shape.item_len)
   state_sh, abstract = step_lib.state_shardings(model, tx, mesh, batch)
-  lc = step_lib.LossConfig(vocab_chunk=shape.vocab_chunk)
+  lc = objective.LossConfig(vocab_chunk=shape.vocab_chunk)
   step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, lc), mesh, state_sh)
   compiled = step.lower(shd.abstract_with_sharding(abstract, state_sh), batch).compile()
   return compiled, model, mesh, batch, state_sh

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from calrec_jax.data.examples import ExampleEncoder
-from calrec_jax.train.two_tower import TwoTower
+from calrec_jax.model.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
 

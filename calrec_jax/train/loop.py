@@ -10,12 +10,14 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from calrec_jax.model import variables
 from calrec_jax.data.iterators import MixtureIterator, PackedMixtureIterator
 from calrec_jax.errors import CalrecError, Interrupted
 from calrec_jax.model.layer_stack import unstack_layers
 from calrec_jax.train import checkpoint as ckpt_lib
 from calrec_jax.train import optim
-from calrec_jax.train import sharding as shd
+from calrec_jax.model import sharding as shd
+from calrec_jax.train import objective
 from calrec_jax.train import step as step_lib
 from calrec_jax.train.item_bank import ItemBank
 from calrec_jax.train.metrics_writer import MetricsWriter, parse_references, plot_curves, plot_time_to_quality
@@ -71,7 +73,7 @@ class StopSignals:
 
 def _fresh_params(config, parts: RunParts, shapes) -> Any:
   """Random-init params of the model (host numpy, unboxed)."""
-  return jax.device_get(jax.jit(lambda r: step_lib.nn.meta.unbox(step_lib._init_variables(parts.model, r, shapes)))(
+  return jax.device_get(jax.jit(lambda r: variables.init_params(parts.model, r, shapes))(
       jax.random.PRNGKey(config.seed)))
 
 
@@ -124,7 +126,7 @@ def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc, ban
   tree {'lora', ['proj']} only, restored from the workdir's checkpoint when there is one.
   Returns (state, state shardings, iterator state, how, frozen decoder weights, their shardings)."""
   from calrec_jax.adapters.lora import count, init_adapters
-  p_sh, p_abstract = step_lib.params_shardings(parts.model, mesh, shapes)
+  p_sh, p_abstract = variables.params_shardings(parts.model, mesh, shapes)
   params, how = given_params(config, parts, p_abstract, shapes)
   if params is None:  # the frozen weights are needed on the host either way
     params = _fresh_params(config, parts, shapes)
@@ -212,9 +214,9 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
                       f"({mesh.shape['data'] * mesh.shape['fsdp']}) x optim.grad_accum ({config.optim.grad_accum})")
   tx = optim.make_optimizer(config.optim, tc.num_steps)
   spec = parts.encoder.spec
-  shapes = step_lib.example_batch(dc.batch_size, parts.encoder.buckets[-1], spec.target_len, spec.item_len)
+  shapes = variables.example_batch(dc.batch_size, parts.encoder.buckets[-1], spec.target_len, spec.item_len)
   packed = training_packer(config, parts)
-  step_shapes = shapes if packed is None else step_lib.packed_batch(
+  step_shapes = shapes if packed is None else variables.packed_batch(
       dc.batch_size, packed.spec.slots, packed.spec.max_len, spec.target_len, packed.spec.item_len)
   ckptr = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt.keep, config.ckpt.async_save,
                                 config.ckpt.save_concurrent_gb)
@@ -259,7 +261,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     it.set_state(it_state)
   log.info("mixture over %s with p=%s", [c.name for c in parts.categories], np.round(it.probs, 3).tolist())
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(parts.model, tx, step_lib.loss_config(config.loss, lm_vocabulary(config, parts)),
+      step_lib.make_train_step(parts.model, tx, objective.loss_config(config.loss, lm_vocabulary(config, parts)),
                                config.optim.grad_accum, to_params), mesh, state_sh, frozen_sharding=frozen_sh)
   abstract_state = shd.abstract_with_sharding(jax.eval_shape(lambda s: s, state), state_sh)
   extra = () if frozen is None else (shd.abstract_with_sharding(jax.eval_shape(lambda f: f, frozen), frozen_sh),)

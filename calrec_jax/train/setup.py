@@ -16,7 +16,7 @@ from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_it
 from calrec_jax.data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from calrec_jax.model import config as model_config
 from calrec_jax.model.config import ModelConfig
-from calrec_jax.train.two_tower import TwoTower
+from calrec_jax.model.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """The fused CALRec train step and sharded state creation (eval_shape -> shardings -> jitted init)."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -13,60 +12,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from calrec_jax.model.layer_stack import stack_layers, unstack_layers
 from calrec_jax.model.partitioning import activation_sharding, constrain
-from calrec_jax.train import sharding as shd
-from calrec_jax.train.losses import bank_info_nce, chunked_lm_loss, info_nce
-from calrec_jax.train.two_tower import TwoTower
+from calrec_jax.model import sharding as shd
+from calrec_jax.train.objective import EMBEDDINGS, EmbeddingInputs, LossConfig, Objective, TokenInputs
+from calrec_jax.model.two_tower import TwoTower
+from calrec_jax.model.variables import init_boxed
 
 State = dict[str, Any]  # {'step': int32 [], 'params': tree, 'opt_state': tree[, 'bank': float32 [I, E]]}
 # A model with scanned blocks keeps them stacked in the train state (model/layer_stack.py): state['params'] is
 # then the stacked tree, and the model's per-layer params are unstack_layers(state['params']).
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  w_nig: float = 1.0
-  w_tt: float = 0.5
-  w_ut: float = 0.5
-  temperature: float = 0.05
-  symmetric: bool = False
-  vocab_chunk: int = 16_384
-  lm_vocab: tuple[int, ...] = ()  # sorted token ids L_NIG's softmax runs over (empty: the whole vocabulary)
-
-
-def loss_config(c, lm_vocab: tuple[int, ...] = ()) -> LossConfig:
-  """LossConfig from the config's `loss` section; `lm_vocab` from `catalog_vocabulary` when loss.lm_vocab is
-  'catalog'."""
-  return LossConfig(c.w_nig, c.w_tt, c.w_ut, c.temperature, c.symmetric, c.vocab_chunk, tuple(lm_vocab))
-
-
-def contrastive_loss(v_u: jax.Array, v_tu: jax.Array, v_t: jax.Array, target_id: jax.Array, valid: jax.Array,
-                     lc: LossConfig, bank: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """w_tt * InfoNCE(v_T|U, v_T) + w_ut * InfoNCE(v_U, v_T) over all rows given ([B, E] each): against the other
-  rows' targets, or, with `bank` [I, E] (loss.negatives='catalog'), against every item of the catalog."""
-  if bank is not None:
-    tt, tt_acc = bank_info_nce(v_tu, v_t, target_id, valid, bank, lc.temperature)
-    ut, ut_acc = bank_info_nce(v_u, v_t, target_id, valid, bank, lc.temperature)
-    return lc.w_tt * tt + lc.w_ut * ut, {"loss_tt": tt, "loss_ut": ut, "acc_tt": tt_acc, "acc_ut": ut_acc}
-  tt, tt_acc = info_nce(v_tu, v_t, target_id, valid, lc.temperature, lc.symmetric)
-  ut, ut_acc = info_nce(v_u, v_t, target_id, valid, lc.temperature, lc.symmetric)
-  return lc.w_tt * tt + lc.w_ut * ut, {"loss_tt": tt, "loss_ut": ut, "acc_tt": tt_acc, "acc_ut": ut_acc}
-
-
-def _lm_weights(batch: dict[str, jax.Array]) -> jax.Array:
-  return batch["lm_weights"] * batch["example_weight"][:, None]  # [B, Lt]
-
-
-def _lm_loss(model: TwoTower, params, out: dict, batch: dict, lc: LossConfig, denominator=None):
-  """L_NIG over the whole vocabulary, or over `lc.lm_vocab` (the softmax restricted to the tokens that item texts
-  use: the rows of the output embedding are gathered and the labels renumbered; every label is in it)."""
-  w_out = model.apply({"params": params}, method=TwoTower.output_embedding)
-  labels = batch["lm_labels"]
-  if lc.lm_vocab:
-    vocab = jnp.asarray(lc.lm_vocab, jnp.int32)                                        # [V']
-    w_out = jnp.take(w_out, vocab, axis=0)                                             # [V', D]
-    labels = jnp.minimum(jnp.searchsorted(vocab, labels), vocab.shape[0] - 1)          # padding: weight 0
-  return chunked_lm_loss(out["lm_hidden"], w_out, labels, _lm_weights(batch), lc.vocab_chunk,
-                         model.cfg.final_logit_softcap, denominator)
 
 
 def is_packed(batch: dict) -> bool:
@@ -93,15 +46,31 @@ def _tokens(batch: dict[str, jax.Array]) -> jax.Array:
   return batch["input_mask"].sum() + batch["item_mask"].sum()
 
 
+def token_inputs(model: TwoTower, params, out: dict, rows: dict, denominator: jax.Array | None = None
+                 ) -> TokenInputs:
+  """The token terms' inputs from the towers' outputs and the rows' fields (tower_outputs)."""
+  w_out = model.apply({"params": params}, method=TwoTower.output_embedding)
+  weights = rows["lm_weights"] * rows["example_weight"][:, None]                        # [R, Lt]
+  return TokenInputs(out["lm_hidden"], rows["lm_labels"], weights, w_out, model.cfg.final_logit_softcap,
+                     denominator)
+
+
+def _lm_weight_total(batch: dict[str, jax.Array]) -> jax.Array:
+  """The whole batch's LM weight sum (per-prefix or packed), the token terms' denominator under accumulation."""
+  row_weight = batch["slot_weight"][..., None] if is_packed(batch) else batch["example_weight"][:, None]
+  return (batch["lm_weights"] * row_weight).sum()
+
+
 def calrec_loss(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossConfig, bank: jax.Array | None = None
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Fused loss of one batch (per-prefix or packed) and its metrics; `bank`: whole-catalog negatives."""
+  objective = Objective(lc)
   out, rows = tower_outputs(model, params, batch)
-  nig, nig_acc = _lm_loss(model, params, out, rows, lc)
-  con, con_metrics = contrastive_loss(out["v_u"], out["v_t_given_u"], out["v_t"], rows["target_id"],
-                                      rows["example_weight"] > 0, lc, bank)
-  loss = lc.w_nig * nig + con
-  return loss, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch),
+  tok, tok_metrics = objective.token_loss(token_inputs(model, params, out, rows))
+  emb, emb_metrics = objective.embedding_loss(EmbeddingInputs({k: out[k] for k in EMBEDDINGS}, rows["target_id"],
+                                                              rows["example_weight"] > 0, bank))
+  loss = tok + emb
+  return loss, {"loss": loss, **tok_metrics, **emb_metrics, "tokens": _tokens(batch),
                 "examples": rows["example_weight"].sum()}
 
 
@@ -127,36 +96,36 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
                                  split_microbatches(batch, n))  # [n, B/n, ...]
 
   full = to_params(params)
+  objective = Objective(lc)
 
   def embed(carry, mb):
     out, rows = tower_outputs(model, full, mb)
-    return carry, ({k: out[k] for k in ("v_u", "v_t_given_u", "v_t")},  # [R/n, E] each (R rows: examples or slots)
-                   rows["target_id"], rows["example_weight"])
-  _, (embs, target_ids, row_weights) = jax.lax.scan(embed, None, micro)  # [n, R/n, ...]
+    return carry, ({k: out[k] for k in EMBEDDINGS}, rows["target_id"], rows["example_weight"])  # [R/n, ...]
+  _, (embs, target_ids, row_weights) = jax.lax.scan(embed, None, micro)  # [n, R/n, ...] (R rows: examples or slots)
   flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [n, R/n, ...] -> [R, ...] in microbatch order
   valid = flat(row_weights) > 0
-  (con, con_metrics), d_embs = jax.value_and_grad(
-      lambda e: contrastive_loss(flat(e["v_u"]), flat(e["v_t_given_u"]), flat(e["v_t"]),
-                                 flat(target_ids), valid, lc, bank), has_aux=True)(embs)
-  lm_total = (batch["lm_weights"] * (batch["slot_weight"][..., None] if is_packed(batch)
-                                     else batch["example_weight"][:, None])).sum()
+  (emb, emb_metrics), d_embs = jax.value_and_grad(
+      lambda e: objective.embedding_loss(EmbeddingInputs({k: flat(v) for k, v in e.items()}, flat(target_ids),
+                                                         valid, bank)), has_aux=True)(embs)
+  lm_total = _lm_weight_total(batch)
 
   def surrogate(t, mb, d_emb):
     p = to_params(t)
     out, rows = tower_outputs(model, p, mb)
-    nig, nig_acc = _lm_loss(model, p, out, rows, lc, lm_total)  # this microbatch's share of the batch mean
+    tok, tok_metrics = objective.token_loss(token_inputs(model, p, out, rows, lm_total))  # this microbatch's share
     dot = sum((out[k] * d_emb[k]).sum() for k in d_emb)
-    return lc.w_nig * nig + dot, (nig, nig_acc)
+    return tok + dot, (tok, tok_metrics)
 
   def body(acc, xs):
     mb, d_emb = xs
     (_, aux), g = jax.value_and_grad(surrogate, has_aux=True)(params, mb, d_emb)
     return jax.tree_util.tree_map(jnp.add, acc, (g, aux)), None
 
-  zeros = jax.tree_util.tree_map(jnp.zeros_like, (params, (jnp.zeros(()), jnp.zeros(()))))
-  (grads, (nig, nig_acc)), _ = jax.lax.scan(body, zeros, (micro, d_embs))
-  loss = lc.w_nig * nig + con
-  return grads, {"loss": loss, "loss_nig": nig, "acc_nig": nig_acc, **con_metrics, "tokens": _tokens(batch),
+  zeros = (jax.tree_util.tree_map(jnp.zeros_like, params),
+           (jnp.zeros(()), {k: jnp.zeros(()) for k in objective.metric_names("token")}))
+  (grads, (tok, tok_metrics)), _ = jax.lax.scan(body, zeros, (micro, d_embs))
+  loss = tok + emb
+  return grads, {"loss": loss, **tok_metrics, **emb_metrics, "tokens": _tokens(batch),
                  "examples": row_weights.sum()}
 
 
@@ -264,39 +233,6 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation, lc: LossC
   return train_step
 
 
-def packed_batch(batch_size: int, slots: int, seq_len: int, target_len: int, item_len: int
-                 ) -> dict[str, jax.ShapeDtypeStruct]:
-  """Abstract packed batch (data/packed.py layout; item_len: the item-tower row), for ahead-of-time compilation."""
-  i32, f32, b = jnp.int32, jnp.float32, jnp.bool_
-  s = lambda *shape, dt: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
-  n, k, t, ti = batch_size, slots, seq_len, item_len
-  return {"tokens": s(n, t, dt=i32), "positions": s(n, t, dt=i32), "input_mask": s(n, t, dt=b),
-          "segment_ids": s(n, t, dt=i32), "history_mask": s(n, k, t, dt=b), "target_mask": s(n, k, t, dt=b),
-          "lm_positions": s(n, k, target_len, dt=i32), "lm_labels": s(n, k, target_len, dt=i32),
-          "lm_weights": s(n, k, target_len, dt=f32), "item_tokens": s(n, ti, dt=i32),
-          "item_positions": s(n, ti, dt=i32), "item_mask": s(n, ti, dt=b), "item_segment_ids": s(n, ti, dt=i32),
-          "item_text_mask": s(n, k, ti, dt=b), "target_id": s(n, k, dt=i32), "slot_weight": s(n, k, dt=f32),
-          "example_weight": s(n, dt=f32)}
-
-
-def example_batch(batch_size: int, seq_len: int, target_len: int, item_len: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """Abstract batch (for eval_shape and ahead-of-time compilation)."""
-  i32, f32, b = jnp.int32, jnp.float32, jnp.bool_
-  s = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
-  return {"tokens": s((batch_size, seq_len), i32), "positions": s((batch_size, seq_len), i32),
-          "input_mask": s((batch_size, seq_len), b), "history_mask": s((batch_size, seq_len), b),
-          "target_mask": s((batch_size, seq_len), b), "lm_positions": s((batch_size, target_len), i32),
-          "lm_labels": s((batch_size, target_len), i32), "lm_weights": s((batch_size, target_len), f32),
-          "item_tokens": s((batch_size, item_len), i32), "item_positions": s((batch_size, item_len), i32),
-          "item_mask": s((batch_size, item_len), b), "item_text_mask": s((batch_size, item_len), b),
-          "target_id": s((batch_size,), i32), "example_weight": s((batch_size,), f32)}
-
-
-def _init_variables(model: TwoTower, rng, batch_shapes):
-  dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
-  return model.init(rng, dummy)["params"]
-
-
 def state_params(model: TwoTower, params):
   """The model's per-layer params in the train state's layout: blocks stacked when the model scans them."""
   return stack_layers(params) if model.scan_layers else params
@@ -305,17 +241,11 @@ def state_params(model: TwoTower, params):
 def state_shardings(model: TwoTower, tx, mesh: Mesh, batch_shapes, rules=shd.DEFAULT_RULES) -> tuple[Any, State]:
   """(NamedSharding tree of the train state, abstract unboxed state) without allocating anything."""
   def boxed_state(rng):
-    params = state_params(model, _init_variables(model, rng, batch_shapes))
+    params = state_params(model, init_boxed(model, rng, batch_shapes))
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   abstract = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
   shardings = shd.shardings_from_boxed(abstract, mesh, rules)
   return shardings, nn.meta.unbox(abstract)
-
-
-def params_shardings(model: TwoTower, mesh: Mesh, batch_shapes, rules=shd.DEFAULT_RULES) -> tuple[Any, Any]:
-  """(NamedSharding tree, abstract tree) of the params alone (evaluation, export)."""
-  abstract = jax.eval_shape(lambda r: _init_variables(model, r, batch_shapes), jax.random.PRNGKey(0))
-  return shd.shardings_from_boxed(abstract, mesh, rules), nn.meta.unbox(abstract)
 
 
 def init_state(model: TwoTower, tx, mesh: Mesh, batch_shapes, seed: int, state_sharding,
@@ -327,7 +257,7 @@ def init_state(model: TwoTower, tx, mesh: Mesh, batch_shapes, seed: int, state_s
   """
   if params is None:
     def fresh(rng):
-      p = state_params(model, nn.meta.unbox(_init_variables(model, rng, batch_shapes)))
+      p = state_params(model, nn.meta.unbox(init_boxed(model, rng, batch_shapes)))
       return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}
     return jax.jit(fresh, out_shardings=state_sharding)(jax.random.PRNGKey(seed))
   params = jax.device_put(state_params(model, params), state_sharding["params"])

