@@ -61,6 +61,7 @@ setup(
             "calrec-train=calrec_jax.main:run",
             "calrec-prepare=calrec_jax.data.prepare:run",
             "calrec-evaluate=calrec_jax.evaluate:run",
+            "calrec-recommend=calrec_jax.recommend:run",
             "calrec-convert=calrec_jax.model.convert:run",
         ]
     },

@@ -79,7 +79,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(args, message, status, tmp_
 
 
 @pytest.mark.parametrize("module", ["calrec_jax.main", "calrec_jax.evaluate", "calrec_jax.compare",
-                                    "calrec_jax.model.convert", "calrec_jax.data.prepare"])
+                                    "calrec_jax.recommend", "calrec_jax.model.convert", "calrec_jax.data.prepare"])
 def test_help_exits_zero_and_shows_the_pipeline_example(module):
   out = run([module, "--help"])
   assert out.returncode == 0, out.stderr[-2000:]

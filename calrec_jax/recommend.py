@@ -1,0 +1,110 @@
+"""Recommend items for your own users with a trained run: one JSON line per user in, one out.
+
+  python -m calrec_jax.recommend --workdir=workdirs/stage2 --input=histories.jsonl --output=recs.jsonl \\
+      --top_k=10 --ranker=dense
+
+Each input line is {"user": "u1", "history": ["<item id or item text>", ...]} (oldest first; "user" optional).
+Each output line is {"user": "u1", "ranker": "dense", "items": [{"id", "text", "score"}, ...], "unknown": [...],
+"ambiguous": [...]}: history names that matched no catalog item or several are listed there and left out; a
+user with no known item gets no items. Rankers: dense, beam (catalog-constrained beams), bm25 (the last items'
+texts, no model), fused (the weights the workdir's evaluation chose on validation; evaluate with
+--config.eval.fusion=dense,bm25_history,popularity first). The input is checked line by line before the model
+is loaded, then streamed in batches of --batch_users; the output is written to <output>.partial and renamed when
+complete, and an existing output is never overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A trained run's folder (its export and config.json).")
+flags.DEFINE_string("input", None, "JSONL of histories: {\"user\": ..., \"history\": [item id or text, ...]}.")
+flags.DEFINE_string("output", None, "JSONL to write (must not exist).")
+flags.DEFINE_integer("top_k", 10, "Items per user.")
+flags.DEFINE_enum("ranker", "dense", ["dense", "beam", "bm25", "fused"], "How items are ranked.")
+flags.DEFINE_boolean("exclude_history", True, "Never recommend an item of the user's history.")
+flags.DEFINE_integer("batch_users", 256, "Users ranked together (memory: batch_users x catalog size floats).")
+flags.mark_flags_as_required(["workdir", "input", "output"])
+
+
+def read_histories(path: str):
+  """Yields (line number, user, history names); CalrecError naming the file and line of a malformed one."""
+  from calrec_jax.errors import DataError
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError as e:
+        raise DataError(f"{path}:{n}: not JSON ({e}); one object per line: "
+                        "{\"user\": \"u1\", \"history\": [\"item id or text\", ...]}") from None
+      history = row.get("history") if isinstance(row, dict) else None
+      if not isinstance(history, list) or not all(isinstance(x, (str, int)) for x in history):
+        raise DataError(f"{path}:{n}: needs \"history\": a list of item ids or texts (strings)")
+      yield n, str(row.get("user", n)), [str(x) for x in history]
+
+
+def main(argv) -> None:
+  del argv
+  import sys
+  import ml_collections
+  from calrec_jax.runner import run_configured
+  from calrec_jax.train.setup import load_run_config
+  recorded = load_run_config(FLAGS.workdir) if os.path.isdir(FLAGS.workdir) else None
+  if not recorded:
+    sys.exit(f"error: --workdir={FLAGS.workdir}: no trained run here (no readable config.json); give the folder of "
+             "a run trained with python -m calrec_jax.main")
+  config = ml_collections.ConfigDict(recorded)
+
+  def action():
+    from tqdm import tqdm
+    from calrec_jax.errors import CalrecError
+    from calrec_jax.eval.recommender import Recommender
+    if not os.path.isfile(FLAGS.input):
+      raise CalrecError(f"--input={FLAGS.input}: no such file")
+    if os.path.exists(FLAGS.output):
+      raise CalrecError(f"--output={FLAGS.output}: exists; choose a new file (an existing one is never overwritten)")
+    if FLAGS.top_k < 1 or FLAGS.batch_users < 1:
+      raise CalrecError("--top_k and --batch_users must be >= 1")
+    users = sum(1 for _ in read_histories(FLAGS.input))  # every line checked before the model loads
+    partial = FLAGS.output + ".partial"
+    try:
+      out = open(partial, "w", encoding="utf-8")
+    except OSError as e:
+      raise CalrecError(f"--output={FLAGS.output}: cannot be written ({e.strerror or e})") from None
+    rec = Recommender.load(FLAGS.workdir, config)
+    bar = tqdm(total=users, desc=f"recommend ({FLAGS.ranker})", unit="user", dynamic_ncols=True)
+    with out:
+      batch = []
+      for row in read_histories(FLAGS.input):
+        batch.append(row)
+        if len(batch) == FLAGS.batch_users:
+          _write(rec, batch, out)
+          bar.update(len(batch))
+          batch = []
+      if batch:
+        _write(rec, batch, out)
+        bar.update(len(batch))
+    bar.close()
+    os.replace(partial, FLAGS.output)
+    print(f"wrote:\n  recommendations for {users} users: {FLAGS.output}", flush=True)
+  run_configured(config, action, validate=lambda c: None)  # the recorded config was validated when it trained
+
+
+def _write(rec, batch, out) -> None:
+  results = rec.recommend([h for _, _, h in batch], FLAGS.top_k, FLAGS.ranker, FLAGS.exclude_history)
+  for (_, user, _), r in zip(batch, results):
+    out.write(json.dumps({"user": user, **r}, ensure_ascii=False) + "\n")
+
+
+def run() -> None:
+  from calrec_jax.cli import run_absl
+  run_absl(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,97 @@
+"""Recommendations for your own users: the API ranks like the evaluation does, names items by id or text,
+reports unknown and ambiguous names, and the CLI checks its input before loading the model and never overwrites."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from test_train import smoke_config
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  from calrec_jax.runner import evaluate_workdir
+  from calrec_jax.train.loop import train
+  wd = str(tmp_path_factory.mktemp("recommend") / "run")
+  c = smoke_config(2, 2)
+  train(c, wd)
+  c.eval.retrieval, c.eval.max_users, c.eval.fusion = "dense", 8, "dense,bm25_history,popularity"
+  evaluate_workdir(c, wd, announce=False)  # its fused weights are what ranker 'fused' uses
+  return wd
+
+
+def test_the_api_ranks_as_the_evaluation_does_and_names_items(trained):
+  from calrec_jax.eval.evaluate import evaluate_dense
+  from calrec_jax.eval.recommender import Recommender
+  rec = Recommender.load(trained)
+  data = rec.parts.categories[rec.category]
+  rows = [(u, data.sequences[u][:-1], data.sequences[u][-1]) for u in range(5)]
+  _, records = evaluate_dense(rec.config, rec.parts, rec.params, rows, rec.category)
+  by_id = [[data.catalog.item_ids[i] for i in h] for _, h, _ in rows]
+  got = rec.recommend(by_id, k=20, ranker="dense")
+  assert [[x["id"] for x in r["items"]] for r in got] == [[data.catalog.item_ids[i] for i in r["top"]] for r in records]
+  scores = [x["score"] for x in got[0]["items"]]
+  assert scores == sorted(scores, reverse=True)
+  # the same history named by texts (titles, other case and spacing) gives the same items
+  titles = [["  " + data.catalog.attributes[i]["title"].upper() + " " for i in h] for _, h, _ in rows[:2]]
+  assert [r["items"] for r in rec.recommend(titles, k=20)] == [r["items"] for r in got[:2]]
+  # unknown names are reported and left out; a history with nothing known gets no items
+  mixed = rec.recommend([by_id[0] + ["no such item"], ["nothing known"]], k=5)
+  assert mixed[0]["unknown"] == ["no such item"] and [x["id"] for x in mixed[0]["items"]] == [
+      x["id"] for x in got[0]["items"][:5]]
+  assert mixed[1]["items"] == [] and mixed[1]["unknown"] == ["nothing known"]
+  for ranker in ("beam", "bm25", "fused"):
+    out = rec.recommend(by_id[:3], k=10, ranker=ranker)
+    for r, (_, h, _) in zip(out, rows):
+      ids = [x["id"] for x in r["items"]]
+      assert r["ranker"] == ranker and 0 < len(ids) <= 10 and len(set(ids)) == len(ids)
+      assert not set(ids) & {data.catalog.item_ids[i] for i in h}  # history items are not recommended
+  assert rec.fusion_weights and set(rec.fusion_weights) == {"dense", "bm25_history", "popularity"}
+
+
+def test_an_ambiguous_title_is_reported(trained):
+  from calrec_jax.eval.recommender import Recommender
+  rec = Recommender.load(trained)
+  attrs = rec.parts.categories[rec.category].catalog.attributes
+  titles = [a.get("title", "") for a in attrs]
+  dup = next((t for t in titles if t and titles.count(t) > 1), None)
+  if dup is None:  # make one: two items that share a title
+    attrs[1]["title"] = attrs[0]["title"]
+    rec._names = None
+    dup = attrs[0]["title"]
+  assert rec.recommend([[dup]], k=3)[0]["ambiguous"] == [dup]
+
+
+def run(args):
+  return subprocess.run([sys.executable, "-m", "calrec_jax.recommend", *args], cwd=ROOT, capture_output=True,
+                        text=True)
+
+
+def test_the_cli_streams_jsonl_and_refuses_bad_input_before_loading(trained, tmp_path):
+  from calrec_jax.eval.recommender import Recommender
+  rec = Recommender.load(trained)
+  data = rec.parts.categories[rec.category]
+  lines = [{"user": data.user_ids[u], "history": [data.catalog.item_ids[i] for i in data.sequences[u][:-1]]}
+           for u in range(7)]
+  src = tmp_path / "in.jsonl"
+  src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+  out = tmp_path / "recs.jsonl"
+  done = run([f"--workdir={trained}", f"--input={src}", f"--output={out}", "--top_k=4", "--batch_users=3"])
+  assert done.returncode == 0, done.stderr[-2000:]
+  got = [json.loads(x) for x in out.read_text().splitlines()]
+  assert [g["user"] for g in got] == [x["user"] for x in lines] and all(len(g["items"]) == 4 for g in got)
+  assert [[x["id"] for x in g["items"]] for g in got] == [
+      [x["id"] for x in r["items"]] for r in rec.recommend([x["history"] for x in lines], k=4)]
+  assert not (tmp_path / "recs.jsonl.partial").exists() and str(out) in done.stdout
+  again = run([f"--workdir={trained}", f"--input={src}", f"--output={out}"])
+  assert again.returncode == 1 and "exists" in again.stderr and len(out.read_text().splitlines()) == 7
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps(lines[0]) + "\n" + '{"user": "x", "history": "B000"}\n')
+  refused = run([f"--workdir={trained}", f"--input={bad}", f"--output={tmp_path / 'x.jsonl'}"])
+  assert refused.returncode == 1 and f"{bad}:2: needs \"history\"" in refused.stderr
+  assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "x.jsonl.partial").exists()
+  nothing = run([f"--workdir={tmp_path / 'none'}", f"--input={src}", f"--output={tmp_path / 'y.jsonl'}"])
+  assert nothing.returncode == 1 and "no trained run here" in nothing.stderr
