@@ -53,7 +53,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["calrec_jax", "calrec_jax.*"]),
+    # configs/ is installed too, so that a config file kept anywhere can start with `from configs import base`
+    packages=find_packages(include=["calrec_jax", "calrec_jax.*", "configs", "configs.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

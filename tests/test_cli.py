@@ -137,3 +137,23 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   assert json.loads((work / "eval" / "metrics.json").read_text()) == first  # earlier results kept
   assert (work / "eval-2" / "metrics.json").exists() and str(work / "eval-2") in again.stdout
+
+
+def test_a_config_kept_outside_the_repository_loads_from_any_folder(tmp_path):
+  """configs/ is installed with the package: a user's own config file imports it wherever it lives."""
+  own = tmp_path / "experiments" / "mine.py"
+  own.parent.mkdir()
+  own.write_text("from configs import demo\n\n\ndef get_config():\n  c = demo.get_config('smoke')\n"
+                 "  c.train.num_steps = 0\n  return c\n")
+  out = subprocess.run([sys.executable, "-m", "calrec_jax.main", f"--config={own}", f"--workdir={tmp_path / 'w'}"],
+                       cwd=tmp_path, capture_output=True, text=True)
+  assert out.returncode == 1 and "train.num_steps=0 must be > 0" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear", "constant"])
+def test_every_schedule_takes_a_one_step_run(name):
+  import ml_collections
+  from calrec_jax.train.optim import schedule
+  cfg = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=100, final_lr_fraction=0.1, schedule=name))
+  lrs = [float(schedule(cfg, 1)(s)) for s in range(3)]
+  assert all(0.0 <= lr <= 1.0001e-3 for lr in lrs) and max(lrs) > 0

@@ -14,7 +14,8 @@ def schedule(cfg, num_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
                                  optax.constant_schedule(cfg.learning_rate)], [max(warmup, 1)])
   if cfg.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, max(warmup, 1), max(num_steps, warmup + 1),
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, max(warmup, 1),
+                                              max(num_steps, max(warmup, 1) + 1),  # a 1-step run too
                                               cfg.learning_rate * cfg.final_lr_fraction)
   if cfg.schedule == "linear":
     return optax.join_schedules([
