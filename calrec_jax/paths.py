@@ -19,3 +19,12 @@ def require_writable_dir(path: str, what: str) -> str:
   except OSError as e:
     raise CalrecError(f"{what}={path}: cannot be written ({e.strerror or e}); choose a folder you can write to") from None
   return path
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `text` to path.tmp, then renames it over `path`: a reader never sees a half-written file, and a
+  failure leaves the previous file as it was."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)

@@ -249,3 +249,31 @@ def test_pretrained_recipe_tiny_variant_trains_and_evaluates_gemma_end_to_end(tm
   assert (lora / "eval_step1" / "metrics.json").exists() and (lora / "steps_curve.png").stat().st_size > 0
   assert points[2]["bm25"] == doc["methods"]["calrec_pretrained_lora"]["rows"][
       "CALRec Gemma-3-270M LoRA r8, 2 steps · generation + BM25"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: "", "unreadable"),
+    (lambda d: json.dumps(d)[:40], "unreadable"),
+    (lambda d: "[1, 2]", "not a JSON object"),
+    (lambda d: json.dumps({k: v for k, v in d.items() if k != "rows"}), "missing the field 'rows'"),
+    (lambda d: json.dumps({**d, "rows": {k: {**m, "ndcg@10": "0.1"} for k, m in d["rows"].items()}}),
+     "holding a wrong value in 'rows'"),
+    (lambda d: json.dumps({**d, "ranks": {}}), "inconsistent"),
+])
+def test_a_damaged_stored_result_is_named_before_anything_runs_and_keeps_the_report(tmp_path, monkeypatch, damage,
+                                                                                    message):
+  from calrec_jax.compare.run import run_comparison
+  from calrec_jax.errors import DataError
+  work = str(tmp_path / "cmp")
+  cfg = smoke_compare_config("popularity,bm25_history")
+  paths = run_comparison(cfg, work)
+  report = open(paths["md"]).read()
+  stored = os.path.join(work, "bm25_history", "result.json")
+  with open(stored, "w") as f:
+    f.write(damage(json.load(open(os.path.join(work, "popularity", "result.json")))))
+  ran = []
+  monkeypatch.setattr(methods_lib, "run_method", lambda name, *a, **kw: ran.append(name))
+  cfg.methods = "popularity,bm25_history,sasrec"
+  with pytest.raises(DataError, match=f"{stored}: the stored result of 'bm25_history' is {message}.*delete"):
+    run_comparison(cfg, work)
+  assert ran == [] and open(paths["md"]).read() == report  # nothing ran; the report is untouched

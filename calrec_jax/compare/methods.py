@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Callable
 
-from calrec_jax.errors import ConfigError
+from calrec_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -328,23 +328,55 @@ def check_methods(cfg) -> list[str]:
   return names
 
 
-def load_result(path: str) -> MethodResult:
-  with open(path, encoding="utf-8") as f:
-    d = json.load(f)
-  d.pop("fingerprint", None)
+def _number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def read_stored(path: str, name: str) -> dict | None:
+  """A finished method's stored result.json, checked field by field; None when there is none. A damaged one is
+  one line naming the method, the file and what to do (never a traceback, never a report built from it)."""
+  if not os.path.exists(path):
+    return None
+
+  def bad(why: str):
+    return DataError(f"{path}: the stored result of {name!r} is {why}; delete {os.path.dirname(path)} to run "
+                     f"{name} again")
+  try:
+    with open(path, encoding="utf-8") as f:
+      d = json.load(f)
+  except (OSError, ValueError) as e:
+    raise bad(f"unreadable ({str(e)[:120]})") from None
+  if not isinstance(d, dict):
+    raise bad("not a JSON object")
+  for key, ok in (("kind", lambda v: v in ("baseline", "calrec")), ("fingerprint", lambda v: isinstance(v, str)),
+                  ("rows", lambda v: isinstance(v, dict) and all(
+                      isinstance(m, dict) and all(_number(x) for x in m.values()) for m in v.values())),
+                  ("ranks", lambda v: isinstance(v, dict) and all(
+                      isinstance(r, dict) and all(isinstance(x, int) for x in r.values()) for r in v.values())),
+                  ("train_seconds", _number), ("eval_seconds", _number), ("notes", lambda v: isinstance(v, dict))):
+    if key not in d:
+      raise bad(f"missing the field {key!r}")
+    if not ok(d[key]):
+      raise bad(f"holding a wrong value in {key!r}")
+  if set(d["rows"]) != set(d["ranks"]):
+    raise bad("inconsistent (its rows and per-user ranks name different rows)")
+  return d
+
+
+def load_result(path: str, name: str = "") -> MethodResult:
+  d = read_stored(path, name or os.path.basename(os.path.dirname(path)))
+  if d is None:
+    raise DataError(f"{path}: no stored result; run the comparison to compute it")
+  d.pop("fingerprint")
   return MethodResult(**d)
 
 
 def save_result(path: str, result: MethodResult, fingerprint: str) -> None:
   """Atomic: a killed comparison never leaves a half-written result that a resume would trust."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({**dataclasses.asdict(result), "fingerprint": fingerprint}, f, indent=1)
-  os.replace(tmp, path)
+  from calrec_jax.paths import write_atomically
+  write_atomically(path, json.dumps({**dataclasses.asdict(result), "fingerprint": fingerprint}, indent=1))
 
 
-def stored_fingerprint(path: str) -> str | None:
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f).get("fingerprint")
+def stored_fingerprint(path: str, name: str = "") -> str | None:
+  d = read_stored(path, name or os.path.basename(os.path.dirname(path)))
+  return None if d is None else d["fingerprint"]

@@ -132,9 +132,10 @@ def write_report(results: dict[str, MethodResult], workdir: str, title: str, exc
          "methods": {m: {"kind": r.kind, "rows": r.rows, "train_seconds": r.train_seconds,
                          "eval_seconds": r.eval_seconds, "notes": r.notes} for m, r in results.items()},
          "best_baseline": best_baseline(results), "relative_change": relative_changes(results), "significance": sig}
-  with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump(doc, f, indent=1)
-  with open(paths["md"], "w", encoding="utf-8") as f:
-    f.write(markdown(results, title, sig, exclude_history))
-  bar_chart(results, paths["png"], title)
+  from calrec_jax.paths import write_atomically
+  md = markdown(results, title, sig, exclude_history)  # everything built before anything is written
+  write_atomically(paths["json"], json.dumps(doc, indent=1))
+  write_atomically(paths["md"], md)
+  bar_chart(results, paths["png"] + ".tmp.png", title)
+  os.replace(paths["png"] + ".tmp.png", paths["png"])
   return paths

@@ -29,19 +29,21 @@ def run_comparison(cfg, workdir: str) -> dict[str, str]:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(cfg.to_json_best_effort(indent=1))
+  for name in names:  # every stored result checked before any method runs
+    methods_lib.read_stored(os.path.join(workdir, name, "result.json"), name)
   data = methods_lib.evaluation_data(cfg.calrec)
   results = {}
   for i, name in enumerate(names, 1):
     folder = os.path.join(workdir, name)
     path = os.path.join(folder, "result.json")
     fingerprint = methods_lib.method_fingerprint(name, cfg)
-    stored = methods_lib.stored_fingerprint(path)
+    stored = methods_lib.stored_fingerprint(path, name)
     if stored is not None:
       if stored != fingerprint:
         raise ConfigError(f"{path} was computed with other settings than this config's {name!r}; delete {folder} "
                           "to run it again with the new settings, or use another --workdir")
       log.info("[%d/%d] %s: finished earlier (%s), not run again", i, len(names), name, path)
-      results[name] = methods_lib.load_result(path)
+      results[name] = methods_lib.load_result(path, name)
       continue
     log.info("[%d/%d] %s: running in %s", i, len(names), name, folder)
     os.makedirs(folder, exist_ok=True)
