@@ -154,6 +154,8 @@ def test_resume_of_a_half_finished_comparison_runs_nothing_finished_again(tmp_pa
   assert calls[4:] == ["gru4rec"]
   doc = json.load(open(paths["json"]))
   assert list(doc["methods"]) == ["popularity", "bm25_history", "sasrec", "gru4rec"]
+  sasrec = doc["methods"]["sasrec"]["notes"]
+  assert f"SASRec trained {sasrec['epochs']} epochs and kept epoch {sasrec['best_epoch']}" in open(paths["md"]).read()
   assert os.path.getsize(paths["png"]) > 10_000
   cfg.bm25_history.num_items = 5  # a finished method's settings changed: an error, not a stale row
   with pytest.raises(ConfigError, match="bm25_history.*other settings"):
@@ -277,3 +279,14 @@ def test_a_damaged_stored_result_is_named_before_anything_runs_and_keeps_the_rep
   with pytest.raises(DataError, match=f"{stored}: the stored result of 'bm25_history' is {message}.*delete"):
     run_comparison(cfg, work)
   assert ran == [] and open(paths["md"]).read() == report  # nothing ran; the report is untouched
+
+
+def test_the_report_says_when_an_id_baseline_hit_its_epoch_cap():
+  from calrec_jax.compare.report import markdown
+  row = {"users": 10.0, "recall@1": 0.1, "recall@10": 0.2, "ndcg@10": 0.15}
+  notes = {"epochs": 5, "best_epoch": 5, "best_valid_ndcg@10": 0.1, "max_epochs": 5, "patience": 10}
+  capped = methods_lib.MethodResult("baseline", {"SASRec": row}, {"SASRec": {"u": 1}}, notes=notes)
+  assert "stopped by max_epochs before early stopping" in markdown({"sasrec": capped}, "t", {}, True)
+  early = methods_lib.MethodResult("baseline", {"SASRec": row}, {"SASRec": {"u": 1}}, notes={**notes, "epochs": 3})
+  text = markdown({"sasrec": early}, "t", {}, True)
+  assert "early stopping after 10 epochs" in text and "max_epochs" not in text

@@ -185,7 +185,8 @@ def run_id_model(name: str, cfg, data, rows, workdir: str, progress: bool) -> Me
                       {label: {data.user_ids[u]: int(x) for u, x in zip(users, r)}},
                       train_seconds=res.train_seconds, eval_seconds=time.time() - t0,
                       notes={"epochs": res.epochs, "best_epoch": res.best_epoch,
-                             "best_valid_ndcg@10": res.best_valid})
+                             "best_valid_ndcg@10": res.best_valid, "max_epochs": cfg[name].max_epochs,
+                             "patience": cfg[name].patience})
 
 
 # ----------------------------------------------------------------------------- CALRec and the zero-shot LLM

@@ -68,6 +68,14 @@ def markdown(results: dict[str, MethodResult], title: str, sig: dict, exclude_hi
                  + " | ".join(f"{metrics.get(k, 0.0):.4f}" for k in COLUMNS)
                  + f" | {r.train_seconds:.0f} | {r.eval_seconds:.0f} |")
   for m, r in results.items():
+    if r.notes and "best_epoch" in r.notes:
+      n = r.notes
+      capped = n.get("max_epochs") is not None and n["epochs"] >= n["max_epochs"]
+      lines += ["", f"{next(iter(r.rows))} trained {n['epochs']} epochs and kept epoch {n['best_epoch']} (best "
+                f"validation NDCG@10 {n['best_valid_ndcg@10']:.4f}); "
+                + ("**stopped by max_epochs before early stopping: it may be under-trained**" if capped else
+                   f"early stopping after {n.get('patience', '?')} epochs without improvement")]
+  for m, r in results.items():
     fused = r.notes.get("fused") if r.notes else None
     if fused:
       lines += ["", f"Fused weights of {m} (chosen on {fused['valid_users']} validation users; the test split is "
