@@ -259,3 +259,32 @@ def test_raw_inputs_that_used_to_be_silently_wrong_or_a_traceback(tmp_path):
   write_raw(d, revs + ["[" * 100000 + "]" * 100000], [meta(i) for i in "abc"])
   with pytest.raises(DataError, match=r"Toys.json.gz:4: malformed line"):
     amazon_raw.load_amazon_category(str(d), "Toys", kcore=1)
+
+
+def test_recbole_item_columns_by_name_and_inter_without_timestamps(tmp_path, caplog):
+  """A dataset laid out as RecBole ships it (movies: movie_title, release_year, genre): every .item column is kept
+  under its own name, data.attributes picks the rendered ones (a log line says what is rendered and what is not);
+  an .inter without timestamps keeps the file's order, and same-time events stay in file order."""
+  import logging
+  from calrec_jax.data import recbole
+  from calrec_jax.data.examples import ExampleEncoder, ExampleSpec
+  from calrec_jax.data.tokenizer import train_tokenizer
+  (tmp_path / "ml.item").write_text(
+      "item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\n"
+      "1\tToy Story\t1995\tAnimation Children's Comedy\n2\tJumanji\t1995\tAdventure Children's Fantasy\n"
+      "3\tHeat\t1995\tAction Crime Thriller\n4\tCasino\t1995\tDrama Thriller\n")
+  (tmp_path / "ml.inter").write_text("user_id:token\titem_id:token\n" + "".join(
+      f"u{u}\t{i}\n" for u, items in enumerate([[3, 1, 2, 4], [2, 4, 1]]) for i in items))
+  data = recbole.load_recbole(str(tmp_path), "ml")
+  assert [[data.catalog.item_ids[i] for i in s] for s in data.sequences] == [["3", "1", "2", "4"], ["2", "4", "1"]]
+  assert data.catalog.attributes[0] == {"movie_title": "Toy Story", "release_year": "1995",
+                                        "genre": "Animation Children's Comedy"}
+  (tmp_path / "ml.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                                     "u0\t2\t5\nu0\t3\t1\nu0\t1\t5\nu0\t4\t9\n")
+  assert recbole.load_recbole(str(tmp_path), "ml").sequences == [[2, 1, 0, 3]]  # time, then file order
+  tok = train_tokenizer(["Toy Story 1995 Animation Heat Casino Jumanji Drama"] * 20, 500)
+  with caplog.at_level(logging.INFO):
+    enc = ExampleEncoder(tok, [data], ExampleSpec(attributes=("movie_title", "release_year", "director")))
+  assert enc.item_text(0, 0) == "Movie title: Toy Story, Release year: 1995."
+  assert "item texts render movie_title, release_year; dropped (on fewer than data.min_attribute_coverage of " \
+         "the items): director; not rendered (add them to data.attributes to use them): genre" in caplog.text

@@ -7,6 +7,7 @@ Lengths are bucketed so that jit compiles once per bucket, not per batch.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -15,6 +16,8 @@ from calrec_jax.data.records import CategoryData
 from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item, rendered_attributes
 from calrec_jax.data.tokenizer import Tokenizer
 from calrec_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,12 @@ class ExampleEncoder:
     # per category: the wanted attributes that its items have (THE item text of target, BM25 and item tower)
     self.attributes = [rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage)
                        for c in self.categories]
+    for c, kept in zip(self.categories, self.attributes):
+      log.info("%s: item texts render %s%s%s", c.name, ", ".join(kept), _listed(
+          "; dropped (on fewer than data.min_attribute_coverage of the items)",
+          [a for a in spec.attributes if a not in kept]), _listed(
+          "; not rendered (add them to data.attributes to use them)",
+          sorted({k for a in c.catalog.attributes for k in a} - set(spec.attributes))))
     self.item_offsets = np.cumsum([0] + [len(c.catalog) for c in self.categories])
     self.header = [tokenizer.bos_id] + tokenizer.encode(PROMPT_HEADER + "\n")
     self.first = tokenizer.encode(FIRST_ITEM + "\n")
@@ -143,3 +152,7 @@ def catalog_vocabulary(encoder: ExampleEncoder) -> tuple[int, ...]:
     for i in range(len(cat.catalog)):
       ids.update(encoder.item_tokens(c, i))
   return tuple(sorted(int(i) for i in ids))
+
+
+def _listed(prefix: str, names: Sequence[str]) -> str:
+  return f"{prefix}: {', '.join(names)}" if names else ""

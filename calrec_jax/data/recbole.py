@@ -1,10 +1,12 @@
 """RecBole atomic files (the UniSRec-processed layout of `shared/data/amazon2018-scientific/`).
 
-Reads `<name>.test.inter` (full history + last item per user) or a plain `<name>.inter` with
-`user_id`, `item_id`, `timestamp` columns; item ids map through `<name>.item2index`; attributes come from
-`<name>.meta.jsonl` (structured), RecBole's standard `<name>.item` feature file (`item_id:token`,
-`title:token_seq`, `categories:token_seq`, `brand:token`, `price:float` columns as present), or else
-`<name>.text` (title only). Without `<name>.item2index`, item ids are the tokens of `<name>.item`.
+Reads `<name>.test.inter` (full history + last item per user) or a plain `<name>.inter` with `user_id`,
+`item_id` and, optionally, `timestamp` columns (a user's events ordered by time; events at the same time, or all
+of them without a timestamp column, in the file's order); item ids map through `<name>.item2index`; attributes
+come from `<name>.meta.jsonl` (structured), RecBole's standard `<name>.item` feature file (every column, under its
+own name; `item_name`/`name` count as the title, `categories`/`main_cat` as the category; `data.attributes` picks
+the rendered ones), or else `<name>.text` (title only). Without `<name>.item2index`, item ids are the tokens of
+`<name>.item`.
 """
 from __future__ import annotations
 
@@ -99,25 +101,28 @@ def _attributes(directory: str, name: str, item_ids: list[str]) -> list[dict[str
   return [by_asin[a] for a in item_ids]
 
 
-# RecBole `.item` columns (name before ':type') -> our attribute; the first present column of each wins
+# RecBole `.item` columns (name before ':type') known under another name: the first present one of each becomes
+# our attribute; every other column is kept under its own name (data.attributes chooses what is rendered)
 ITEM_COLUMNS = {"title": ("title", "item_name", "name"), "category": ("categories", "category", "main_cat"),
                 "brand": ("brand",), "price": ("price",)}
 
 
 def _item_file_attributes(path: str) -> dict[str, dict[str, str]]:
-  """RecBole's standard item feature file: `item_id:token<TAB>title:token_seq<TAB>...` (header with types)."""
+  """RecBole's item feature file: `item_id:token<TAB>title:token_seq<TAB>...` (header with types). Every column
+  but item_id becomes an attribute; the aliases of ITEM_COLUMNS map to title, category, brand and price."""
   header, rows = _read_tsv(path)
   if "item_id" not in header:
     raise DataError(f"header must have an item_id column, has {header}", path, 1)
   cols = {attr: next((header.index(c) for c in names if c in header), None) for attr, names in ITEM_COLUMNS.items()}
-  if cols["title"] is None:
-    raise DataError(f"no title column (one of {ITEM_COLUMNS['title']}) in the header {header}", path, 1)
+  aliased = {c for c in cols.values() if c is not None}
   ci = header.index("item_id")
+  cols.update({h: j for j, h in enumerate(header) if j != ci and j not in aliased and h not in cols})
+  cols = {attr: c for attr, c in cols.items() if c is not None}
   out = {}
   for _, fields in rows:
     attrs = {}
     for attr, c in cols.items():
-      value = clean_value(fields[c]) if c is not None else ""
+      value = clean_value(fields[c])
       if attr == "category" and "," in value:  # a category path: its most specific entry
         value = value.split(",")[-1].strip()
       attrs[attr] = "" if value == "Unknown" else value
@@ -160,10 +165,11 @@ def load_recbole(directory: str, name: str) -> CategoryData:
       sequences[fields[cu]] = seq
   elif os.path.exists(plain_path):
     header, rows = _read_tsv(plain_path)
-    need = ("user_id", "item_id", "timestamp")
+    need = ("user_id", "item_id")
     if any(h not in header for h in need):
-      raise DataError(f"header must have {need}, has {header}", plain_path, 1)
-    cu, ci, ct = (header.index(h) for h in need)
+      raise DataError(f"header must have {need} (and optionally timestamp), has {header}", plain_path, 1)
+    cu, ci = (header.index(h) for h in need)
+    ct = header.index("timestamp") if "timestamp" in header else None  # without it: the file's order
     events = []
     index = {a: i for i, a in enumerate(item_ids)}
     for lineno, fields in rows:
@@ -171,10 +177,10 @@ def load_recbole(directory: str, name: str) -> CategoryData:
       if item not in index:
         raise DataError(f"item {item!r} is not in the item index ({name}.item2index or {name}.item)", plain_path, lineno)
       try:
-        events.append((fields[cu], float(fields[ct]), lineno, index[item]))
+        events.append((fields[cu], float(fields[ct]) if ct is not None else 0.0, lineno, index[item]))
       except ValueError:
         raise DataError("timestamp is not a number", plain_path, lineno) from None
-    for user, _, _, item in sorted(events):
+    for user, _, _, item in sorted(events):  # by time; events of a user at the same time in file order
       sequences.setdefault(user, []).append(item)
   else:
     raise DataError(f"no interactions: expected {name}.test.inter or {name}.inter", directory)

@@ -34,7 +34,7 @@ def render_item(attributes: Mapping[str, str], attribute_names: Sequence[str] = 
   parts = []
   for name in attribute_names:
     value = clean_value(attributes.get(name))
-    parts.append(f"{name.capitalize()}: {value or MISSING}")
+    parts.append(f"{name.replace('_', ' ').capitalize()}: {value or MISSING}")
   return ", ".join(parts) + "."
 
 
