@@ -25,8 +25,9 @@ def reference_lines(results: dict) -> str:
 def run_comparison(cfg, workdir: str) -> dict[str, str]:
   """Train and evaluate `cfg.methods` into <workdir>/<method>/; a method whose result.json exists with the same
   settings is not run again (a crashed or extended comparison resumes). Returns the report's paths."""
+  from calrec_jax.paths import require_writable_dir
   names = methods_lib.check_methods(cfg)
-  os.makedirs(workdir, exist_ok=True)
+  require_writable_dir(workdir, "--workdir")
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(cfg.to_json_best_effort(indent=1))
   for name in names:  # every stored result checked before any method runs

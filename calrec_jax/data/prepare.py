@@ -51,6 +51,8 @@ def data_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
+  from calrec_jax.paths import require_writable_dir
+  require_writable_dir(args.output, "--output")  # before the data is read, not after
   cats = sources.load_categories(data_config(args))
   stats = []
   for cat in cats:

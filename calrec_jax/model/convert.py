@@ -30,6 +30,8 @@ def main(argv=None) -> None:
     raise WeightImportError(f"--input={a.input}: no such file or folder (a training workdir, e.g. "
                             "workdirs/smoke/stage2 after the README's demo, a .gguf file, a HF checkpoint folder, an "
                             "hf://org/name Hub id, or gemma3-270m-gguf / smollm2-135m-gguf)")
+  from calrec_jax.paths import require_writable_dir
+  require_writable_dir(a.output, "--output")  # before the weights are read, not after
   source = os.path.join(a.input, "export") if os.path.exists(os.path.join(a.input, "export", "model_config.json")) \
       else a.input  # a training workdir: its export
   say(f"reading {source}" + (" (a GGUF file is dequantised to float32: about 10-40 s for 100-300M parameters)"
