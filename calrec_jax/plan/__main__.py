@@ -40,6 +40,17 @@ def _setting(name: str, config_value, default):
   return config_value if config_value is not None else default
 
 
+def check_numbers() -> None:
+  """Sizes and the MFU the planner divides by: positive, or one line naming the flag."""
+  from calrec_jax.errors import ConfigError
+  if not 0 < FLAGS.mfu <= 1:
+    raise ConfigError(f"--mfu={FLAGS.mfu}: give the model FLOP utilisation as a fraction in (0, 1], e.g. 0.4")
+  for name in ("batch", "seq", "item_tokens"):
+    value = getattr(FLAGS, name)
+    if value is not None and value < 1:
+      raise ConfigError(f"--{name}={value}: must be a positive count")
+
+
 def shape_from_flags():
   from calrec_jax.errors import ConfigError
   from calrec_jax.model.config import preset
@@ -114,6 +125,7 @@ def main(argv) -> None:
   del argv
   from calrec_jax.errors import ConfigError
   try:
+    check_numbers()
     if FLAGS.table:
       print_table(FLAGS.seq or 256, FLAGS.item_tokens or 48)
       return
