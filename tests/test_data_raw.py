@@ -288,3 +288,24 @@ def test_recbole_item_columns_by_name_and_inter_without_timestamps(tmp_path, cap
   assert enc.item_text(0, 0) == "Movie title: Toy Story, Release year: 1995."
   assert "item texts render movie_title, release_year; dropped (on fewer than data.min_attribute_coverage of " \
          "the items): director; not rendered (add them to data.attributes to use them): genre" in caplog.text
+
+
+def test_data_that_used_to_pass_silently_wrong(tmp_path):
+  """Duplicate .inter rows, an item2index giving a token two ids, a reviewerID of 0, a script in a title."""
+  from calrec_jax.data import recbole
+  from calrec_jax.data.text import clean_value
+  from calrec_jax.errors import DataError
+  (tmp_path / "d.item").write_text("item_id:token\ttitle:token_seq\nA\tPen\nB\tInk\nC\tPad\n")
+  (tmp_path / "d.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                                    "u\tA\t1\nu\tB\t2\nu\tB\t2\nu\tC\t3\n")
+  data = recbole.load_recbole(str(tmp_path), "d")
+  assert data.sequences == [[0, 1, 2]] and data.skipped == {"duplicate_events": 1}  # B at time 2 counted once
+  (tmp_path / "e.item2index").write_text("A\t0\nB\t1\nA\t2\n")
+  (tmp_path / "e.text").write_text("item_id:token\ttext:token_seq\nA\ta\nB\tb\n")
+  (tmp_path / "e.test.inter").write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n0\t0 1\t1\n")
+  with pytest.raises(DataError, match=r"e.item2index:3: 'A' is given two ids \(0 and 2\)"):
+    recbole.load_recbole(str(tmp_path), "e")
+  revs = [review(0, "a", 10), review(0, "b", 20), review(0, "c", 30)]
+  write_raw(tmp_path, revs, [meta(i) for i in "abc"], gz=False)
+  assert amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1).user_ids == ["0"]
+  assert clean_value('Pen<script type="text/javascript">var x = "<b>";</script> Set<STYLE>p{}</STYLE>') == "Pen Set"

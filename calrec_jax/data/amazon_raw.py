@@ -69,7 +69,7 @@ def read_reviews(path: str, skipped: dict[str, int], skip_malformed: bool = Fals
   """(user, item, unix time, line number) for every review line."""
   events = []
   for lineno, rec in iter_records(path, skipped, skip_malformed):
-    missing = [k for k in REVIEW_FIELDS if not rec.get(k)]
+    missing = [k for k in REVIEW_FIELDS if rec.get(k) is None or str(rec[k]).strip() == ""]  # 0 is an id
     t = rec.get("unixReviewTime")
     if t is None and rec.get("reviewTime"):
       t = _parse_review_time(rec["reviewTime"])

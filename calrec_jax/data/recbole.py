@@ -11,11 +11,14 @@ the rendered ones), or else `<name>.text` (title only). Without `<name>.item2ind
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from calrec_jax.data.records import Catalog, CategoryData, validate
 from calrec_jax.data.text import clean_value
 from calrec_jax.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def _read_tsv(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -47,7 +50,8 @@ def _read_index(path: str) -> list[str]:
   """`<token>\\t<int>` lines -> list indexed by the int."""
   if not os.path.exists(path):
     raise DataError("file not found", path)
-  pairs = {}
+  pairs: dict[int, str] = {}
+  tokens: dict[str, int] = {}
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
@@ -55,7 +59,12 @@ def _read_index(path: str) -> list[str]:
       parts = line.rstrip("\n").split("\t")
       if len(parts) != 2 or not parts[1].strip().isdigit():
         raise DataError("expected '<token><TAB><integer id>'", path, lineno)
-      pairs[int(parts[1])] = parts[0]
+      if int(parts[1]) in pairs:
+        raise DataError(f"id {parts[1]} is given twice (to {pairs[int(parts[1])]!r} and {parts[0]!r})", path, lineno)
+      if parts[0] in tokens:
+        raise DataError(f"{parts[0]!r} is given two ids ({tokens[parts[0]]} and {parts[1]}); each token needs one",
+                        path, lineno)
+      pairs[int(parts[1])], tokens[parts[0]] = parts[0], int(parts[1])
   if sorted(pairs) != list(range(len(pairs))):
     raise DataError("ids are not 0..N-1 without gaps", path)
   return [pairs[i] for i in range(len(pairs))]
@@ -147,6 +156,7 @@ def load_recbole(directory: str, name: str) -> CategoryData:
   test_path = os.path.join(directory, f"{name}.test.inter")
   plain_path = os.path.join(directory, f"{name}.inter")
   sequences: dict[str, list[int]] = {}
+  skipped: dict[str, int] = {}
   if os.path.exists(test_path):
     header, rows = _read_tsv(test_path)
     need = ("user_id", "item_id_list", "item_id")
@@ -180,8 +190,17 @@ def load_recbole(directory: str, name: str) -> CategoryData:
         events.append((fields[cu], float(fields[ct]) if ct is not None else 0.0, lineno, index[item]))
       except ValueError:
         raise DataError("timestamp is not a number", plain_path, lineno) from None
-    for user, _, _, item in sorted(events):  # by time; events of a user at the same time in file order
+    seen, duplicates = set(), 0
+    for user, t, _, item in sorted(events):  # by time; events of a user at the same time in file order
+      if ct is not None and (user, item, t) in seen:  # the same (user, item, time) row again: one event
+        duplicates += 1
+        continue
+      seen.add((user, item, t))
       sequences.setdefault(user, []).append(item)
+    if duplicates:
+      log.warning("%s: %d rows repeat an earlier (user, item, timestamp) row; each counted once", plain_path,
+                  duplicates)
+      skipped["duplicate_events"] = duplicates
   else:
     raise DataError(f"no interactions: expected {name}.test.inter or {name}.inter", directory)
   user_names = _read_index(user_path) if os.path.exists(user_path) else None
@@ -189,6 +208,6 @@ def load_recbole(directory: str, name: str) -> CategoryData:
   user_ids = [user_names[int(u)] if user_names and u.isdigit() and int(u) < len(user_names) else u
               for u in users]
   data = CategoryData(name, Catalog(item_ids, _attributes(directory, name, item_ids)),
-                      user_ids, [sequences[u] for u in users], {})
+                      user_ids, [sequences[u] for u in users], skipped)
   validate(data, directory)
   return data

@@ -16,6 +16,7 @@ FIRST_ITEM = "The first purchased item is as follows:"
 NEXT_ITEM = "The next purchased item is as follows:"
 
 _WS = re.compile(r"\s+")
+_HIDDEN = re.compile(r"<(script|style)\b[^>]{0,200}>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 
 
 def clean_value(value) -> str:
@@ -25,6 +26,7 @@ def clean_value(value) -> str:
   if isinstance(value, (list, tuple)):
     value = value[-1] if value else ""
   text = html.unescape(html.unescape(str(value)))
+  text = _HIDDEN.sub(" ", text)  # a script's or style's body is code, not text
   text = re.sub(r"<[^>]{0,200}>", " ", text)
   return _WS.sub(" ", text).strip()
 
