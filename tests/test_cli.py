@@ -56,6 +56,8 @@ BAD_INPUTS = [
     (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.model.attention=cudnn"],
      "model.attention='cudnn' runs in bfloat16 only", 1),
     (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.model.attention=flash"], "model.attention='flash'", 1),
+    (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.model.lora_rank=5000"],
+     "model.lora_rank=5000 is not below the dimensions of", 1),
     (["calrec_jax.model.convert", "--input={w}/missing", "--output={w}/out"], "no such file or folder", 1),
     (["calrec_jax.model.convert", "--input={empty}", "--output={file}"], "--output={file}: is an existing file", 1),
     (["calrec_jax.data.prepare", "--source=synthetic", "--output={file}"], "--output={file}: is an existing file", 1),

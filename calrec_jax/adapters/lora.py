@@ -75,6 +75,11 @@ def init_adapters(decoder_params, lc: LoraConfig, seed: int = 0) -> dict[str, di
   for i, (path, w) in enumerate(_targets(decoder_params, lc)):
     n_in = PROJECTIONS[path[-1]]
     fan_in, fan_out = int(np.prod(w.shape[:n_in])), int(np.prod(w.shape[n_in:]))
+    if lc.rank >= min(fan_in, fan_out):
+      from calrec_jax.errors import ConfigError
+      raise ConfigError(f"model.lora_rank={lc.rank} is not below the dimensions of {_key(path)} ({fan_in} x "
+                        f"{fan_out}): the adapters would be larger than the weight; use a rank below "
+                        f"{min(fan_in, fan_out)} (typically 4-64), or full finetuning (model.lora_rank=0)")
     a = jax.random.normal(jax.random.fold_in(rng, i), (fan_in, lc.rank), jnp.float32) / np.sqrt(fan_in)
     adapters[_key(path)] = {"a": a, "b": jnp.zeros((lc.rank, fan_out), jnp.float32)}
   if not adapters:
