@@ -214,3 +214,20 @@ def test_an_empty_or_unreadable_step_folder_never_blocks_saving_that_step(damage
   ckptr.save(4, {"w": jnp.full((3,), 4.0)}, {"step": 4}, force=True)
   assert ckptr.steps() == [2, 3, 4]
   ckptr.close()
+
+
+def test_a_non_finite_step_names_what_went_non_finite_and_the_keys_that_feed_it(tmp_path):
+  from calrec_jax.train.loop import NonFiniteLossError, nonfinite_cause, train
+  from test_train import smoke_config
+  nan, inf = float("nan"), float("inf")
+  assert "loss term 'tt'" in nonfinite_cause({"loss": nan, "loss_nig": 2.0, "loss_tt": nan, "grad_norm": nan})
+  assert "model.compute_dtype" in nonfinite_cause({"loss": inf, "loss_nig": inf, "loss_tt": 1.0, "grad_norm": 1.0})
+  grad = nonfinite_cause({"loss": 3.0, "loss_nig": 2.0, "loss_tt": 1.0, "grad_norm": nan})
+  assert grad.startswith("the gradient is not finite") and "loss_tt=1" in grad
+  assert "optim.weight_decay" in nonfinite_cause({"loss": 3.0, "loss_nig": 3.0, "grad_norm": 2.5})
+  c = smoke_config(4, 2)
+  c.loss.temperature = 1e-40  # positive, but the similarities / temperature overflow float32
+  c.train.max_consecutive_nonfinite = 2
+  with pytest.raises(NonFiniteLossError, match=r"2 non-finite steps in a row at step 2: loss term '(tt|ut)' is "
+                                               r"not finite .*loss.temperature"):
+    train(c, str(tmp_path / "run"))

@@ -196,6 +196,27 @@ def last_logged(workdir: str) -> dict:
 ValidationFn = Callable[[Any, RunParts, Any], dict]  # (config, parts, params) -> {'valid/...': value}
 
 
+def nonfinite_cause(metrics: dict) -> str:
+  """Which quantity of a skipped step went non-finite first (a loss term, the gradient, or the update and new
+  optimizer state), and the config keys that feed it."""
+  import math
+  bad = [k[len("loss_"):] for k, v in metrics.items() if k.startswith("loss_") and not math.isfinite(float(v))]
+  if bad:
+    name = bad[0]
+    feeds = ("loss.temperature (a small one overflows the similarities), loss.w_" + name) if name != "nig" else \
+        "the data's target tokens and model.compute_dtype"
+    return f"loss term {name!r} is not finite ({float(metrics['loss_' + name])}); check {feeds}"
+  if not math.isfinite(float(metrics.get("loss", 0.0))):
+    return f"the loss is not finite ({float(metrics['loss'])}); check the loss.w_* weights"
+  if not math.isfinite(float(metrics.get("grad_norm", 0.0))):
+    return ("the gradient is not finite while every loss is (" + ", ".join(
+        f"{k}={float(v):.4g}" for k, v in metrics.items() if k.startswith("loss")) + "); check loss.temperature "
+            "and model.compute_dtype")
+  return (f"the update or the new optimizer state is not finite while the loss ({float(metrics['loss']):.4g}) and "
+          f"the gradient (norm {float(metrics['grad_norm']):.4g}) are; lower optim.learning_rate or "
+          "optim.weight_decay")
+
+
 def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   """Run (or resume) training; returns the last logged metrics. `validation` (the runner passes
   calrec_jax.eval.validation.validation_metrics) runs every train.eval_every steps and at the end."""
@@ -307,12 +328,13 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
       m = jax.device_get(m)
       nonfinite_run = nonfinite_run + 1 if m["skipped"] else 0
       if m["skipped"]:
-        log.warning("step %d: non-finite loss or gradient (loss=%s); the update was not applied", step + 1, m["loss"])
+        cause = nonfinite_cause(m)
+        log.warning("step %d: %s; the update was not applied", step + 1, cause)
         writer.write(step + 1, {"train/nonfinite": 1.0})
         if nonfinite_run >= tc.max_consecutive_nonfinite:
           ckptr.close()
-          raise NonFiniteLossError(f"{nonfinite_run} non-finite losses in a row at step {step + 1}; lower "
-                                   "optim.learning_rate or check the data. The last checkpoint holds finite params.")
+          raise NonFiniteLossError(f"{nonfinite_run} non-finite steps in a row at step {step + 1}: {cause}. The "
+                                   "last checkpoint holds finite params.")
       else:
         for k, v in m.items():
           acc[k] = acc.get(k, 0.0) + float(v)
