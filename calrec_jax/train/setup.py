@@ -83,8 +83,9 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
                       "tokenizer.json beside the weights); set tokenizer.path to the checkpoint's tokenizer.model or "
                       "tokenizer.json")
   if tok is None:
-    texts = [render_item(a, rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage))
-             for c in cats for a in c.catalog.attributes]
+    kept = [rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage)
+            for c in cats]  # once per category (per item, this scanned the catalog once per item: quadratic)
+    texts = [render_item(a, names) for c, names in zip(cats, kept) for a in c.catalog.attributes]
     texts.append("\n".join([PROMPT_HEADER, FIRST_ITEM, NEXT_ITEM]))
     log.info("training a SentencePiece tokenizer (vocabulary %d) on %d item texts ...", config.tokenizer.vocab_size,
              len(texts))
