@@ -21,10 +21,10 @@ def require_writable_dir(path: str, what: str) -> str:
   return path
 
 
-def write_atomically(path: str, text: str) -> None:
-  """Writes `text` to path.tmp, then renames it over `path`: a reader never sees a half-written file, and a
-  failure leaves the previous file as it was."""
+def write_atomically(path: str, data: str | bytes) -> None:
+  """Writes `data` (text as UTF-8, or bytes) to path.tmp, then renames it over `path`: a reader never sees a
+  half-written file, and a failure leaves the previous file as it was."""
   tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+  with open(tmp, "wb") as f:
+    f.write(data.encode("utf-8") if isinstance(data, str) else data)
   os.replace(tmp, path)

@@ -20,3 +20,31 @@ def test_no_module_imports_from_a_layer_above_it():
         if LAYERS.get(target, 0) > own:
           upward.append(f"{path.relative_to(PACKAGE)} imports {node.module}")
   assert not upward, upward
+
+
+def test_no_import_circles_between_modules():
+  """No module reaches itself through imports (module level or inside functions)."""
+  graph = {}
+  for path in PACKAGE.rglob("*.py"):
+    name = ".".join(("calrec_jax",) + path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("calrec_jax"):
+        targets.add(node.module)
+        targets.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
+    graph[name] = targets
+  graph = {m: {t for t in ts if t in graph and t != m} for m, ts in graph.items()}
+  circles, state = [], {}
+
+  def visit(m, stack):
+    state[m] = "open"
+    for t in sorted(graph[m]):
+      if state.get(t) == "open":
+        circles.append(stack[stack.index(t):] + [t])
+      elif t not in state:
+        visit(t, stack + [t])
+    state[m] = "done"
+  for m in sorted(graph):
+    if m not in state:
+      visit(m, [m])
+  assert not circles, circles

@@ -106,6 +106,11 @@ def test_a_scanned_run_keeps_its_blocks_stacked_and_trains_resumes_and_exports_l
   train(scanned(4, 2), str(tmp_path / "scan"))  # resumes at step 2
   read = lambda d: [r["train/loss"] for r in map(json.loads, open(tmp_path / d / "metrics.jsonl")) if "train/loss" in r]  # noqa: E731
   assert read("scan") == pytest.approx(read("plain"), rel=1e-5) and len(read("scan")) == 4
+  from calrec_jax.train.optim import schedule
+  rows = [r for r in map(json.loads, open(tmp_path / "plain" / "metrics.jsonl")) if "train/loss" in r]
+  lr = schedule(smoke_config(4, 2).optim, 4)
+  assert [r["train/learning_rate"] for r in rows] == pytest.approx([float(lr(r["step"] - 1)) for r in rows])
+  assert rows[-1]["train/learning_rate"] > 0  # logged: the rate each step's update used
   mgr = ocp.CheckpointManager(str(tmp_path / "scan" / "checkpoints"), item_names=("state", "data_iter"))
   saved = mgr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   assert STACKED in saved["params"]["decoder"] and "layers_0" not in saved["params"]["decoder"]

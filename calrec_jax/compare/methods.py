@@ -170,9 +170,8 @@ def run_id_model(name: str, cfg, data, rows, workdir: str, progress: bool) -> Me
   from calrec_jax.baselines.id_sequences import id_examples
   from calrec_jax.baselines.train_id import IdModelTrainer
   from calrec_jax.eval.metrics import ranking_metrics
-  from calrec_jax.model.sharding import make_mesh
-  mc = cfg.calrec.mesh
-  trainer = IdModelTrainer(name, cfg[name], data, cfg.calrec.eval, make_mesh(mc.data, mc.fsdp, mc.tensor),
+  from calrec_jax.model.sharding import mesh_from_config
+  trainer = IdModelTrainer(name, cfg[name], data, cfg.calrec.eval, mesh_from_config(cfg.calrec.mesh),
                            seed=cfg.calrec.seed)
   res = trainer.train(workdir, progress)
   t0 = time.time()

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Iterable
 
-from calrec_jax.data.tokenizer import write_atomically
+from calrec_jax.paths import write_atomically
 from calrec_jax.errors import DataError
 
 CONFIG_FILE = "tokenizer_config.json"

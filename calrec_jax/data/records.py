@@ -126,13 +126,11 @@ def validate(data: CategoryData, source: str) -> None:
 # ----------------------------------------------------------------------------- prepared form on disk
 def save_category(data: CategoryData, directory: str) -> None:
   """Write the prepared form (atomically per file: a crash never leaves a half-written file)."""
+  from calrec_jax.paths import write_atomically
   os.makedirs(directory, exist_ok=True)
 
   def write(name: str, lines: list[str]) -> None:
-    tmp = os.path.join(directory, name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, os.path.join(directory, name))
+    write_atomically(os.path.join(directory, name), "".join(line + "\n" for line in lines))
 
   write("catalog.jsonl", [json.dumps({"id": i, **a}, ensure_ascii=False)
                           for i, a in zip(data.catalog.item_ids, data.catalog.attributes)])

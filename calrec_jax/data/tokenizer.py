@@ -10,6 +10,7 @@ from typing import Iterable
 import sentencepiece as spm
 
 from calrec_jax.errors import DataError
+from calrec_jax.paths import write_atomically
 
 
 class Tokenizer:
@@ -64,14 +65,6 @@ class Tokenizer:
   def decode(self, ids: Iterable[int]) -> str:
     ids = [int(i) for i in ids]
     return self.sp.decode(ids)
-
-
-def write_atomically(path: str, data: bytes) -> None:
-  """Write through a temporary file: a crash never leaves a half-written tokenizer file behind."""
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # in the order a folder is searched

@@ -286,7 +286,7 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
   from calrec_jax.model.variables import example_batch, params_shardings
   cat = eval_category_index(config, parts.categories)
   split = split or config.eval.split
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  mesh = shd.mesh_from_config(config.mesh)
   spec = parts.encoder.spec
   shardings, abstract = params_shardings(
       parts.model, mesh, example_batch(1, parts.encoder.buckets[-1], spec.target_len, spec.item_len))

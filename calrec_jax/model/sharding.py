@@ -37,6 +37,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
+def mesh_from_config(section) -> Mesh:
+  """The mesh of a config's `mesh` section (data, fsdp, tensor)."""
+  return make_mesh(section.data, section.fsdp, section.tensor)
+
+
 def shardings_from_boxed(abstract_boxed: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
   """A tree of NamedSharding for a tree whose leaves may be nn.LogicallyPartitioned (from eval_shape)."""
   def one(x):

@@ -229,11 +229,12 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   if is_main:
     save_run_files(workdir, parts, config)
   dc, tc = config.data, config.train
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  mesh = shd.mesh_from_config(config.mesh)
   if dc.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"] * config.optim.grad_accum):
     raise CalrecError(f"data.batch_size={dc.batch_size} must be divisible by data x fsdp devices "
                       f"({mesh.shape['data'] * mesh.shape['fsdp']}) x optim.grad_accum ({config.optim.grad_accum})")
   tx = optim.make_optimizer(config.optim, tc.num_steps)
+  learning_rate = optim.schedule(config.optim, tc.num_steps)
   spec = parts.encoder.spec
   shapes = variables.example_batch(dc.batch_size, parts.encoder.buckets[-1], spec.target_len, spec.item_len)
   packed = training_packer(config, parts)
@@ -347,6 +348,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
         dt = time.time() - t_last
         n = acc.pop("_n")
         last = {f"train/{k}": v / n for k, v in acc.items() if k not in ("tokens", "examples", "skipped")}
+        last["train/learning_rate"] = float(learning_rate(step))  # the rate this step's update used
         last["perf/steps_per_s"] = tc.log_every / dt if dt else 0.0
         last["perf/tokens_per_s"] = tokens / dt if dt else 0.0
         last["perf/examples_per_s"] = examples / dt if dt else 0.0  # (history -> next item) pairs trained

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
 
+from calrec_jax.paths import write_atomically  # noqa: E402
+
 
 class MetricsWriter:
   """Writes on process 0 only; `write(step, {'train/loss': ..})`."""
@@ -38,10 +40,7 @@ class MetricsWriter:
           continue
         if row.get("step", 0) <= step:
           kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = self.path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    write_atomically(self.path, "".join(kept))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
