@@ -10,7 +10,8 @@ user with no known item gets no items. Rankers: dense, beam (catalog-constrained
 texts, no model), fused (the weights the workdir's evaluation chose on validation; evaluate with
 --config.eval.fusion=dense,bm25_history,popularity first). The input is checked line by line before the model
 is loaded, then streamed in batches of --batch_users; the output is written to <output>.partial and renamed when
-complete, and an existing output is never overwritten.
+complete, and an existing output is never overwritten. --catalog ranks another catalog (new items included: the
+item tower encodes them, once per model and catalog).
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ flags.DEFINE_string("output", None, "JSONL to write (must not exist).")
 flags.DEFINE_integer("top_k", 10, "Items per user.")
 flags.DEFINE_enum("ranker", "dense", ["dense", "beam", "bm25", "fused"], "How items are ranked.")
 flags.DEFINE_boolean("exclude_history", True, "Never recommend an item of the user's history.")
+flags.DEFINE_string("catalog", None, "Rank this catalog instead of the training one: a JSONL file ({\"id\": ..., "
+                    "\"title\": ..., ...} per line) or a prepared category folder; items training never saw are "
+                    "encoded by the item tower (embeddings cached per model and catalog).")
 flags.DEFINE_integer("batch_users", 256, "Users ranked together (memory: batch_users x catalog size floats).")
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
@@ -76,7 +80,7 @@ def main(argv) -> None:
       out = open(partial, "w", encoding="utf-8")
     except OSError as e:
       raise CalrecError(f"--output={FLAGS.output}: cannot be written ({e.strerror or e})") from None
-    rec = Recommender.load(FLAGS.workdir, config)
+    rec = Recommender.load(FLAGS.workdir, config, catalog=FLAGS.catalog)
     bar = tqdm(total=users, desc=f"recommend ({FLAGS.ranker})", unit="user", dynamic_ncols=True)
     with out:
       batch = []

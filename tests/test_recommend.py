@@ -95,3 +95,32 @@ def test_the_cli_streams_jsonl_and_refuses_bad_input_before_loading(trained, tmp
   assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "x.jsonl.partial").exists()
   nothing = run([f"--workdir={tmp_path / 'none'}", f"--input={src}", f"--output={tmp_path / 'y.jsonl'}"])
   assert nothing.returncode == 1 and "no trained run here" in nothing.stderr
+
+
+def test_a_catalog_given_at_inference_ranks_items_training_never_saw(trained, tmp_path, monkeypatch):
+  from calrec_jax.eval import evaluate as ev
+  from calrec_jax.eval.recommender import Recommender
+  base = Recommender.load(trained)
+  data = base.parts.categories[base.category]
+  rows = [{"id": i, **a} for i, a in zip(data.catalog.item_ids, data.catalog.attributes)]
+  twin = {**rows[3], "id": "NEW-twin"}  # a new item with the text of a known one
+  fresh = {"id": "NEW-1", "title": "Solar garden lantern, 12 pack", "category": "Garden", "brand": "Lumo"}
+  path = tmp_path / "catalog.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows + [twin, fresh]))
+  rec = Recommender.load(trained, catalog=str(path))
+  history = [[data.catalog.item_ids[i] for i in data.sequences[0][:-1]]]
+  got = rec.recommend(history, k=len(rows) + 2, ranker="dense", exclude_history=False)[0]["items"]
+  score = {x["id"]: x["score"] for x in got}
+  assert {"NEW-twin", "NEW-1"} <= set(score)  # the new items are ranked with the others
+  assert score["NEW-twin"] == pytest.approx(score[rows[3]["id"]], abs=1e-5)  # same text, same v_T
+  known = base.recommend(history, k=5, exclude_history=False)[0]["items"]
+  assert [score[x["id"]] for x in known] == pytest.approx([x["score"] for x in known], abs=1e-5)
+  assert rec.recommend([["Solar garden lantern, 12 pack"]], k=3, ranker="bm25")[0]["unknown"] == []
+  cached = list((ROOT.__class__(trained) / "item_embeddings").glob("*.npy"))
+  assert len(cached) >= 2  # the training catalog's and this one's
+  monkeypatch.setattr(ev, "item_embeddings", lambda *a, **k: (_ for _ in ()).throw(AssertionError("encoded again")))
+  again = Recommender.load(trained, catalog=str(path))
+  assert again.recommend(history, k=3)[0]["items"] == rec.recommend(history, k=3)[0]["items"]
+  path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n")
+  with pytest.raises(Exception, match="appears twice"):
+    Recommender.load(trained, catalog=str(path))

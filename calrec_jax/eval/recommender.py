@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
+import logging
 import os
 from typing import Iterable, Sequence
 
@@ -24,6 +26,7 @@ import numpy as np
 from calrec_jax.errors import CalrecError, ConfigError
 
 RANKERS = ("dense", "beam", "bm25", "fused")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -36,10 +39,14 @@ class Recommender:
   _item_emb: np.ndarray | None = None
   _names: dict | None = None
 
+  workdir: str = ""
+
   @classmethod
-  def load(cls, workdir: str, config=None, fusion_weights: dict | None = None) -> "Recommender":
+  def load(cls, workdir: str, config=None, fusion_weights: dict | None = None, catalog: str | None = None
+           ) -> "Recommender":
     """A trained workdir (its export, or newest checkpoint), with the config it recorded (config.json) unless
-    `config` is given; the catalog is its evaluation category's."""
+    `config` is given; the catalog is its evaluation category's, or `catalog` (a catalog JSONL file or a prepared
+    category folder), which may hold items training never saw (see `with_catalog`)."""
     import ml_collections
     from calrec_jax.eval.evaluate import eval_category_index
     from calrec_jax.train.checkpoint import params_from_workdir
@@ -59,7 +66,67 @@ class Recommender:
                         "finish, or evaluate a checkpoint with python -m calrec_jax.evaluate --step=N")
     if fusion_weights is None:
       fusion_weights = _evaluated_fusion_weights(workdir)
-    return cls(config, parts, params, eval_category_index(config, parts.categories), fusion_weights)
+    rec = cls(config, parts, params, eval_category_index(config, parts.categories), fusion_weights,
+              workdir=workdir)
+    return rec.with_catalog(catalog) if catalog else rec
+
+  def with_catalog(self, path: str) -> "Recommender":
+    """This model over another catalog (`{"id": ..., "title": ..., ...}` per line, or a prepared category's
+    folder): items training never saw are encoded by the item tower, indexed by BM25 and the beams' trie, and
+    count as new for popularity (training counts are kept for the items it knows, by id). Item texts render the
+    same attributes as in training. Item embeddings are cached in <workdir>/item_embeddings/ by a fingerprint of
+    the params and the rendered texts, so a second call does not encode them again."""
+    from calrec_jax.data.examples import ExampleEncoder
+    from calrec_jax.data.records import CategoryData, load_category
+    if os.path.isdir(path):
+      catalog = load_category(path).catalog
+    else:
+      catalog = _read_catalog(path)
+    trained = self.parts.categories[self.category]
+    new_index = {item_id: i for i, item_id in enumerate(catalog.item_ids)}
+    sequences = [[new_index[trained.catalog.item_ids[i]] for i in seq if trained.catalog.item_ids[i] in new_index]
+                 for seq in trained.sequences]  # training interactions of the items both catalogs hold
+    data = CategoryData(trained.name, catalog, list(trained.user_ids), sequences, {})
+    spec = dataclasses.replace(self.parts.encoder.spec, attributes=self.parts.encoder.attributes[self.category],
+                               min_attribute_coverage=0.0)
+    encoder = ExampleEncoder(self.parts.tokenizer, [data], spec)
+    parts = dataclasses.replace(self.parts, categories=[data], encoder=encoder)
+    new = sum(1 for item_id in catalog.item_ids if item_id not in set(trained.catalog.item_ids))
+    log.info("catalog %s: %d items, %d of them not in training", path, len(catalog), new)
+    return dataclasses.replace(self, parts=parts, category=0, _item_emb=None, _names=None)
+
+  def item_embeddings(self) -> np.ndarray:
+    """v_T of every catalog item [I, E], from the cache when this model already encoded these texts."""
+    from calrec_jax.eval import evaluate as ev
+    if self._item_emb is not None:
+      return self._item_emb
+    texts = ev.item_texts(self.parts, self.category)
+    path = None
+    if self.workdir:
+      digest = hashlib.sha256()
+      export = os.path.join(self.workdir, "export", "params")
+      stamp = os.path.getmtime(export) if os.path.exists(export) else 0.0
+      digest.update(json.dumps([os.path.abspath(self.workdir), stamp, texts]).encode("utf-8"))
+      path = os.path.join(self.workdir, "item_embeddings", digest.hexdigest()[:20] + ".npy")
+      if os.path.exists(path):
+        try:
+          emb = np.load(path)
+          if emb.shape[0] == len(texts):
+            self._item_emb = emb
+            return emb
+        except (OSError, ValueError):
+          log.warning("%s is unreadable; encoding the items again", path)
+    emb = ev.item_embeddings(self.parts, self.params, self.category)
+    if path:
+      try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+          np.save(f, emb)
+        os.replace(path + ".tmp", path)
+      except OSError as e:
+        log.warning("item embeddings not cached (%s)", e)
+    self._item_emb = emb
+    return emb
 
   # ------------------------------------------------------------------------------------------- naming items
   def resolve(self, names: Sequence[str]) -> tuple[list[int], list[str], list[str]]:
@@ -96,9 +163,7 @@ class Recommender:
     n_items = len(self.parts.categories[self.category].catalog)
 
     def dense():
-      if self._item_emb is None:
-        self._item_emb = ev.item_embeddings(self.parts, self.params, self.category)
-      return ev.user_embeddings(c, self.parts, self.params, rows, self.category) @ self._item_emb.T
+      return ev.user_embeddings(c, self.parts, self.params, rows, self.category) @ self.item_embeddings().T
 
     def beam():
       items, scores = ev.beam_rankings(c, self.parts, self.params, rows, self.category, progress=False)
@@ -166,6 +231,34 @@ class Recommender:
           c.eval[key] = value
       c.eval.beams = max(int(c.eval.beams), 1)
     return c
+
+
+def _read_catalog(path: str):
+  """A catalog JSONL file: {"id": ..., "title": ..., <other attributes>} per line."""
+  from calrec_jax.data.records import Catalog
+  from calrec_jax.errors import DataError
+  if not os.path.isfile(path):
+    raise DataError("no such catalog file or prepared category folder", path)
+  ids, attrs, seen = [], [], set()
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError:
+        raise DataError("not JSON; one object per line: {\"id\": ..., \"title\": ...}", path, n) from None
+      if not isinstance(row, dict) or "id" not in row:
+        raise DataError("a catalog row needs an \"id\"", path, n)
+      item_id = str(row.pop("id"))
+      if item_id in seen:
+        raise DataError(f"item {item_id!r} appears twice", path, n)
+      seen.add(item_id)
+      ids.append(item_id)
+      attrs.append({k: str(v) for k, v in row.items()})
+  if not ids:
+    raise DataError("the catalog is empty", path)
+  return Catalog(ids, attrs)
 
 
 def _key(name: str) -> str:
