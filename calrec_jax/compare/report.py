@@ -124,9 +124,13 @@ def bar_chart(results: dict[str, MethodResult], path: str, title: str) -> None:
   ax.invert_yaxis()
   ax.set_xlabel("metric value (full ranking)")
   ax.set_title(title, fontsize=10)
-  ax.legend(loc="lower right", fontsize=8)
+  top = max([r[3].get(m, 0.0) for r in rows for m in metrics] + [1e-6])
+  ax.set_xlim(0, top * 1.18)  # room for the value labels right of the longest bar
+  handles, labels = ax.get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=len(metrics), fontsize=8, frameon=False)  # below the
+  #                                                                  axis: it never covers a bar or its label
   ax.grid(axis="x", alpha=0.3)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
