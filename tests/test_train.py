@@ -154,8 +154,12 @@ def test_a_run_initialised_from_another_reads_its_config_and_tokenizer_not_the_p
   from calrec_jax.model.config import ModelConfig
   from calrec_jax.train.loop import train
   from calrec_jax.train.setup import build
+  from calrec_jax.errors import ConfigError
   first = str(tmp_path / "stage1")
   train(smoke_config(2, 2), first)
+  recorded = json.load(open(os.path.join(first, "config.json")))
+  recorded["model"]["pretrained"] = "no-such-weights"  # as if stage 1 had started from these weights
+  json.dump(recorded, open(os.path.join(first, "config.json"), "w"))
   c = smoke_config(2, 2)
   c.model.pretrained = "no-such-weights"  # reading them would raise
   c.ckpt.init_from = first
@@ -163,6 +167,12 @@ def test_a_run_initialised_from_another_reads_its_config_and_tokenizer_not_the_p
   assert parts.pretrained_params is None
   assert parts.model_cfg == ModelConfig.from_dict(json.load(open(os.path.join(first, "model_config.json"))))
   assert parts.tokenizer.encode("Office desk lamp") == build(smoke_config(2, 2), first).tokenizer.encode("Office desk lamp")
+  other = smoke_config(2, 2)  # a config naming another model than the init run trained: an error, not a switch
+  other.model.pretrained = "gemma3-270m-gguf"
+  other.ckpt.init_from = first
+  with pytest.raises(ConfigError, match=r"model.pretrained='gemma3-270m-gguf', but ckpt.init_from=.* trained "
+                                        r"model.pretrained='no-such-weights'"):
+    build(other, str(tmp_path / "stage2b"))
 
 
 @pytest.mark.parametrize("width", [8, 300, 1024])

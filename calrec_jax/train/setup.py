@@ -62,6 +62,8 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   init_dir = config.ckpt.init_from if config.ckpt.init_from and os.path.isdir(config.ckpt.init_from) else ""
   init_cfg = os.path.join(init_dir, "model_config.json") if init_dir else ""
   from_init = bool(init_dir and os.path.exists(init_cfg) and find_tokenizer(init_dir))
+  if from_init:
+    _check_same_model(config, init_dir)
   if config.model.pretrained and not from_init:  # (params, tokenizer and config of an init_from run are its own)
     from calrec_jax.model.loading import load_pretrained
     log.info("reading pretrained weights %s (a GGUF file is dequantised to float32: 10-40 s for 100-300M "
@@ -115,6 +117,20 @@ def save_run_files(workdir: str, parts: RunParts, config) -> None:
     json.dump(parts.model_cfg.to_dict(), f, indent=1)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=1))
+
+
+def _check_same_model(config, init_dir: str) -> None:
+  """A run initialised from another trains that run's model: a config naming another one is an error, not a
+  silent switch."""
+  recorded = (load_run_config(init_dir) or {}).get("model", {})
+  for key in ("pretrained", "preset"):
+    if key not in recorded or (key == "preset" and (recorded.get("pretrained") or config.model.pretrained)):
+      continue  # a pretrained model's preset is its own
+    if str(recorded[key]) != str(config.model[key]):
+      from calrec_jax.errors import ConfigError
+      raise ConfigError(f"model.{key}={config.model[key]!r}, but ckpt.init_from={init_dir} trained "
+                        f"model.{key}={recorded[key]!r}; a stage continues its init run's model: set "
+                        f"model.{key}={recorded[key]!r}, or another ckpt.init_from")
 
 
 def load_run_config(workdir: str) -> dict | None:
