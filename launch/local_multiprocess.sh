@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$(dirname "$workdir")"
 pids=()
+# XLA aborts a CPU process that waits more than 40 s at a collective for the others; processes sharing one
+# machine can fall further behind than that while compiling, so allow 30 minutes.
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_collective_call_terminate_timeout_seconds=1800"
 for ((i = 0; i < n; i++)); do
   JAX_PLATFORMS=cpu .venv/bin/python -m calrec_jax.main --config="$config" --workdir="$workdir" \
     --config.multihost.enabled=True --config.multihost.coordinator="127.0.0.1:$port" \

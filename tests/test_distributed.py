@@ -17,9 +17,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
+# XLA aborts a process that waits at a cross-process collective more than 40 s for the others (its default); on a
+# busy 2-core machine one process can fall that far behind while compiling, so the tests allow 30 minutes.
+PATIENT_COLLECTIVES = "--xla_cpu_collective_call_terminate_timeout_seconds=1800"
+
+
 def env_with(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {PATIENT_COLLECTIVES}"
   return env
 
 
