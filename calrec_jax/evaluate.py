@@ -27,13 +27,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
   del argv
   import sys
-  from calrec_jax.runner import evaluate_workdir, recorded_data_config, run_configured
-  explicit = frozenset(a[len("--config."):].split("=")[0] for a in sys.argv if a.startswith("--config.data."))
+  from calrec_jax.runner import check_model_overrides, evaluate_workdir, recorded_data_config, run_configured
+  explicit = frozenset(a[len("--config."):].split("=")[0] for a in sys.argv
+                       if a.startswith(("--config.data.", "--config.model.")))
 
   def action():
     from calrec_jax.config_check import validate_config
     config = recorded_data_config(FLAGS.config, FLAGS.workdir, explicit)  # what the workdir was trained on
     validate_config(config)
+    check_model_overrides(config, FLAGS.workdir, explicit)
     evaluate_workdir(config, FLAGS.workdir, FLAGS.split, FLAGS.step, FLAGS.output)
   run_configured(FLAGS.config, action)
 

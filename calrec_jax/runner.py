@@ -72,6 +72,24 @@ def recorded_data_config(config, workdir: str, explicit: frozenset[str] = frozen
   return config
 
 
+def check_model_overrides(config, workdir: str, explicit: frozenset[str]) -> None:
+  """An evaluation reads the model the workdir trained (its model_config.json and params): a command-line
+  `--config.model.*` flag of a key that defines the model (RUN_IDENTITY's) naming another value is an error, not
+  silently ignored. Runtime keys (model.compute_dtype, model.attention, ...) apply as given."""
+  from calrec_jax.errors import ConfigError
+  from calrec_jax.train.loop import RUN_IDENTITY
+  from calrec_jax.train.setup import load_run_config
+  recorded = (load_run_config(workdir) or {}).get("model", {})
+  for key in sorted(k for k in explicit if k.startswith("model.") and k in RUN_IDENTITY):
+    name = key.split(".", 1)[1]
+    if name not in recorded or (name == "preset" and recorded.get("pretrained")):
+      continue  # a pretrained model's preset is its own
+    if recorded[name] != config.model[name]:
+      raise ConfigError(f"--config.{key}={config.model[name]!r}, but {workdir} was trained with {key}="
+                        f"{recorded[name]!r}; evaluation reads the workdir's own model: drop the flag, or train a "
+                        "run with it")
+
+
 def fresh_output_dir(base: str) -> str:
   """`base`, or base-2, base-3, ... when earlier results are there: an evaluation never overwrites them."""
   out, k = base, 1

@@ -28,9 +28,15 @@ BAD_INPUTS = [
     (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.data.min_attribute_coverage=2"],
      "data.min_attribute_coverage", 1),
     (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.model.preset=huge"], "model.preset='huge'", 1),
+    (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.data.attributes=color"],
+     "none of its 96 items has a value for data.attributes='color', so every item text would be empty", 1),
     (["calrec_jax.evaluate", *SMOKE, "--workdir={w}/none"], "no such workdir", 1),
     (["calrec_jax.evaluate", *SMOKE, "--workdir={empty}"], "nothing trained in this workdir yet", 1),
     (["calrec_jax.evaluate", *SMOKE, "--workdir={empty}", "--output={file}"], "is an existing file", 1),
+    (["calrec_jax.evaluate", *SMOKE, "--workdir={trained}", "--config.model.preset=small"],
+     "--config.model.preset='small', but {trained} was trained with model.preset='tiny'", 1),
+    (["calrec_jax.evaluate", *SMOKE, "--workdir={trained}", "--config.model.projection_dim=64"],
+     "was trained with model.projection_dim=0; evaluation reads the workdir's own model", 1),
     (["calrec_jax.main", *SMOKE, "--workdir={file}/run"], "--workdir={file}/run: cannot be written", 1),
     (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.optim.learning_rate=nan"], "optim.learning_rate=nan", 1),
     (["calrec_jax.main", *SMOKE, "--workdir={w}", "--config.data.length_buckets=abc"], "data.length_buckets", 1),
@@ -60,6 +66,9 @@ BAD_INPUTS = [
      "model.lora_rank=5000 is not below the dimensions of", 1),
     (["calrec_jax.model.convert", "--input={w}/missing", "--output={w}/out"], "no such file or folder", 1),
     (["calrec_jax.model.convert", "--input={empty}", "--output={file}"], "--output={file}: is an existing file", 1),
+    (["calrec_jax.model.convert", "--input={hf}", "--output={w}/out"], "--input={hf}: holds no tokenizer", 1),
+    (["calrec_jax.model.convert", "--input={hf}", "--output={w}/out", "--tokenizer={w}/tok.model"],
+     "--tokenizer={w}/tok.model: no such file", 1),
     (["calrec_jax.data.prepare", "--source=synthetic", "--output={file}"], "--output={file}: is an existing file", 1),
     (["calrec_jax.data.prepare", "--source=synthetic", "--output={file}/sub"], "--output={file}/sub: cannot be written",
      1),
@@ -80,7 +89,13 @@ BAD_INPUTS = [
 def test_bad_input_is_one_clear_line_not_a_traceback(args, message, status, tmp_path):
   (tmp_path / "empty").mkdir()
   (tmp_path / "file").write_text("not a folder")
-  places = {"{w}": tmp_path / "w", "{empty}": tmp_path / "empty", "{file}": tmp_path / "file"}
+  (tmp_path / "trained").mkdir()  # what a trained run records of its config
+  (tmp_path / "trained" / "config.json").write_text(json.dumps({"model": {"preset": "tiny", "pretrained": "",
+                                                                          "projection_dim": 0}}))
+  (tmp_path / "hf").mkdir()  # a HF checkpoint folder without its tokenizer files
+  (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+  places = {"{w}": tmp_path / "w", "{empty}": tmp_path / "empty", "{file}": tmp_path / "file",
+            "{trained}": tmp_path / "trained", "{hf}": tmp_path / "hf"}
   for k, v in places.items():
     message = message.replace(k, str(v))
   out = run([_fill(a, places) for a in args])

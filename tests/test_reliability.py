@@ -145,23 +145,65 @@ def test_a_finished_run_started_again_does_nothing_and_a_changed_one_is_refused(
 
 
 def read_tensorboard_scalars(logdir):
-  """{(tag, step): [values]} as TensorBoard shows them: event files in order, and a SessionLog START at step N
-  (written by a writer with purge_step=N) drops every earlier event at step >= N."""
-  import struct
-  from tensorboardX.proto.event_pb2 import Event, SessionLog
+  """{(tag, step): [values]} as TensorBoard shows them: its own EventAccumulator over the event files in order,
+  orphaned events (those a restart's purge step drops) left out."""
+  from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+  acc = EventAccumulator(str(logdir), size_guidance={SCALARS: 0}, purge_orphaned_data=True)  # 0: keep every event
+  acc.Reload()
   seen = {}
-  for name in sorted(os.listdir(logdir)):  # file names start with the creation time
-    data = open(os.path.join(logdir, name), "rb").read()
-    pos = 0
-    while pos + 12 <= len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      if event.HasField("session_log") and event.session_log.status == SessionLog.START:
-        seen = {k: v for k, v in seen.items() if k[1] < event.step}
-      for value in event.summary.value:
-        seen.setdefault((value.tag, event.step), []).append(value.simple_value)
+  for tag in acc.Tags()["scalars"]:
+    for event in acc.Scalars(tag):
+      seen.setdefault((tag, event.step), []).append(event.value)
   return seen
+
+
+def _logged(workdir):
+  """{(tag, step): [values]} of metrics.jsonl."""
+  seen = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for row in map(json.loads, f):
+      for tag, value in row.items():
+        if tag != "step":
+          seen.setdefault((tag, row["step"]), []).append(value)
+  return seen
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_at_the_stage_boundary_and_in_each_export_logs_every_value_once(tmp_path):
+  """SIGKILL after stage 1's last checkpoint, during stage 1's export, in stage 2 before its first checkpoint and
+  during stage 2's export (tests/kill_point_worker.py), each followed by the same command: both stages' metrics.jsonl
+  and TensorBoard (as TensorBoard reads it) hold one value per (tag, step), the same (tag, step)s, and the losses
+  and validation metrics of an uninterrupted pipeline."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = ["--config=configs/demo.py:smoke", "--mode=pipeline", "--config.train.progress=False",
+           "--config.pipeline.stage1_steps=6", "--config.pipeline.stage2_steps=6", "--config.ckpt.every=3",
+           "--config.ckpt.async_save=False", "--config.train.log_every=1", "--config.train.eval_every=3",
+           "--config.eval.valid_users=8", "--config.eval.max_users=8", "--config.eval.num_samples=1",
+           "--config.eval.max_new_tokens=8"]
+  main = [sys.executable, "-m", "calrec_jax.main"]
+  ref = subprocess.run(main + flags + [f"--workdir={tmp_path / 'ref'}"], cwd=root, capture_output=True, text=True)
+  assert ref.returncode == 0, ref.stderr[-2000:]
+  work = tmp_path / "run"
+  for point in ["stage1_final_checkpoint", "stage1_export", "stage2_step2", "stage2_export"]:
+    killed = subprocess.run([sys.executable, "tests/kill_point_worker.py", point, *flags, f"--workdir={work}"],
+                            cwd=root, capture_output=True, text=True)
+    assert killed.returncode == -9, (point, killed.stderr[-2000:])
+  out = subprocess.run(main + flags + [f"--workdir={work}"], cwd=root, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "validation of step 6 was logged before the restart" in out.stderr  # stage 2's, not run again
+  for stage in ("stage1", "stage2"):
+    logged, shown = _logged(work / stage), read_tensorboard_scalars(work / stage / "tensorboard")
+    assert all(len(v) == 1 for v in logged.values()), (stage, {k: v for k, v in logged.items() if len(v) > 1})
+    assert all(len(v) == 1 for v in shown.values()), (stage, {k: v for k, v in shown.items() if len(v) > 1})
+    assert set(shown) == set(logged), (stage, set(shown) ^ set(logged))
+    expected = _logged(tmp_path / "ref" / stage)
+    assert set(logged) == set(expected), (stage, set(logged) ^ set(expected))
+    for key in (k for k in expected if k[0] == "train/loss" or k[0].startswith("valid/")):
+      assert logged[key][0] == pytest.approx(expected[key][0], rel=1e-5, abs=1e-6), (stage, key)
+      assert shown[key][0] == pytest.approx(logged[key][0], rel=1e-6), (stage, key)
+  assert (work / "stage2" / "eval" / "metrics.json").exists()
 
 
 @pytest.mark.slow

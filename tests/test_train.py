@@ -87,6 +87,28 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
   assert os.listdir(tmp_path / "full" / "tensorboard")
 
 
+def test_a_stop_inside_a_logging_window_logs_the_uninterrupted_runs_mean_after_the_resume(tmp_path, monkeypatch):
+  """train.log_every=4, stopped (as by SIGINT) after step 5: the checkpoint carries the window's sums, so the row
+  of step 8 after the resume averages steps 5-8 like the uninterrupted run's, not only steps 6-8."""
+  from calrec_jax.train import loop
+
+  def config():
+    c = smoke_config(8, 100)
+    c.train.log_every = 4
+    return c
+  loop.train(config(), str(tmp_path / "full"))
+  stops = iter([False] * 4 + [True])
+  with monkeypatch.context() as m:
+    m.setattr(loop.StopSignals, "stop_now", lambda self: next(stops))
+    with pytest.raises(loop.TrainingInterrupted, match="at step 5 of 8"):
+      loop.train(config(), str(tmp_path / "part"))
+  loop.train(config(), str(tmp_path / "part"))
+  read = lambda d: {r["step"]: r["train/loss"] for r in map(json.loads, open(tmp_path / d / "metrics.jsonl")) if "train/loss" in r}  # noqa: E731
+  full, part = read("full"), read("part")
+  assert sorted(full) == sorted(part) == [4, 8]
+  assert part[8] == pytest.approx(full[8], rel=1e-6)
+
+
 def test_a_scanned_run_keeps_its_blocks_stacked_and_trains_resumes_and_exports_like_an_unscanned_one(tmp_path):
   """With scan_layers the train state holds the blocks stacked (model/layer_stack.py): the losses, the resume
   from a checkpoint and the exported per-layer params are those of the unscanned run, and the workdir refuses

@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from calrec_jax.data.records import CategoryData
-from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item, rendered_attributes
+from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, clean_value, render_item, rendered_attributes
 from calrec_jax.data.tokenizer import Tokenizer
-from calrec_jax.errors import ConfigError
+from calrec_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,17 @@ class ExampleSpec:
     return self.max_item_tokens + 2
 
 
+def require_item_texts(category: CategoryData, kept: Sequence[str], wanted: Sequence[str]) -> None:
+  """DataError when no item of `category` has a value for any rendered attribute: every item text would read
+  `Title: Unknown.`, so generation, BM25 and the constrained beams could not tell one item from another."""
+  if any(clean_value(a.get(name)) for a in category.catalog.attributes for name in kept):
+    return  # stops at the first item with a value
+  present = sorted({k for a in category.catalog.attributes for k, v in a.items() if clean_value(v)})[:12]
+  raise DataError(f"{category.name}: none of its {len(category.catalog)} items has a value for data.attributes="
+                  f"{','.join(wanted)!r}, so every item text would be empty; set data.attributes to attributes the "
+                  f"items have ({', '.join(present) or 'none: the catalog holds no item attributes'})")
+
+
 class ExampleEncoder:
   """Turns (category, history item indices, target item index) into arrays; caches item tokens."""
 
@@ -50,6 +61,7 @@ class ExampleEncoder:
     self.attributes = [rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage)
                        for c in self.categories]
     for c, kept in zip(self.categories, self.attributes):
+      require_item_texts(c, kept, spec.attributes)
       log.info("%s: item texts render %s%s%s", c.name, ", ".join(kept), _listed(
           "; dropped (on fewer than data.min_attribute_coverage of the items)",
           [a for a in spec.attributes if a not in kept]), _listed(

@@ -20,6 +20,8 @@ def main(argv=None) -> None:
                  help="GGUF file, HF dir, hf://org/name Hub id, converted dir, packaged name, or training workdir")
   p.add_argument("--output", required=True, help="output folder")
   p.add_argument("--to", choices=("orbax", "hf"), default="orbax", help="output format (default: orbax params)")
+  p.add_argument("--tokenizer", help="tokenizer.model or tokenizer.json to ship with the output, for an --input "
+                                     "that holds none")
   a = p.parse_args(argv)
   import sys
   from calrec_jax.errors import WeightImportError
@@ -34,6 +36,15 @@ def main(argv=None) -> None:
   require_writable_dir(a.output, "--output")  # before the weights are read, not after
   source = os.path.join(a.input, "export") if os.path.exists(os.path.join(a.input, "export", "model_config.json")) \
       else a.input  # a training workdir: its export
+  from calrec_jax.data.tokenizer import find_tokenizer, load_tokenizer
+  if a.tokenizer and not os.path.isfile(a.tokenizer):
+    raise WeightImportError(f"--tokenizer={a.tokenizer}: no such file (give a tokenizer.model or tokenizer.json)")
+  checkpoint_dir = os.path.isdir(source) and any(os.path.exists(os.path.join(source, name))
+                                                 for name in ("config.json", "model_config.json"))
+  if not a.tokenizer and checkpoint_dir and find_tokenizer(source) is None:
+    raise WeightImportError(f"--input={a.input}: holds no tokenizer (tokenizer.model or tokenizer.json), so what it "
+                            "converts to could not be trained or evaluated; give --tokenizer=<the checkpoint's "
+                            "tokenizer.model or tokenizer.json>")
   say(f"reading {source}" + (" (a GGUF file is dequantised to float32: about 10-40 s for 100-300M parameters)"
                              if source.endswith(".gguf") or a.input.endswith("-gguf") else "") + " ...")
   try:
@@ -41,6 +52,11 @@ def main(argv=None) -> None:
   except WeightImportError as e:
     raise WeightImportError(str(e).replace(f"model.pretrained={source!r}", f"--input={a.input}")) from None
   params = params.get("decoder", params)
+  if a.tokenizer:
+    tok = load_tokenizer(a.tokenizer)
+  if tok is None:
+    raise WeightImportError(f"--input={a.input}: holds no tokenizer, so what it converts to could not be trained "
+                            "or evaluated; give --tokenizer=<the checkpoint's tokenizer.model or tokenizer.json>")
   say(f"read a {cfg.family} model ({cfg.n_layers} layers, d_model {cfg.d_model}); writing {a.to} to {a.output} ...")
   if a.to == "orbax":
     loading.save_converted(a.output, cfg, params, tok)

@@ -9,6 +9,7 @@ import os
 from calrec_jax.data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer
 from calrec_jax.errors import WeightImportError
 from calrec_jax.model.config import ModelConfig
+from calrec_jax.paths import write_atomically
 
 
 def packaged_path(name: str) -> str:
@@ -94,7 +95,7 @@ def save_converted(out_dir: str, cfg: ModelConfig, params: dict, tokenizer: Toke
   save_params(os.path.join(out_dir, "params"), params)  # collective across processes
   if jax.process_index() != 0:
     return
-  with open(os.path.join(out_dir, "model_config.json"), "w", encoding="utf-8") as f:
-    json.dump(cfg.to_dict(), f, indent=1)
   if tokenizer is not None:
     tokenizer.save_to(out_dir)
+  # last and atomic: model_config.json marks a complete export (a kill before it leaves an export that is redone)
+  write_atomically(os.path.join(out_dir, "model_config.json"), json.dumps(cfg.to_dict(), indent=1))

@@ -311,13 +311,18 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   def counters() -> dict:
     return {"perf/train_seconds": seconds_before + time.time() - t_start, "perf/examples_seen": examples_seen}
 
+  # the logging window's sums so far: a stop between two logged steps carries them in the checkpoint, so the first
+  # row after the resume averages the same steps as an uninterrupted run's
+  acc: dict[str, float] = dict((it_state or {}).get("log_window") or {})
+
   def position() -> dict:
     c = counters()
-    return {**it.get_state(), "train_seconds": c["perf/train_seconds"], "examples_seen": examples_seen}
+    return {**it.get_state(), "train_seconds": c["perf/train_seconds"], "examples_seen": examples_seen,
+            "log_window": dict(acc)}
   bar = tqdm(total=tc.num_steps, initial=start, disable=not (tc.progress and is_main), unit="step",
              dynamic_ncols=True, desc=config.stage)
-  acc: dict[str, float] = {}
-  nonfinite_run, t_last, tokens, examples = 0, time.time(), 0.0, 0.0
+  # rates: the steps, tokens and examples this process ran since t_last
+  nonfinite_run, t_last, timed_steps, tokens, examples = 0, time.time(), 0, 0.0, 0.0
   last = {}
   signals = StopSignals().__enter__()
   try:
@@ -343,13 +348,14 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
       tokens += float(m["tokens"])
       examples += float(m["examples"])
       examples_seen += float(m["examples"])
+      timed_steps += 1
       done = step + 1
       if (done % tc.log_every == 0 or done == tc.num_steps) and acc.get("_n"):
         dt = time.time() - t_last
         n = acc.pop("_n")
         last = {f"train/{k}": v / n for k, v in acc.items() if k not in ("tokens", "examples", "skipped")}
         last["train/learning_rate"] = float(learning_rate(step))  # the rate this step's update used
-        last["perf/steps_per_s"] = tc.log_every / dt if dt else 0.0
+        last["perf/steps_per_s"] = timed_steps / dt if dt else 0.0
         last["perf/tokens_per_s"] = tokens / dt if dt else 0.0
         last["perf/examples_per_s"] = examples / dt if dt else 0.0  # (history -> next item) pairs trained
         if step_flops:  # XLA's count per device; see compiled_flops
@@ -359,17 +365,15 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
         writer.write(done, last)
         bar.set_postfix(loss=f"{last['train/loss']:.3f}", tok_s=f"{last['perf/tokens_per_s']:.0f}",
                         ex_s=f"{last['perf/examples_per_s']:.2f}")
-        acc, tokens, examples, t_last = {}, 0.0, 0.0, time.time()
+        acc, tokens, examples, t_last, timed_steps = {}, 0.0, 0.0, time.time(), 0
       if validation and tc.eval_every and done % tc.eval_every == 0 and done != tc.num_steps:
         writer.write(done, {**validate(validation, config, parts, model_params(state), done), **counters()})
-      if done % config.ckpt.every == 0 or done == tc.num_steps:
-        writer.flush()
+      if done % config.ckpt.every == 0 or done == tc.num_steps:  # every row up to `done` is on disk already
         ckptr.save(done, state, position(), force=done == tc.num_steps)
       bar.update(1)
       if done < tc.num_steps and signals.stop_now():
         bar.close()
         if done % config.ckpt.every:
-          writer.flush()
           ckptr.save(done, state, position(), force=True)
         ckptr.close()
         writer.close()
@@ -383,9 +387,13 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     log.warning("%d drawn targets were left out because their window did not fit data.pack_max_len=%d tokens; "
                 "raise data.pack_max_len or lower data.pack_window", packed.dropped_targets, packed.spec.max_len)
   if validation:
-    final = validate(validation, config, parts, model_params(state), tc.num_steps)
-    writer.write(tc.num_steps, {**final, **counters()})
-    last.update(final)
+    final = writer.logged_at_resume("valid/") if start == tc.num_steps else None
+    if not agreed_by_all(final is not None):  # validation is collective: every process decides as process 0 does
+      final = validate(validation, config, parts, model_params(state), tc.num_steps)
+      writer.write(tc.num_steps, {**final, **counters()})
+    else:  # a kill hit after the final validation was logged (during the export): the same params, not run again
+      log.info("the final validation of step %d was logged before the restart: not run again", tc.num_steps)
+    last.update(final or {})
   # collective; LoRA: the merged weights; stacked blocks are unstacked on the host, without a device copy
   export(workdir, parts, unstack_layers(shd.gather_to_host(state["params"] if lora is None else model_params(state))))
   if is_main and os.path.exists(writer.path):
@@ -394,6 +402,14 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
                          parse_references(config.eval.reference_valid_ndcg))
   writer.close()
   return last
+
+
+def agreed_by_all(flag: bool) -> bool:
+  """Process 0's `flag` on every process (process 0 alone reads the metrics)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def compiled_flops(compiled) -> float:

@@ -1,36 +1,71 @@
-"""Training metrics: JSON lines, TensorBoard event files (tensorboardX) and a PNG of the curves."""
+"""Training metrics: JSON lines, TensorBoard event files and a PNG of the curves."""
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from tensorboardX import SummaryWriter  # noqa: E402
+from tensorboardX.event_file_writer import EventsWriter  # noqa: E402
+from tensorboardX.proto.event_pb2 import Event, SessionLog  # noqa: E402
+from tensorboardX.proto.summary_pb2 import Summary  # noqa: E402
 
 from calrec_jax.paths import write_atomically  # noqa: E402
 
 
+class EventFile:
+  """One TensorBoard event file, written synchronously: a row is on disk when `add` returns.
+
+  tensorboardX's SummaryWriter queues events for a thread and its flush() does not wait for the queue, so a kill
+  right after a checkpoint lost the scalars logged just before it. `purge_step=s` writes a SessionLog START at s:
+  TensorBoard then drops every event of the earlier files at step >= s (what a killed run logged past the
+  checkpoint the restart resumes from). The file name ends in the creation time in ns, so a restart within the
+  same second never truncates the previous file and names still sort in creation order."""
+
+  def __init__(self, logdir: str, purge_step: int | None = None):
+    os.makedirs(logdir, exist_ok=True)
+    self._writer = EventsWriter(os.path.join(logdir, "events"), f".{time.time_ns()}")
+    if purge_step is not None:
+      self._writer.write_event(Event(wall_time=time.time(), step=int(purge_step),
+                                     session_log=SessionLog(status=SessionLog.START)))
+    self._writer.flush()
+
+  def add(self, step: int, scalars: dict[str, float]) -> None:
+    values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    self._writer.write_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 class MetricsWriter:
-  """Writes on process 0 only; `write(step, {'train/loss': ..})`."""
+  """Writes on process 0 only; `write(step, {'train/loss': ..})` appends a row to metrics.jsonl and the same
+  scalars to TensorBoard.
+
+  metrics.jsonl is the record: a restart from the checkpoint at `resume_step` drops its rows past that step (a
+  killed run logged them; the resumed run logs them again), purges TensorBoard from `resume_step` on and writes
+  the kept rows of `resume_step` to it again, so every (tag, step) has one value in both, wherever the kill hit."""
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.resume_step = resume_step
+    self.rows_at_resume: list[dict] = []  # kept rows of resume_step
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._truncate_after(resume_step)
-      # purge_step: TensorBoard drops events of steps after the restored checkpoint that a killed run wrote, so
-      # every (tag, step) has one value after any restart
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+      self.rows_at_resume = [r for r in self._truncate_after(resume_step) if r["step"] == resume_step]
+      self.tb = EventFile(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
+      for row in self.rows_at_resume:
+        self.tb.add(resume_step, {k: v for k, v in row.items() if k != "step"})
 
-  def _truncate_after(self, step: int) -> None:
-    """Drop rows past the restored step (a killed run logged them; the resumed run logs them again) and a
-    partially written last line."""
+  def _truncate_after(self, step: int) -> list[dict]:
+    """Drop rows past the restored step and a partially written last line; returns the kept rows."""
     if not os.path.exists(self.path):
-      return
+      return []
     kept = []
     with open(self.path, encoding="utf-8", errors="replace") as f:
       for line in f:
@@ -38,9 +73,17 @@ class MetricsWriter:
           row = json.loads(line)
         except json.JSONDecodeError:
           continue
-        if row.get("step", 0) <= step:
-          kept.append(line if line.endswith("\n") else line + "\n")
-    write_atomically(self.path, "".join(kept))
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+          kept.append(row)
+    write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+  def logged_at_resume(self, prefix: str) -> dict[str, float] | None:
+    """The metrics named `prefix...` that an earlier (killed) run logged at the resume step and that were kept
+    (e.g. the final validation, logged after the last checkpoint, before a kill during the export); None when
+    there are none."""
+    found = {k: v for r in self.rows_at_resume for k, v in r.items() if k.startswith(prefix)}
+    return found or None
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
@@ -48,14 +91,7 @@ class MetricsWriter:
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(row) + "\n")
-    for k, v in metrics.items():
-      self.tb.add_scalar(k, float(v), int(step))
-    self.tb.flush()
-
-  def flush(self) -> None:
-    """Called before a checkpoint is saved: every row up to it is on disk."""
-    if self.enabled:
-      self.tb.flush()
+    self.tb.add(step, metrics)
 
   def close(self) -> None:
     if self.enabled:

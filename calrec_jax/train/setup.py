@@ -10,7 +10,7 @@ import time
 import jax.numpy as jnp
 
 from calrec_jax.data import sources
-from calrec_jax.data.examples import ExampleEncoder, ExampleSpec
+from calrec_jax.data.examples import ExampleEncoder, ExampleSpec, require_item_texts
 from calrec_jax.data.records import CategoryData
 from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item, rendered_attributes
 from calrec_jax.data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
@@ -56,6 +56,9 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   """Data -> tokenizer (pretrained, saved in workdir, given, or trained) -> model config -> model."""
   cats = categories if categories is not None else sources.load_categories(config.data)
   spec = example_spec(config.data)
+  for c in cats:  # before any weights are read or a tokenizer is trained
+    require_item_texts(c, rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage),
+                       spec.attributes)
   pretrained, cfg, tok = None, None, None
   saved_tok = find_tokenizer(workdir) if os.path.isdir(workdir) else None
   saved_cfg = os.path.join(workdir, "model_config.json")
