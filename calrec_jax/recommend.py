@@ -36,20 +36,13 @@ flags.mark_flags_as_required(["workdir", "input", "output"])
 
 def read_histories(path: str):
   """Yields (line number, user, history names); CalrecError naming the file and line of a malformed one."""
+  from calrec_jax.data.records import iter_jsonl
   from calrec_jax.errors import DataError
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except ValueError as e:
-        raise DataError(f"{path}:{n}: not JSON ({e}); one object per line: "
-                        "{\"user\": \"u1\", \"history\": [\"item id or text\", ...]}") from None
-      history = row.get("history") if isinstance(row, dict) else None
-      if not isinstance(history, list) or not all(isinstance(x, (str, int)) for x in history):
-        raise DataError(f"{path}:{n}: needs \"history\": a list of item ids or texts (strings)")
-      yield n, str(row.get("user", n)), [str(x) for x in history]
+  for n, row in iter_jsonl(path, '{"user": "u1", "history": ["item id or text", ...]}'):
+    history = row.get("history")
+    if not isinstance(history, list) or not all(isinstance(x, (str, int)) for x in history):
+      raise DataError("needs \"history\": a list of item ids or texts (strings)", path, n)
+    yield n, str(row.get("user", n)), [str(x) for x in history]
 
 
 def main(argv) -> None:

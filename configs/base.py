@@ -53,7 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.max_history = 20                 # most recent history items kept
   d.max_item_tokens = 48             # tokens of one item text
   d.length_buckets = "128,256"       # joint lengths compiled for (comma-separated; max_len is always added)
-  d.attributes = "title,category,brand,price"  # item attributes rendered, in order
+  d.attributes = "all"               # item attributes rendered, in order ("title,category,brand,price"), or all:
+  #                                    every attribute the catalog has (title first, then in the file's order)
   d.min_attribute_coverage = 0.05    # per category, an attribute known for fewer items is left out (0: keep all)
   d.batch_size = 16                  # GLOBAL batch (all devices and hosts): examples, or units when packed
   d.packing = "prefix"               # prefix: one (history -> next item) example per row | sequence: a window of

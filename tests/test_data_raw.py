@@ -287,7 +287,12 @@ def test_recbole_item_columns_by_name_and_inter_without_timestamps(tmp_path, cap
     enc = ExampleEncoder(tok, [data], ExampleSpec(attributes=("movie_title", "release_year", "director")))
   assert enc.item_text(0, 0) == "Movie title: Toy Story, Release year: 1995."
   assert "item texts render movie_title, release_year; dropped (on fewer than data.min_attribute_coverage of " \
-         "the items): director; not rendered (add them to data.attributes to use them): genre" in caplog.text
+         "the items): director; not rendered (add them to data.attributes, or set data.attributes=all, to use " \
+         "them): genre" in caplog.text
+  everything = ExampleEncoder(tok, [data], ExampleSpec(attributes=("all",)))  # the default: every column
+  assert everything.item_text(0, 0) == "Movie title: Toy Story, Release year: 1995, Genre: Animation Children's Comedy."
+  from configs import base
+  assert base.get_config().data.attributes == "all"
 
 
 def test_data_that_used_to_pass_silently_wrong(tmp_path):

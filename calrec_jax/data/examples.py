@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from calrec_jax.data.records import CategoryData
-from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, clean_value, render_item, rendered_attributes
+from calrec_jax.data.text import (FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, clean_value, render_item, rendered_attributes,
+                                  wanted_attributes)
 from calrec_jax.data.tokenizer import Tokenizer
 from calrec_jax.errors import ConfigError, DataError
 
@@ -62,11 +63,12 @@ class ExampleEncoder:
                        for c in self.categories]
     for c, kept in zip(self.categories, self.attributes):
       require_item_texts(c, kept, spec.attributes)
+      wanted = wanted_attributes(c.catalog.attributes, spec.attributes)
       log.info("%s: item texts render %s%s%s", c.name, ", ".join(kept), _listed(
           "; dropped (on fewer than data.min_attribute_coverage of the items)",
-          [a for a in spec.attributes if a not in kept]), _listed(
-          "; not rendered (add them to data.attributes to use them)",
-          sorted({k for a in c.catalog.attributes for k in a} - set(spec.attributes))))
+          [a for a in wanted if a not in kept]), _listed(
+          "; not rendered (add them to data.attributes, or set data.attributes=all, to use them)",
+          sorted({k for a in c.catalog.attributes for k in a} - set(wanted))))
     self.item_offsets = np.cumsum([0] + [len(c.catalog) for c in self.categories])
     self.header = [tokenizer.bos_id] + tokenizer.encode(PROMPT_HEADER + "\n")
     self.first = tokenizer.encode(FIRST_ITEM + "\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -139,10 +139,10 @@ def save_category(data: CategoryData, directory: str) -> None:
   write("stats.json", [json.dumps(statistics(data), indent=1)])
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    raise DataError("file not found (run `python -m calrec_jax.data.prepare` first)", path)
-  rows = []
+def iter_jsonl(path: str, shape: str = "") -> Iterator[tuple[int, dict]]:
+  """(line number, object) of each non-blank line of a JSON-lines file; a line that is not a JSON object is a
+  DataError naming the file and line (`shape`: how a line should look, for that message)."""
+  hint = f"; one object per line: {shape}" if shape else ""
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
@@ -150,11 +150,16 @@ def _read_jsonl(path: str) -> list[dict]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg})", path, lineno) from None
+        raise DataError(f"malformed JSON ({e.msg}){hint}", path, lineno) from None
       if not isinstance(row, dict):
-        raise DataError("expected a JSON object", path, lineno)
-      rows.append(row)
-  return rows
+        raise DataError(f"expected a JSON object{hint}", path, lineno)
+      yield lineno, row
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    raise DataError("file not found (run `python -m calrec_jax.data.prepare` first)", path)
+  return [row for _, row in iter_jsonl(path)]
 
 
 def load_category(directory: str, name: str | None = None) -> CategoryData:

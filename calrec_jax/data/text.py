@@ -9,6 +9,7 @@ import re
 from typing import Mapping, Sequence
 
 DEFAULT_ATTRIBUTES = ("title", "category", "brand", "price")
+ALL_ATTRIBUTES = "all"  # data.attributes='all': every attribute of the catalog that passes the coverage
 MISSING = "Unknown"
 
 PROMPT_HEADER = "This is a summary of the user's purchase history."
@@ -40,16 +41,26 @@ def render_item(attributes: Mapping[str, str], attribute_names: Sequence[str] = 
   return ", ".join(parts) + "."
 
 
+def wanted_attributes(items: Sequence[Mapping[str, str]], wanted: Sequence[str]) -> tuple[str, ...]:
+  """`wanted`, where `data.attributes='all'` stands for every attribute the items have: the title first, then
+  the others in the order they first appear (a RecBole `.item` file: its column order)."""
+  if tuple(wanted) != (ALL_ATTRIBUTES,):
+    return tuple(wanted)
+  names = dict.fromkeys(k for a in items for k in a)
+  return (("title",) if "title" in names else ()) + tuple(k for k in names if k != "title")
+
+
 def rendered_attributes(items: Sequence[Mapping[str, str]], wanted: Sequence[str] = DEFAULT_ATTRIBUTES,
                         min_coverage: float = 0.05) -> tuple[str, ...]:
-  """The attributes of `wanted` that at least `min_coverage` of a category's items have (in `wanted`'s order).
+  """The attributes of `wanted` (see `wanted_attributes`) that at least `min_coverage` of a category's items have
+  (in `wanted`'s order).
 
   An attribute missing for (nearly) every item would render as a constant `Unknown` in every text, which the
   model then spends its generations on; 0 keeps every wanted attribute. The title is always kept.
   """
   n = max(len(items), 1)
   keep = []
-  for name in wanted:
+  for name in wanted_attributes(items, wanted):
     known = sum(1 for a in items if clean_value(a.get(name)))
     if name == "title" or known / n >= min_coverage:
       keep.append(name)

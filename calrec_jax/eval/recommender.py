@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -24,9 +25,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from calrec_jax.errors import CalrecError, ConfigError
+from calrec_jax.paths import write_atomically
 
 RANKERS = ("dense", "beam", "bm25", "fused")
 log = logging.getLogger(__name__)
+
+RECOMMEND_BEAMS = 20  # beams of the `beam` ranker for a run whose evaluation used none (eval.beams=0)
 
 
 @dataclasses.dataclass
@@ -120,9 +124,9 @@ class Recommender:
     if path:
       try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
-          np.save(f, emb)
-        os.replace(path + ".tmp", path)
+        buf = io.BytesIO()
+        np.save(buf, emb)
+        write_atomically(path, buf.getvalue())
       except OSError as e:
         log.warning("item embeddings not cached (%s)", e)
     self._item_emb = emb
@@ -222,40 +226,36 @@ class Recommender:
     return out
 
   def _ranking_config(self):
+    """The run's config, with configs/base.py's eval defaults for keys an older run did not record, and
+    RECOMMEND_BEAMS beams where the run's evaluation used none."""
+    from configs.base import get_config
     c = copy.deepcopy(self.config)
-    defaults = {"beams": 20, "beam_length_penalty": 0.0, "sub_vocabulary": True, "fusion_history_items": 3,
-                "bm25_k1": 1.5, "bm25_b": 0.75, "bm25_epsilon": 0.25, "batch_size": 16}
+    defaults = get_config().eval
     with c.unlocked():
       for key, value in defaults.items():
         if key not in c.eval:
           c.eval[key] = value
-      c.eval.beams = max(int(c.eval.beams), 1)
+      if int(c.eval.beams) < 1:
+        c.eval.beams = RECOMMEND_BEAMS
     return c
 
 
 def _read_catalog(path: str):
   """A catalog JSONL file: {"id": ..., "title": ..., <other attributes>} per line."""
-  from calrec_jax.data.records import Catalog
+  from calrec_jax.data.records import Catalog, iter_jsonl
   from calrec_jax.errors import DataError
   if not os.path.isfile(path):
     raise DataError("no such catalog file or prepared category folder", path)
   ids, attrs, seen = [], [], set()
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except ValueError:
-        raise DataError("not JSON; one object per line: {\"id\": ..., \"title\": ...}", path, n) from None
-      if not isinstance(row, dict) or "id" not in row:
-        raise DataError("a catalog row needs an \"id\"", path, n)
-      item_id = str(row.pop("id"))
-      if item_id in seen:
-        raise DataError(f"item {item_id!r} appears twice", path, n)
-      seen.add(item_id)
-      ids.append(item_id)
-      attrs.append({k: str(v) for k, v in row.items()})
+  for n, row in iter_jsonl(path, '{"id": ..., "title": ...}'):
+    if "id" not in row:
+      raise DataError("a catalog row needs an \"id\"", path, n)
+    item_id = str(row.pop("id"))
+    if item_id in seen:
+      raise DataError(f"item {item_id!r} appears twice", path, n)
+    seen.add(item_id)
+    ids.append(item_id)
+    attrs.append({k: str(v) for k, v in row.items()})
   if not ids:
     raise DataError("the catalog is empty", path)
   return Catalog(ids, attrs)
