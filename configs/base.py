@@ -144,6 +144,13 @@ def get_config() -> ml_collections.ConfigDict:
                                      # ~/.cache/calrec_jax/xla) | a folder or gs:// URL | "" (off)
   cc.min_compile_secs = 1.0          # only programs that took this long to compile are written
 
+  c.pipeline = p = ml_collections.ConfigDict()  # --mode=pipeline: stage 1 -> stage 2 -> evaluation, one command
+  p.stage1_categories = "Garden,Kitchen,Lab_Supplies,Office"  # stage 1's mixture (comma-separated)
+  p.stage2_category = "Office"       # stage 2's target category, which the evaluation ranks
+  p.stage1_steps = 600
+  p.stage2_steps = 300
+  p.stage2_learning_rate = 5e-4      # stage 2 starts a fresh optimizer from stage 1's params at this rate
+
   c.multihost = ml_collections.ConfigDict()
   c.multihost.enabled = False        # call jax.distributed.initialize (automatic on TPU pods)
   c.multihost.coordinator = ""       # host:port of process 0 (empty: auto-detect)

