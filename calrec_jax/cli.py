@@ -29,10 +29,30 @@ def flag_error_line(error: Exception, argv: list[str]) -> str:
   return " ".join(lines[:2]) if lines else type(error).__name__
 
 
+def print_help(module_name: str, full: bool = False) -> None:
+  """The command's docstring and its own flags (`--helpfull`: every library's too); the same whether it runs as
+  `python -m module` or as an installed console script (whose __main__ absl would describe instead)."""
+  from absl import flags
+  doc = (sys.modules[module_name].__doc__ or "").strip()
+  own = flags.FLAGS.get_help() if full else flags.FLAGS.module_help(module_name)
+  lines = [line for line in own.splitlines() if line.strip() != "(default: 'None')"]
+  if not full:  # module_help's first line names the module (`__main__:` under python -m)
+    lines = [line for line in lines if line.strip()][1:]
+  own = "\n".join(lines)
+  sys.stdout.write(f"{doc}\n\nflags:\n\n{own}\n")
+
+
+def _flags_parser(module_name: str):
+  def parse(argv: list[str]) -> list[str]:
+    if any(a in HELP for a in argv[1:]):
+      print_help(module_name, full="--helpfull" in argv)
+      sys.exit(0)
+    return _parse_flags(argv)
+  return parse
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  from absl import app, flags
-  if any(a in HELP for a in argv[1:]):
-    app.usage(shorthelp="--helpfull" not in argv, writeto_stdout=True, exitcode=0)
+  from absl import flags
   try:
     rest = flags.FLAGS(argv)
     for name in ("config",):  # ml_collections loads the file during parsing but raises on first use
@@ -51,4 +71,4 @@ def run_absl(main) -> None:
 
   from calrec_jax.huge_pages import reexec_with_huge_pages
   reexec_with_huge_pages()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=_flags_parser(main.__module__))

@@ -1,4 +1,4 @@
-"""Train CALRec (intentionally short: the logic lives in calrec_jax.train).
+"""Train CALRec: one training run, the evaluation of a trained workdir, or stage 1 -> stage 2 -> evaluation.
 
   python -m calrec_jax.main --config=configs/demo.py:smoke --workdir=workdirs/smoke --mode=pipeline
       stage 1 -> stage 2 -> evaluation on the embedded synthetic data (about 45 s on 2 CPU cores)
@@ -17,7 +17,7 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, TensorBoard events, plots, export.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "pipeline"],
                   "train: one training run; evaluate: evaluate the workdir's export; pipeline: the config's "
-                  "stage-1 -> stage-2 -> evaluation sequence (demo config).")
+                  "stage-1 -> stage-2 -> evaluation sequence (its pipeline.* keys).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -157,7 +157,6 @@ def merged_lora_checkpoint(trainable: dict, workdir: str, parts) -> dict:
 def print_outputs(folders: list[str]) -> None:
   """The closing lines of a command: where its tables, plots, exports and TensorBoard events are."""
   names = [("metrics.md", "evaluation table"), ("metrics.json", "evaluation metrics"),
-           ("rankings_bm25.jsonl", "per-user rankings (rank 0: not in the top list)"),
            ("training_curves.png", "training curves"),
            ("time_to_quality.png", "validation against training time and examples seen"),
            ("metrics.jsonl", "training metrics"),
@@ -168,6 +167,10 @@ def print_outputs(folders: list[str]) -> None:
       path = os.path.join(folder, name)
       if os.path.exists(path):
         lines.append(f"  {what}: {path}")
+      if name == "metrics.json" and os.path.isdir(folder):  # every ranker's per-user rankings
+        for r in sorted(f for f in os.listdir(folder) if f.startswith("rankings_") and f.endswith(".jsonl")):
+          lines.append(f"  per-user rankings of {r[len('rankings_'):-len('.jsonl')]} (rank 0: not in the top list): "
+                       f"{os.path.join(folder, r)}")
   boards = [f for f in folders if os.path.isdir(os.path.join(f, "tensorboard"))]
   if boards:
     lines.append(f"  TensorBoard: tensorboard --logdir {os.path.commonpath(boards) if len(boards) > 1 else boards[0]}")

@@ -35,10 +35,10 @@ def get_config(arg: str = ""):
   if arg == "smoke":
     c.model.preset = "tiny"
     c.tokenizer.vocab_size = 600
-    p.stage1_steps, p.stage2_steps = 60, 30
-    c.eval.max_users, c.eval.valid_users = 24, 16
+    p.stage1_steps, p.stage2_steps = 300, 150   # enough for the tiny model to learn the synthetic patterns
+    c.eval.max_users, c.eval.valid_users = 100, 16
     c.eval.num_samples = 2
-    c.ckpt.every = 30
+    c.ckpt.every = 150
   elif arg == "gemma":
     c.model.pretrained = "gemma3-270m-gguf"
     c.model.compute_dtype = "float32"

@@ -94,8 +94,12 @@ def print_plan(name, cfg, shape) -> None:
         f"{'bfloat16' if shape.compute_bytes == 2 else 'float32'} compute"
         f"{', remat' if shape.remat else ''}{', scanned blocks' if shape.scan_layers else ''}")
   print("per device:")
-  for key in ("params", "optimizer", "gradients", "activations", "temporaries"):
+  # the lines above `total` add up to it; gradients and saved activations live inside the step's temporaries
+  for key in ("params", "optimizer", "batch"):
     print(f"  {key:12s}{g(est[key])}")
+  print(f"  {'temporaries':12s}{g(est['temporaries'])}   (the step's peak working memory, of which:)")
+  print(f"   {'gradients':11s}{g(est['gradients'])}")
+  print(f"   {'activations':11s}{g(est['activations'])}   (saved for the backward pass)")
   fits = "fits" if est["total"] <= memory else "does NOT fit"
   print(f"  {'total':12s}{g(est['total'])}   (arguments + XLA temporaries; {FLAGS.accelerator} has "
         f"{memory / 2 ** 30:.0f} GiB: {fits})")

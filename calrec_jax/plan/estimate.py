@@ -159,6 +159,7 @@ def estimate(cfg: ModelConfig, shape: StepShape) -> dict[str, float]:
   #                                          embedding's second gradient); the update itself is written in place
   batch_bytes = b * (shape.seq_len * 12 + shape.target_len * 12 + shape.item_len * 10 + 8)
   out["temporaries"] = max(backward_peak, update_peak)
+  out["batch"] = float(batch_bytes)
   out["total"] = 3 * params + batch_bytes + out["temporaries"]  # arguments (params, moments, batch) + temporaries
   out["flops"] = step_flops(cfg, shape, total)
   out["param_count"] = float(total)

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tensorboardX.event_file_writer import EventsWriter  # noqa: E402
 from tensorboardX.proto.event_pb2 import Event, SessionLog  # noqa: E402
 from tensorboardX.proto.summary_pb2 import Summary  # noqa: E402
@@ -120,11 +121,15 @@ def plot_curves(metrics_path: str, out_png: str) -> None:
               marker="o" if len(pts) < 30 else None, markersize=3)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole (one validation point reads 30, not 29.96)
     if keys:
       ax.legend(fontsize=7)
     else:
       ax.text(0.5, 0.5, "no rows yet", ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.grid(alpha=0.3)
+  last_step = max((r["step"] for r in rows), default=0)
+  for ax in axes:  # one step axis for every panel: a single validation sits at its step of the run
+    ax.set_xlim(0, max(last_step, 1) * 1.03)
   fig.tight_layout()
   fig.savefig(out_png, dpi=110)
   plt.close(fig)
