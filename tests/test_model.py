@@ -257,3 +257,23 @@ def test_a_row_of_segments_equals_each_sequence_alone(attention):
   gb = jax.grad(lambda p: (alone(p) * cot).sum())(params)
   for a, b in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6 * float(np.abs(b).max()))  # summation order
+
+
+def test_a_model_family_is_one_row_of_traits(monkeypatch):
+  """FAMILY_TRAITS drives the decoder: a new row (Llama with Gemma's GeGLU) builds the same parameters as
+  Llama, and only the trait it changes changes the output."""
+  import dataclasses
+  from calrec_jax.model import config as model_config
+  llama = preset("tiny", vocab_size=100).replace(family="llama")
+  monkeypatch.setitem(model_config.FAMILY_TRAITS, "llama_geglu",
+                      dataclasses.replace(model_config.FAMILY_TRAITS["llama"], mlp_activation="gelu_tanh"))
+  geglu = llama.replace(family="llama_geglu")
+  tokens = jnp.asarray([[5, 9, 13, 2]], jnp.int32)
+  positions = jnp.arange(4)[None]
+  params = Decoder(llama).init(jax.random.PRNGKey(0), tokens, positions, tokens > 0)["params"]
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      Decoder(geglu).init(jax.random.PRNGKey(0), tokens, positions, tokens > 0)["params"])
+  out = {c.family: Decoder(c).apply({"params": params}, tokens, positions, tokens > 0)[0] for c in (llama, geglu)}
+  assert not np.allclose(out["llama"], out["llama_geglu"])
+  with pytest.raises(Exception, match="model family 'nope'"):
+    llama.replace(family="nope")

@@ -8,7 +8,31 @@ from typing import Any
 
 from calrec_jax.errors import ConfigError, WeightImportError
 
-FAMILIES = ("llama", "gemma3", "qwen3", "qwen2")
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyTraits:
+  """What sets a model family apart, one field per architectural fact; a new family is one row of
+  FAMILY_TRAITS (and its checkpoint naming in weights.py / gguf_import.py)."""
+  mlp_activation: str        # 'gelu_tanh' (Gemma's GeGLU) or 'silu' (SwiGLU)
+  sandwich_norms: bool       # RMSNorm after attention and after the MLP too, not only before (Gemma)
+  norm_offset: float         # RMSNorm scales by (offset + w): Gemma keeps w - 1
+  scale_embeddings: bool     # token embeddings times sqrt(d_model) (Gemma); random init then uses std d ** -0.5
+  qk_norm: bool              # RMSNorm of each head's queries and keys before RoPE (Gemma 3, Qwen 3)
+  attention_bias: bool       # q/k/v projection biases (Qwen 2 / 2.5)
+
+
+FAMILY_TRAITS = {
+    "llama": FamilyTraits("silu", sandwich_norms=False, norm_offset=0.0, scale_embeddings=False, qk_norm=False,
+                          attention_bias=False),
+    "gemma3": FamilyTraits("gelu_tanh", sandwich_norms=True, norm_offset=1.0, scale_embeddings=True, qk_norm=True,
+                           attention_bias=False),
+    "qwen3": FamilyTraits("silu", sandwich_norms=False, norm_offset=0.0, scale_embeddings=False, qk_norm=True,
+                          attention_bias=False),
+    "qwen2": FamilyTraits("silu", sandwich_norms=False, norm_offset=0.0, scale_embeddings=False, qk_norm=False,
+                          attention_bias=True),
+}
+FAMILIES = tuple(FAMILY_TRAITS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,28 +64,32 @@ class ModelConfig:
   pad_id: int = 0
 
   def __post_init__(self):
-    if self.family not in FAMILIES:
-      raise ConfigError(f"model family {self.family!r}; choose one of {FAMILIES}")
+    if self.family not in FAMILY_TRAITS:
+      raise ConfigError(f"model family {self.family!r}; choose one of {tuple(FAMILY_TRAITS)}")
     if self.n_heads % self.n_kv_heads:
       raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
     if self.layer_types and len(self.layer_types) != self.n_layers:
       raise ConfigError(f"layer_types has {len(self.layer_types)} entries for {self.n_layers} layers")
 
   @property
-  def is_gemma(self) -> bool:
+  def traits(self) -> FamilyTraits:
+    return FAMILY_TRAITS[self.family]
+
+  @property
+  def is_gemma(self) -> bool:  # the Gemma checkpoint formats (HF names, llama.cpp's stored norms, tokenizer class)
     return self.family == "gemma3"
 
   @property
-  def qk_norm(self) -> bool:  # RMSNorm of each head's queries and keys before RoPE
-    return self.family in ("gemma3", "qwen3")
+  def qk_norm(self) -> bool:
+    return self.traits.qk_norm
 
   @property
-  def attention_bias(self) -> bool:  # q/k/v projection biases (Qwen 2 / 2.5)
-    return self.family == "qwen2"
+  def attention_bias(self) -> bool:
+    return self.traits.attention_bias
 
   @property
-  def norm_offset(self) -> float:  # Gemma RMSNorm scales by (1 + w)
-    return 1.0 if self.is_gemma else 0.0
+  def norm_offset(self) -> float:
+    return self.traits.norm_offset
 
   @property
   def attn_scale(self) -> float:

@@ -36,7 +36,7 @@ class Decoder(nn.Module):
   def setup(self):
     cfg = self.cfg
     self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
-                            self.param_dtype, nn.initializers.normal(stddev=cfg.d_model ** -0.5 if cfg.is_gemma else 0.02))
+                            self.param_dtype, nn.initializers.normal(stddev=cfg.d_model ** -0.5 if cfg.traits.scale_embeddings else 0.02))
     block = nn.remat(Block, static_argnums=()) if self.remat else Block
     self.layers = [block(cfg, cfg.is_local(i), self.dtype, self.param_dtype, self.attention, name=f"layers_{i}")
                    for i in range(cfg.n_layers)]
@@ -52,7 +52,7 @@ class Decoder(nn.Module):
     cache: per layer {'k', 'v': [B, S, K, H]} plus cache[0]['pos'] shared key positions [B, S].
     """
     x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [B, T, D]
-    if self.cfg.is_gemma:
+    if self.cfg.traits.scale_embeddings:
       x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.dtype)
     x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     new_cache, key_pos = None, None

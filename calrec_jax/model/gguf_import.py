@@ -76,7 +76,7 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict, "object"]:
   except Exception as e:  # noqa: BLE001
     raise WeightImportError(f"{path}: not a readable GGUF file ({e})") from None
   cfg = read_config(reader, path)
-  norms = GEMMA_NORMS if cfg.is_gemma else LLAMA_NORMS
+  norms = GEMMA_NORMS if cfg.traits.sandwich_norms else LLAMA_NORMS
   tensors = {}
   for t in reader.tensors:
     w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
@@ -90,16 +90,16 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict, "object"]:
         name = f"layers.{layer}.{BLOCK[part]}.weight"
       else:
         raise WeightImportError(f"{path}: unexpected tensor {t.name!r}")
-      if cfg.is_gemma and (part in norms or part in ("attn_q_norm", "attn_k_norm")):
-        w = w - 1.0  # llama.cpp stores Gemma norms as 1 + w
+      if part in norms or part in ("attn_q_norm", "attn_k_norm"):
+        w = w - cfg.norm_offset  # llama.cpp stores a norm as the scale it applies: offset + w
       if not cfg.is_gemma and part == "attn_q":
         w = _unpermute(w, cfg.n_heads)
       if not cfg.is_gemma and part == "attn_k":
         w = _unpermute(w, cfg.n_kv_heads)
     elif t.name in GGUF_TO_HF:
       name = GGUF_TO_HF[t.name]
-      if cfg.is_gemma and t.name == "output_norm.weight":
-        w = w - 1.0
+      if t.name == "output_norm.weight":
+        w = w - cfg.norm_offset
     elif t.name == "rope_freqs.weight":
       continue
     else:

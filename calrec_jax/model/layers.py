@@ -210,7 +210,7 @@ class MLP(nn.Module):
     down = _param(self, "down_proj", (f, d), ("mlp", "embed"), self.param_dtype)
     x = x.astype(self.dtype)
     g = dense(x, gate.astype(self.dtype))                   # [B, T, F]
-    g = jax.nn.gelu(g, approximate=True) if self.cfg.is_gemma else jax.nn.silu(g)
+    g = jax.nn.gelu(g, approximate=True) if self.cfg.traits.mlp_activation == "gelu_tanh" else jax.nn.silu(g)
     hdn = g * dense(x, up.astype(self.dtype))
     hdn = constrain(hdn, ("activation_batch", "activation_length", "activation_mlp"))
     return dense(hdn, down.astype(self.dtype))
@@ -230,11 +230,11 @@ class Block(nn.Module):
     norm = lambda name: RMSNorm(cfg.norm_eps, off, self.param_dtype, name=name)  # noqa: E731
     h, new_cache = Attention(cfg, self.local, self.dtype, self.param_dtype, self.attention, name="attn")(
         norm("input_norm")(x), positions, key_mask, rope, cache, cache_index, local_flag)
-    if cfg.is_gemma:
+    if cfg.traits.sandwich_norms:
       h = norm("post_attn_norm")(h)
     x = x + h
     h = MLP(cfg, self.dtype, self.param_dtype, name="mlp")(norm("pre_mlp_norm")(x))
-    if cfg.is_gemma:
+    if cfg.traits.sandwich_norms:
       h = norm("post_mlp_norm")(h)
     x = x + h
     x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))

@@ -30,7 +30,7 @@ def mapping_table(cfg: ModelConfig) -> list[tuple[tuple[str, ...], str, Transfor
     rows.append((("lm_head",), "lm_head.weight", tr, tr))
   norms = ({"input_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm",
             "pre_mlp_norm": "pre_feedforward_layernorm", "post_mlp_norm": "post_feedforward_layernorm"}
-           if cfg.is_gemma else {"input_norm": "input_layernorm", "pre_mlp_norm": "post_attention_layernorm"})
+           if cfg.traits.sandwich_norms else {"input_norm": "input_layernorm", "pre_mlp_norm": "post_attention_layernorm"})
   for i in range(cfg.n_layers):
     L, hf = f"layers_{i}", f"layers.{i}"
     rows += [

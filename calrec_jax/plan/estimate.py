@@ -99,7 +99,7 @@ def _block_activation_elements(cfg: ModelConfig, tokens: int, tensor: int) -> fl
   """Elements one block keeps for the backward pass for a sequence of `tokens`, on one device of a tensor axis
   of size `tensor` (heads, attention probabilities and the MLP width are split over it)."""
   d, n, k, h, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
-  norms = 4 if cfg.is_gemma else 2
+  norms = 4 if cfg.traits.sandwich_norms else 2
   return tokens * ((3 + norms) * d + _split(2 * n * h, tensor) + _split(2 * k * h, tensor)
                    + _split(n, tensor) * tokens + _split(4 * f, tensor))
 

@@ -13,12 +13,12 @@ from tqdm import tqdm
 from calrec_jax.model import variables
 from calrec_jax.data.iterators import MixtureIterator, PackedMixtureIterator
 from calrec_jax.errors import CalrecError, Interrupted
-from calrec_jax.model.layer_stack import unstack_layers
 from calrec_jax.train import checkpoint as ckpt_lib
 from calrec_jax.train import optim
 from calrec_jax.model import sharding as shd
 from calrec_jax.train import objective
 from calrec_jax.train import step as step_lib
+from calrec_jax.train.finetuning import finetuning_mode
 from calrec_jax.train.item_bank import ItemBank
 from calrec_jax.train.metrics_writer import MetricsWriter, parse_references, plot_curves, plot_time_to_quality
 from calrec_jax.train.resources import release_host_memory
@@ -69,87 +69,6 @@ class StopSignals:
     for sig, handler in self._old.items():
       signal.signal(sig, handler)
     return False
-
-
-def _fresh_params(config, parts: RunParts, shapes) -> Any:
-  """Random-init params of the model (host numpy, unboxed)."""
-  return jax.device_get(jax.jit(lambda r: variables.init_params(parts.model, r, shapes))(
-      jax.random.PRNGKey(config.seed)))
-
-
-def given_params(config, parts: RunParts, abstract_params, shapes) -> tuple[Any | None, str]:
-  """Restore steps 2-3: ckpt.init_from params, else pretrained weights, as checked host float32 params (a fresh
-  projection head added where the source has none); (None, 'random init ...') when neither applies."""
-  if config.ckpt.init_from:
-    params = ckpt_lib.params_from_workdir(config.ckpt.init_from)
-    how = f"params from {config.ckpt.init_from} (fresh optimizer, step 0)"
-  elif parts.pretrained_params is not None:
-    params, how = {"decoder": parts.pretrained_params}, f"pretrained weights {config.model.pretrained}"
-  else:
-    return None, f"random init ({config.model.preset})"
-  if "proj" in abstract_params and "proj" not in params:  # new projection head on pretrained weights
-    params = dict(params, proj=_fresh_params(config, parts, shapes)["proj"])
-  ckpt_lib.check_params(params, abstract_params, how)
-  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), how
-
-
-def with_bank(state, state_sh, abstract, mesh, bank_shape):
-  """Adds the item bank (train/item_bank.py; zeros until its first refresh, replicated) to a state, its shardings
-  and its abstract tree; unchanged when bank_shape is None."""
-  if bank_shape is None:
-    return state, state_sh, abstract
-  rep = step_lib.NamedSharding(mesh, step_lib.P())
-  abstract = dict(abstract, bank=jax.ShapeDtypeStruct(bank_shape, jax.numpy.float32))
-  state_sh = dict(state_sh, bank=rep)
-  if state is not None:
-    state = dict(state, bank=jax.device_put(np.zeros(bank_shape, np.float32), rep))
-  return state, state_sh, abstract
-
-
-def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr, bank_shape=None):
-  """Restore order: workdir checkpoint -> ckpt.init_from params -> pretrained -> random. Returns (state, it_state, how)."""
-  state_sh, abstract = step_lib.state_shardings(parts.model, tx, mesh, shapes)
-  _, state_sh, abstract = with_bank(None, state_sh, abstract, mesh, bank_shape)
-  restored = ckptr.restore_latest(shd.abstract_with_sharding(abstract, state_sh))
-  if restored is not None:
-    step, state, it_state = restored
-    return state, state_sh, it_state, f"resumed from {ckptr.directory} step {step}"
-  params, how = given_params(config, parts, abstract["params"], shapes)
-  plain_sh = {k: v for k, v in state_sh.items() if k != "bank"}
-  state = step_lib.init_state(parts.model, tx, mesh, shapes, config.seed, plain_sh, params)  # random: sharded init
-  state, _, _ = with_bank(state, plain_sh, abstract, mesh, bank_shape)
-  return state, state_sh, None, how
-
-
-def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc, bank_shape=None):
-  """LoRA: frozen weights by restore steps 2-4 (every start, also a resume), and a train state of the trainable
-  tree {'lora', ['proj']} only, restored from the workdir's checkpoint when there is one.
-  Returns (state, state shardings, iterator state, how, frozen decoder weights, their shardings)."""
-  from calrec_jax.adapters.lora import count, init_adapters
-  p_sh, p_abstract = variables.params_shardings(parts.model, mesh, shapes)
-  params, how = given_params(config, parts, p_abstract, shapes)
-  if params is None:  # the frozen weights are needed on the host either way
-    params = _fresh_params(config, parts, shapes)
-  trainable = {"lora": init_adapters(params["decoder"], lc, config.seed)}
-  if "proj" in params:
-    trainable["proj"] = params["proj"]
-  frozen = jax.device_put(params["decoder"], p_sh["decoder"])
-  rep = step_lib.NamedSharding(mesh, step_lib.P())
-  abstract = jax.eval_shape(lambda t: {"step": jax.numpy.zeros((), jax.numpy.int32), "params": t,
-                                       "opt_state": tx.init(t)}, trainable)
-  state_sh = jax.tree_util.tree_map(lambda _: rep, abstract)
-  log.info("LoRA rank %d on %s of %s: %d trainable parameters (frozen: %d)", lc.rank, ",".join(lc.targets),
-           f"the top {lc.layers} blocks" if lc.layers else "every block", count(trainable), count(params["decoder"]))
-  _, full_sh, full_abstract = with_bank(None, state_sh, abstract, mesh, bank_shape)
-  restored = ckptr.restore_latest(shd.abstract_with_sharding(full_abstract, full_sh))
-  if restored is not None:
-    step, state, it_state = restored
-    return state, full_sh, it_state, f"resumed LoRA adapters from {ckptr.directory} step {step} on {how}", \
-        frozen, p_sh["decoder"]
-  state = jax.jit(lambda t: {"step": jax.numpy.zeros((), jax.numpy.int32), "params": t, "opt_state": tx.init(t)},
-                  out_shardings=state_sh)(trainable)
-  state, _, _ = with_bank(state, state_sh, abstract, mesh, bank_shape)
-  return state, full_sh, None, f"LoRA adapters on {how}", frozen, p_sh["decoder"]
 
 
 # keys that must not change when a workdir with checkpoints is started again (shapes, tokenizer, data stream)
@@ -242,26 +161,12 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
       dc.batch_size, packed.spec.slots, packed.spec.max_len, spec.target_len, packed.spec.item_len)
   ckptr = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt.keep, config.ckpt.async_save,
                                 config.ckpt.save_concurrent_gb)
-  from calrec_jax.adapters.lora import LoraConfig, trainable_to_params
-  lora = LoraConfig.from_config(config.model)
-  frozen = frozen_sh = to_params = None
+  mode = finetuning_mode(config)  # full finetuning, or LoRA adapters on frozen weights (train/finetuning.py)
   bank = ItemBank(parts.model, parts.encoder) if config.loss.negatives == "catalog" else None
   bank_shape = None if bank is None else (len(bank), config.model.projection_dim or parts.model_cfg.d_model)
-  if lora is None:
-    state, state_sh, it_state, how = initial_state(config, workdir, parts, tx, mesh, shapes, ckptr, bank_shape)
-  else:
-    state, state_sh, it_state, how, frozen, frozen_sh = lora_initial_state(config, parts, tx, mesh, shapes, ckptr,
-                                                                          lora, bank_shape)
-    to_params = lambda t, base: trainable_to_params(base, t, lora)  # noqa: E731
+  state, state_sh, it_state, how = mode.start(config, workdir, parts, tx, mesh, shapes, ckptr, bank_shape)
   parts.pretrained_params = None  # now in the train state (or the frozen weights): free the host copy (1 GB at 270M)
-  # the model's per-layer params of a train state (blocks unstacked; LoRA: adapters merged into the frozen weights,
-  # which are an argument: closed over, jit would bake them into the program as constants, a 0.7 GB executable
-  # for Gemma-3-270M that took minutes to compile and to write to the compilation cache)
-  if lora is None:
-    model_params = lambda st: unstack_layers(st["params"])  # noqa: E731
-  else:
-    merge = jax.jit(to_params)
-    model_params = lambda st: merge(st["params"], frozen)  # noqa: E731
+  model_params = mode.model_params  # the model's per-layer params of a train state (validation, the item bank)
   log.info("start: %s", how)
   if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(
       os.path.join(workdir, "export", "model_config.json")):
@@ -284,9 +189,11 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   log.info("mixture over %s with p=%s", [c.name for c in parts.categories], np.round(it.probs, 3).tolist())
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(parts.model, tx, objective.loss_config(config.loss, lm_vocabulary(config, parts)),
-                               config.optim.grad_accum, to_params), mesh, state_sh, frozen_sharding=frozen_sh)
+                               config.optim.grad_accum, mode.to_params), mesh, state_sh,
+      frozen_sharding=mode.frozen_sharding)
   abstract_state = shd.abstract_with_sharding(jax.eval_shape(lambda s: s, state), state_sh)
-  extra = () if frozen is None else (shd.abstract_with_sharding(jax.eval_shape(lambda f: f, frozen), frozen_sh),)
+  extra = tuple(shd.abstract_with_sharding(jax.eval_shape(lambda f: f, a), mode.frozen_sharding)
+                for a in mode.step_args())
   log.info("compiling the train step (batch %d x %d tokens) ...", dc.batch_size, step_shapes["tokens"].shape[1])
   t_compile = time.time()
   compiled = train_step.lower(abstract_state, step_shapes, *extra).compile()
@@ -330,7 +237,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
       if bank is not None and step % config.loss.bank_refresh_steps == 0:  # the negatives of this step onwards
         state = dict(state, bank=jax.device_put(bank.encode(model_params(state)), state_sh["bank"]))
       batch = shd.global_batch(next(it), mesh)
-      state, m = train_step(state, batch) if frozen is None else train_step(state, batch, frozen)
+      state, m = train_step(state, batch, *mode.step_args())
       m = jax.device_get(m)
       nonfinite_run = nonfinite_run + 1 if m["skipped"] else 0
       if m["skipped"]:
@@ -394,8 +301,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     else:  # a kill hit after the final validation was logged (during the export): the same params, not run again
       log.info("the final validation of step %d was logged before the restart: not run again", tc.num_steps)
     last.update(final or {})
-  # collective; LoRA: the merged weights; stacked blocks are unstacked on the host, without a device copy
-  export(workdir, parts, unstack_layers(shd.gather_to_host(state["params"] if lora is None else model_params(state))))
+  export(workdir, parts, mode.export_params(state))  # a collective; stacked blocks unstacked on the host
   if is_main and os.path.exists(writer.path):
     plot_curves(writer.path, os.path.join(workdir, "training_curves.png"))
     plot_time_to_quality(writer.path, os.path.join(workdir, "time_to_quality.png"),
