@@ -10,7 +10,7 @@ user with no known item gets no items. Rankers: dense, beam (catalog-constrained
 texts, no model), fused (the weights the workdir's evaluation chose on validation; evaluate with
 --config.eval.fusion=dense,bm25_history,popularity first). The input is checked line by line before the model
 is loaded, then streamed in batches of --batch_users; the output is written to <output>.partial and renamed when
-complete, and an existing output is never overwritten. --catalog ranks another catalog (new items included: the
+complete, and an existing output is replaced only with --overwrite (and only once the new one is complete). --catalog ranks another catalog (new items included: the
 item tower encodes them, once per model and catalog).
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ flags.DEFINE_boolean("exclude_history", True, "Never recommend an item of the us
 flags.DEFINE_string("catalog", None, "Rank this catalog instead of the training one: a JSONL file ({\"id\": ..., "
                     "\"title\": ..., ...} per line) or a prepared category folder; items training never saw are "
                     "encoded by the item tower (embeddings cached per model and catalog).")
+flags.DEFINE_boolean("overwrite", False, "Replace an existing --output (once the new one is complete).")
 flags.DEFINE_integer("batch_users", 256, "Users ranked together (memory: batch_users x catalog size floats).")
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
@@ -63,8 +64,10 @@ def main(argv) -> None:
     from calrec_jax.eval.recommender import Recommender
     if not os.path.isfile(FLAGS.input):
       raise CalrecError(f"--input={FLAGS.input}: no such file")
-    if os.path.exists(FLAGS.output):
-      raise CalrecError(f"--output={FLAGS.output}: exists; choose a new file (an existing one is never overwritten)")
+    if os.path.exists(FLAGS.output) and not FLAGS.overwrite:
+      raise CalrecError(f"--output={FLAGS.output}: exists; choose a new file, or add --overwrite to replace it")
+    if os.path.isdir(FLAGS.output):
+      raise CalrecError(f"--output={FLAGS.output}: is a folder; name a file")
     if FLAGS.top_k < 1 or FLAGS.batch_users < 1:
       raise CalrecError("--top_k and --batch_users must be >= 1")
     users = sum(1 for _ in read_histories(FLAGS.input))  # every line checked before the model loads

@@ -87,7 +87,10 @@ def test_the_cli_streams_jsonl_and_refuses_bad_input_before_loading(trained, tmp
       [x["id"] for x in r["items"]] for r in rec.recommend([x["history"] for x in lines], k=4)]
   assert not (tmp_path / "recs.jsonl.partial").exists() and str(out) in done.stdout
   again = run([f"--workdir={trained}", f"--input={src}", f"--output={out}"])
-  assert again.returncode == 1 and "exists" in again.stderr and len(out.read_text().splitlines()) == 7
+  assert again.returncode == 1 and "add --overwrite" in again.stderr and len(out.read_text().splitlines()) == 7
+  replaced = run([f"--workdir={trained}", f"--input={src}", f"--output={out}", "--top_k=2", "--overwrite"])
+  assert replaced.returncode == 0, replaced.stderr[-2000:]
+  assert all(len(json.loads(x)["items"]) == 2 for x in out.read_text().splitlines())
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps(lines[0]) + "\n" + '{"user": "x", "history": "B000"}\n')
   refused = run([f"--workdir={trained}", f"--input={bad}", f"--output={tmp_path / 'x.jsonl'}"])
