@@ -188,22 +188,26 @@ def train_run(config, workdir: str) -> dict:
   return out
 
 
+def stage_config(config, stage: str, workdir: str):
+  """The config of one pipeline stage: stage 1 on `pipeline.stage1_categories`, stage 2 on
+  `pipeline.stage2_category` from stage 1's params (<workdir>/stage1) at `pipeline.stage2_learning_rate`."""
+  s, p = copy.deepcopy(config), config.pipeline
+  s.stage = stage
+  with s.unlocked():
+    if stage == "stage1":
+      s.data.categories, s.train.num_steps = p.stage1_categories, p.stage1_steps
+    else:
+      s.data.categories, s.train.num_steps = p.stage2_category, p.stage2_steps
+      s.ckpt.init_from = os.path.join(workdir, "stage1")
+      s.optim.learning_rate = p.stage2_learning_rate
+  return s
+
+
 def train_pipeline(config, workdir: str):
   """Stage 1 on the mixture (<workdir>/stage1), then stage 2 on the target category from its params
   (<workdir>/stage2); returns the stage-2 config."""
-  s1 = copy.deepcopy(config)
-  s1.stage = "stage1"
-  with s1.unlocked():
-    s1.data.categories = config.pipeline.stage1_categories
-    s1.train.num_steps = config.pipeline.stage1_steps
-  train_run(s1, os.path.join(workdir, "stage1"))
-  s2 = copy.deepcopy(config)
-  s2.stage = "stage2"
-  with s2.unlocked():
-    s2.data.categories = config.pipeline.stage2_category
-    s2.train.num_steps = config.pipeline.stage2_steps
-    s2.ckpt.init_from = os.path.join(workdir, "stage1")
-    s2.optim.learning_rate = config.pipeline.stage2_learning_rate
+  train_run(stage_config(config, "stage1", workdir), os.path.join(workdir, "stage1"))
+  s2 = stage_config(config, "stage2", workdir)
   train_run(s2, os.path.join(workdir, "stage2"))
   return s2
 

@@ -70,10 +70,19 @@ run() {  # run a command, or print it quoted (--dry-run)
 quote() { printf '%q ' "$@" | sed 's/ $//'; }  # one shell-safe string of the arguments
 on_all() { run "${GCLOUD[@]}" ssh "$TPU_NAME" "${LOC[@]}" --worker=all --command="$1"; }
 
+check_config() {  # MODE CONFIG [overrides...]: on this machine, before any slice is created or reached
+  local mode=$1 config=$2 py=${PYTHON:-$SRC/.venv/bin/python} overrides=()
+  shift 2
+  for a in "$@"; do [[ $a == --config.* ]] && overrides+=("$a"); done
+  [[ -x $py ]] || die "no Python at $py to check $config with: create .venv as README says, or set PYTHON"
+  (cd "$SRC" && "$py" -m calrec_jax.check --config="$config" --mode="$mode" "${overrides[@]}") >&2 || exit 2
+}
+
 stage() {  # MODE CONFIG WORKDIR [overrides...]: the same command on every worker
   local mode=$1 config=${2:-} workdir=${3:-}
   [[ -n $config && -n $workdir ]] || die "$mode needs CONFIG and WORKDIR (a path every worker shares, e.g. /mnt/runs/stage1)"
   shift 3
+  ((${CHECKED:-0})) || check_config "$mode" "$config" "$@"
   local main=(.venv/bin/python -m calrec_jax.main "--config=$config" "--workdir=$workdir" "--mode=$mode"
               --config.multihost.enabled=True --config.train.progress=False "$@")
   on_all "cd $(quote "$REPO_DIR") && $(quote "${main[@]}") 2>&1 | tee -a \$HOME/calrec_$mode.log"
@@ -119,6 +128,8 @@ case "$cmd" in
     [[ $mode =~ ^(train|evaluate|pipeline)$ ]] || die "all needs MODE (train, evaluate or pipeline) CONFIG WORKDIR LOCAL_DIR"
     [[ -n $local_dir ]] || die "all needs MODE CONFIG WORKDIR LOCAL_DIR"
     shift 4
+    check_config "$mode" "$config" "$@"  # a config that cannot run is an error before the slice exists
+    CHECKED=1
     create
     if ((DRY_RUN)); then
       setup; stage "$mode" "$config" "$workdir" "$@"; copy "$workdir" "$local_dir"; delete

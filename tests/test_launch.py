@@ -6,7 +6,7 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKDIR = "/mnt/runs/stage 1"  # a space: must reach calrec_jax.main as one argument
-OVERRIDE = "--config.title=two words"
+OVERRIDE = "--config.pipeline.stage1_categories=Garden, Office"  # a space, through the remote shell
 
 
 def launch(script, *args, **env):
@@ -55,6 +55,17 @@ def test_tpu_launcher_names_each_missing_setting():
   out = launch("tpu_pod.sh", "--dry-run", "--tpu-name=t", "--zone=z", "--accelerator=v4-32", "train", "configs/stage1.py")
   assert out.returncode == 2 and "needs CONFIG and WORKDIR" in out.stderr
   assert launch("tpu_pod.sh", "--help").returncode == 0
+
+
+def test_a_config_that_cannot_run_is_refused_on_this_machine_before_any_remote_one():
+  """The launchers check the config here (python -m calrec_jax.check) before creating or reaching anything."""
+  tpu = launch("tpu_pod.sh", "--dry-run", "all", "pipeline", "configs/stage1.py", WORKDIR, "results",
+               "--config.train.num_stepz=3", TPU_NAME="t", ZONE="z", ACCELERATOR="v5litepod-16")
+  gpu = launch("multihost_gpu.sh", "--dry-run", "--launcher=slurm", "--nodes=2", "pipeline", "configs/stage1.py",
+               WORKDIR, "--config.pipeline.stage2_steps=0")
+  for out, message in ((tpu, "did you mean 'num_steps'"), (gpu, "pipeline.stage2_steps=0 must be > 0")):
+    assert out.returncode == 2 and out.stdout == "", out.stdout  # nothing created, not even printed
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ") and message in out.stderr
 
 
 def test_gpu_two_nodes_by_eight_dry_run_for_slurm_and_ssh():
