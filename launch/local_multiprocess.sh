@@ -8,7 +8,7 @@
 # Each process logs to WORKDIR.process<i>.log. --dry-run prints the N commands and runs nothing.
 set -euo pipefail
 DRY_RUN=0
-die() { echo "error: $*" >&2; exit 2; }
+source "$(dirname "$0")/common.sh"  # die, check_config
 while [[ $# -gt 0 && $1 == --* && $1 != --config* && $1 != --mode* ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;

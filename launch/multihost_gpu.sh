@@ -21,7 +21,7 @@
 set -euo pipefail
 
 DRY_RUN=0
-die() { echo "error: $*" >&2; exit 2; }
+source "$(dirname "$0")/common.sh"  # die, check_config
 while [[ $# -gt 0 && $1 == --* ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
@@ -47,14 +47,6 @@ SELF=$REPO_DIR/launch/multihost_gpu.sh
 
 run() { if ((DRY_RUN)); then printf '%q ' "$@" | sed 's/ $//'; echo; else "$@"; fi; }
 quote() { printf '%q ' "$@" | sed 's/ $//'; }
-check_config() {  # on this machine, before any node is reached: a config that cannot run is one error line
-  local here py overrides=()
-  here=$(cd "$(dirname "$0")/.." && pwd)
-  py=${PYTHON:-$here/.venv/bin/python}
-  for a in "$@"; do [[ $a == --config.* ]] && overrides+=("$a"); done
-  [[ -x $py ]] || die "no Python at $py to check $config with: create .venv as README says, or set PYTHON"
-  (cd "$here" && "$py" -m calrec_jax.check --config="$config" --mode="$mode" "${overrides[@]}") >&2 || exit 2
-}
 
 case "$LAUNCHER" in
   here)
@@ -76,7 +68,7 @@ case "$LAUNCHER" in
     ;;
   slurm)
     [[ -n ${NODES:-} ]] || die "NODES is not set: pass --nodes=<number of nodes> (or export NODES=...)"
-    check_config "$@"
+    check_config "$mode" "$config" "$@"
     GPUS_PER_NODE=${GPUS_PER_NODE:-8}
     # each task runs this script with --launcher=here; SLURM gives its id, the first node is the coordinator
     run srun --nodes="$NODES" --ntasks-per-node=1 --gpus-per-node="$GPUS_PER_NODE" --kill-on-bad-exit=1 \
@@ -84,7 +76,7 @@ case "$LAUNCHER" in
     ;;
   ssh)
     [[ -n ${HOSTS:-} ]] || die "HOSTS is not set: pass --hosts=<host1,host2,...> (the first is the coordinator)"
-    check_config "$@"
+    check_config "$mode" "$config" "$@"
     IFS=, read -r -a hosts <<< "$HOSTS"
     n=${#hosts[@]}
     pids=()

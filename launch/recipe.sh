@@ -11,7 +11,7 @@
 set -euo pipefail
 variant=gpu
 DRY_RUN=0
-die() { echo "error: $*" >&2; exit 2; }
+source "$(dirname "$0")/common.sh"  # die, check_config
 while [[ $# -gt 0 && $1 == --* && $1 != --config.* ]]; do
   case "$1" in
     --variant=*) variant=${1#*=} ;;

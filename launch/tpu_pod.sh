@@ -25,7 +25,7 @@
 set -euo pipefail
 
 DRY_RUN=0
-die() { echo "error: $*" >&2; exit 2; }
+source "$(dirname "$0")/common.sh"  # die, check_config
 while [[ $# -gt 0 && $1 == --* ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
@@ -69,14 +69,6 @@ run() {  # run a command, or print it quoted (--dry-run)
 }
 quote() { printf '%q ' "$@" | sed 's/ $//'; }  # one shell-safe string of the arguments
 on_all() { run "${GCLOUD[@]}" ssh "$TPU_NAME" "${LOC[@]}" --worker=all --command="$1"; }
-
-check_config() {  # MODE CONFIG [overrides...]: on this machine, before any slice is created or reached
-  local mode=$1 config=$2 py=${PYTHON:-$SRC/.venv/bin/python} overrides=()
-  shift 2
-  for a in "$@"; do [[ $a == --config.* ]] && overrides+=("$a"); done
-  [[ -x $py ]] || die "no Python at $py to check $config with: create .venv as README says, or set PYTHON"
-  (cd "$SRC" && "$py" -m calrec_jax.check --config="$config" --mode="$mode" "${overrides[@]}") >&2 || exit 2
-}
 
 stage() {  # MODE CONFIG WORKDIR [overrides...]: the same command on every worker
   local mode=$1 config=${2:-} workdir=${3:-}

@@ -93,8 +93,7 @@ def test_a_documented_command_names_what_exists(where, command):
   config = None
   for token in (t for t in tokens if t.startswith("--")):
     name, _, value = token.partition("=")
-    if name == "--config" and program[-1] in ("calrec_jax.main", "calrec_jax.evaluate", "calrec_jax.compare",
-                                              "calrec_jax.compare.curve", "calrec_jax.plan"):
+    if name == "--config" and value.split(":")[0].endswith(".py"):
       config = load_config(value)
     elif name.startswith("--config."):
       assert config is not None and has_key(config, name[len("--config."):]), \
