@@ -101,3 +101,26 @@ def test_a_documented_command_names_what_exists(where, command):
     else:
       bare = name.removeprefix("--no") if name.startswith("--no") and name not in help_text(*program) else name
       assert re.search(rf"{re.escape(bare)}\b", help_text(*program)), f"{where}: {program[-1]} has no flag {name}"
+
+
+def _anchor(heading: str) -> str:
+  """GitHub's anchor of a markdown heading."""
+  text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+  return text.replace(" ", "-")
+
+
+def test_every_link_between_the_docs_reaches_a_file_and_heading():
+  broken = []
+  for path in DOCS:
+    for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8")):
+      if re.match(r"[a-z]+://", target):
+        continue
+      file, _, anchor = target.partition("#")
+      dest = (path.parent / file).resolve() if file else path
+      if not dest.exists():
+        broken.append(f"{path.relative_to(ROOT)}: {target} (no such file)")
+      elif anchor and dest.suffix == ".md":
+        headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", dest.read_text(encoding="utf-8"), re.M)}
+        if anchor not in headings:
+          broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
+  assert not broken, broken

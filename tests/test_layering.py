@@ -48,3 +48,19 @@ def test_no_import_circles_between_modules():
     if m not in state:
       visit(m, [m])
   assert not circles, circles
+
+
+def test_evaluation_and_planning_take_from_training_only_checkpoints_the_loss_and_the_run_builder():
+  """eval/ and plan/ read checkpoints, compute the training loss (validation; the planner measures the step) and
+  build a run's parts; the model, its sharding and initialisation live below train/ (model/)."""
+  allowed = {"calrec_jax.train.checkpoint", "calrec_jax.train.objective", "calrec_jax.train.step",
+             "calrec_jax.train.setup"}
+  found = set()
+  for layer in ("eval", "plan"):
+    for path in (PACKAGE / layer).rglob("*.py"):
+      for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("calrec_jax.train"):
+          names = [node.module] if node.module != "calrec_jax.train" else [f"calrec_jax.train.{a.name}"
+                                                                           for a in node.names]
+          found.update((f"{layer}/{path.name}", n) for n in names)
+  assert {n for _, n in found} <= allowed, sorted(f for f in found if f[1] not in allowed)
