@@ -64,10 +64,10 @@ def main(argv) -> None:
     from calrec_jax.eval.recommender import Recommender
     if not os.path.isfile(FLAGS.input):
       raise CalrecError(f"--input={FLAGS.input}: no such file")
-    if os.path.exists(FLAGS.output) and not FLAGS.overwrite:
-      raise CalrecError(f"--output={FLAGS.output}: exists; choose a new file, or add --overwrite to replace it")
     if os.path.isdir(FLAGS.output):
       raise CalrecError(f"--output={FLAGS.output}: is a folder; name a file")
+    if os.path.exists(FLAGS.output) and not FLAGS.overwrite:
+      raise CalrecError(f"--output={FLAGS.output}: exists; choose a new file, or add --overwrite to replace it")
     if FLAGS.top_k < 1 or FLAGS.batch_users < 1:
       raise CalrecError("--top_k and --batch_users must be >= 1")
     users = sum(1 for _ in read_histories(FLAGS.input))  # every line checked before the model loads

@@ -54,7 +54,6 @@ class MetricsWriter:
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.resume_step = resume_step
     self.rows_at_resume: list[dict] = []  # kept rows of resume_step
     if enabled:
       os.makedirs(workdir, exist_ok=True)

@@ -56,9 +56,10 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   """Data -> tokenizer (pretrained, saved in workdir, given, or trained) -> model config -> model."""
   cats = categories if categories is not None else sources.load_categories(config.data)
   spec = example_spec(config.data)
-  for c in cats:  # before any weights are read or a tokenizer is trained
-    require_item_texts(c, rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage),
-                       spec.attributes)
+  # per category, once (per item, this scanned the catalog once per item: quadratic)
+  kept = [rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage) for c in cats]
+  for c, names in zip(cats, kept):  # before any weights are read or a tokenizer is trained
+    require_item_texts(c, names, spec.attributes)
   pretrained, cfg, tok = None, None, None
   saved_tok = find_tokenizer(workdir) if os.path.isdir(workdir) else None
   saved_cfg = os.path.join(workdir, "model_config.json")
@@ -88,8 +89,6 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
                       "tokenizer.json beside the weights); set tokenizer.path to the checkpoint's tokenizer.model or "
                       "tokenizer.json")
   if tok is None:
-    kept = [rendered_attributes(c.catalog.attributes, spec.attributes, spec.min_attribute_coverage)
-            for c in cats]  # once per category (per item, this scanned the catalog once per item: quadratic)
     texts = [render_item(a, names) for c, names in zip(cats, kept) for a in c.catalog.attributes]
     texts.append("\n".join([PROMPT_HEADER, FIRST_ITEM, NEXT_ITEM]))
     log.info("training a SentencePiece tokenizer (vocabulary %d) on %d item texts ...", config.tokenizer.vocab_size,
