@@ -110,6 +110,8 @@ def validate_config(config) -> None:
     raise ConfigError("loss.temperature must be > 0")
   if not 0 <= config.data.min_attribute_coverage <= 1:
     raise ConfigError(f"data.min_attribute_coverage={config.data.min_attribute_coverage} must be in [0, 1]")
+  if not 0 <= config.data.cold_start_items < 1:
+    raise ConfigError(f"data.cold_start_items={config.data.cold_start_items} must be in [0, 1) (0: off)")
   if config.model.lora_rank:
     from calrec_jax.adapters.lora import LoraConfig
     LoraConfig.from_config(config.model)  # unknown lora_targets: ConfigError naming them

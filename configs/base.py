@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.tfds_manual_dir = ""             # tfds: folder with the raw files (else download)
   d.synthetic_users = ""             # synthetic: users per category, comma-separated
   d.synthetic_seed = 0               # synthetic: generator seed
+  d.cold_start_items = 0.0           # > 0: this fraction of the evaluated category's items is new (never in
+  #                                    training); evaluation ranks only users whose held-out item is new
+  d.cold_start_seed = 0              # which items are new
   d.mixture_alpha = 0.3              # p(category) ∝ n_users ** alpha
   d.max_len = 256                    # joint-tower tokens (prompt + target)
   d.max_history = 20                 # most recent history items kept

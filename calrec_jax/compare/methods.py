@@ -81,7 +81,7 @@ def evaluation_data(calrec_config):
   cats = sources.load_categories(calrec_config.data)
   cat = eval_category_index(calrec_config, cats)
   ec = calrec_config.eval
-  rows = eval_rows(cats[cat].sequences, ec.split, ec.max_users, calrec_config.seed)
+  rows = eval_rows(cats[cat].sequences, ec.split, ec.max_users, calrec_config.seed, cats[cat].new_items)
   if not rows:
     from calrec_jax.errors import DataError
     raise DataError(f"no {ec.split} users in category {cats[cat].name!r}")
@@ -145,7 +145,7 @@ def run_text_fused(cfg, data, rows) -> MethodResult:
   ec, ks = c.eval, _ks(c)
   texts = _item_texts(c, data)
   names = ("bm25_history", "popularity")
-  valid_rows = eval_rows(data.sequences, "valid", ec.max_users, c.seed)
+  valid_rows = eval_rows(data.sequences, "valid", ec.max_users, c.seed, data.new_items)
 
   def signals(rs):
     raw = model_free_signals(names, texts, data.sequences, [h for _, h, _ in rs], ec)
@@ -289,13 +289,23 @@ BASELINE_METHODS: dict[str, Baseline] = {
 BASELINES = tuple(BASELINE_METHODS)
 
 
+def _fingerprinted_data(data: dict) -> dict:
+  """The data section as a fingerprint holds it: the cold-start keys only when the split is on, so results
+  stored before those keys existed still match."""
+  if not data.get("cold_start_items"):
+    data = {k: v for k, v in data.items() if k not in ("cold_start_items", "cold_start_seed")}
+  return data
+
+
 def method_fingerprint(name: str, cfg) -> str:
   """What a finished method's result depends on: a resumed comparison re-uses it only when this is unchanged."""
-  shared = {"data": cfg.calrec.data.to_dict(), "eval": cfg.calrec.eval.to_dict(), "seed": cfg.calrec.seed}
+  shared = {"data": _fingerprinted_data(cfg.calrec.data.to_dict()), "eval": cfg.calrec.eval.to_dict(),
+            "seed": cfg.calrec.seed}
   if name in BASELINE_METHODS:
     own = BASELINE_METHODS[name].settings(cfg)
   else:
     own = apply_overrides(cfg.calrec, cfg.variants[name]).to_dict()
+    own["data"] = _fingerprinted_data(own["data"])
   return json.dumps({"method": name, "shared": shared, "own": own}, sort_keys=True, default=str)
 
 

@@ -55,10 +55,12 @@ def _fmt_rel(x: float) -> str:
   return "n/a" if x != x else f"{100 * x:+.1f}%"
 
 
-def markdown(results: dict[str, MethodResult], title: str, sig: dict, exclude_history: bool) -> str:
+def markdown(results: dict[str, MethodResult], title: str, sig: dict, exclude_history: bool,
+             protocol: str = "") -> str:
   lines = [f"# {title}", "",
            f"Full ranking over the whole catalog, leave-one-out test item; history items "
-           f"{'excluded from' if exclude_history else 'kept in'} every ranking.", "",
+           f"{'excluded from' if exclude_history else 'kept in'} every ranking." + (f" {protocol}" if protocol else ""),
+           "",
            "| method | users | " + " | ".join(COLUMNS) + " | train s | eval s |",
            "|---|---:|" + "---:|" * len(COLUMNS) + "---:|---:|"]
   for m, kind, label, metrics in all_rows(results):
@@ -136,16 +138,17 @@ def bar_chart(results: dict[str, MethodResult], path: str, title: str) -> None:
 
 
 def write_report(results: dict[str, MethodResult], workdir: str, title: str, exclude_history: bool,
-                 num_bootstrap: int = 10_000) -> dict[str, str]:
-  """comparison.json, comparison.md and comparison.png in `workdir`; returns their paths."""
+                 num_bootstrap: int = 10_000, protocol: str = "") -> dict[str, str]:
+  """comparison.json, comparison.md and comparison.png in `workdir` (`protocol`: a sentence on the split when it
+  is not the usual one); returns their paths."""
   sig = significance(results, num_bootstrap=num_bootstrap)
   paths = {k: os.path.join(workdir, f"comparison.{k}") for k in ("json", "md", "png")}
-  doc = {"title": title, "exclude_history": exclude_history,
+  doc = {"title": title, "exclude_history": exclude_history, "protocol": protocol,
          "methods": {m: {"kind": r.kind, "rows": r.rows, "train_seconds": r.train_seconds,
                          "eval_seconds": r.eval_seconds, "notes": r.notes} for m, r in results.items()},
          "best_baseline": best_baseline(results), "relative_change": relative_changes(results), "significance": sig}
   from calrec_jax.paths import write_atomically
-  md = markdown(results, title, sig, exclude_history)  # everything built before anything is written
+  md = markdown(results, title, sig, exclude_history, protocol)  # everything built before anything is written
   write_atomically(paths["json"], json.dumps(doc, indent=1))
   write_atomically(paths["md"], md)
   bar_chart(results, paths["png"] + ".tmp.png", title)

@@ -22,6 +22,17 @@ def reference_lines(results: dict) -> str:
   return ",".join(out)
 
 
+def split_protocol(categories, cat: int, rows) -> str:
+  """The sentence comparison.md adds for a cold-start split ('' for the usual one)."""
+  data = categories[cat]
+  if not data.new_items:
+    return ""
+  return (f"Cold-start split: {len(data.new_items)} of the {len(data.catalog)} items are new (never in training, "
+          f"nor in the item bank or popularity counts); the {len(rows)} evaluated users are those whose held-out "
+          "item is new. An ID model never trained a new item's embedding on a positive, so it ranks new items "
+          "low; a text model scores them from their text.")
+
+
 def run_comparison(cfg, workdir: str) -> dict[str, str]:
   """Train and evaluate `cfg.methods` into <workdir>/<method>/; a method whose result.json exists with the same
   settings is not run again (a crashed or extended comparison resumes). Returns the report's paths."""
@@ -55,7 +66,8 @@ def run_comparison(cfg, workdir: str) -> dict[str, str]:
       log.info("%s: recall@10 %.4f, ndcg@10 %.4f (%d users; train %.0fs, eval %.0fs)", label,
                m.get("recall@10", 0.0), m.get("ndcg@10", 0.0), m.get("users", 0), res.train_seconds,
                res.eval_seconds)
-  paths = write_report(results, workdir, cfg.title, cfg.calrec.eval.exclude_history, cfg.significance.bootstrap)
+  paths = write_report(results, workdir, cfg.title, cfg.calrec.eval.exclude_history, cfg.significance.bootstrap,
+                       split_protocol(*data))
   with open(paths["md"], encoding="utf-8") as f:
     print(f.read())
   print("wrote:\n" + "\n".join(f"  {p}" for p in paths.values()))

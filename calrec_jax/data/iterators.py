@@ -5,6 +5,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from calrec_jax.data.cold_start import held_out_is_new
 from calrec_jax.data.examples import ExampleEncoder
 from calrec_jax.data.records import split_examples
 
@@ -131,12 +132,13 @@ class PackedMixtureIterator(MixtureIterator):
     return self.packed.collate(rows[self.process_index * per_host:(self.process_index + 1) * per_host])
 
 
-def eval_rows(sequences: list[list[int]], split: str, max_users: int = 0,
-              seed: int = 0) -> list[tuple[int, list[int], int]]:
-  """(user, history, target) of the valid/test split; a fixed random subset when max_users > 0.
+def eval_rows(sequences: list[list[int]], split: str, max_users: int = 0, seed: int = 0,
+              new_items: frozenset[int] = frozenset()) -> list[tuple[int, list[int], int]]:
+  """(user, history, target) of the valid/test split; a fixed random subset when max_users > 0; with `new_items`
+  (a cold-start split, data/cold_start.py) only the users whose target is one of them.
 
   Every method of a comparison calls this with the same arguments, so all are evaluated on the same users."""
-  rows = split_examples(sequences, split)
+  rows = held_out_is_new(split_examples(sequences, split), sequences, new_items)
   if max_users and max_users < len(rows):
     pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_users, replace=False))
     rows = [rows[i] for i in pick]
@@ -146,7 +148,8 @@ def eval_rows(sequences: list[list[int]], split: str, max_users: int = 0,
 def eval_examples(encoder: ExampleEncoder, category: int, split: str, max_users: int = 0,
                   seed: int = 0) -> list[tuple[int, list[int], int]]:
   """`eval_rows` of one of the encoder's categories."""
-  return eval_rows(encoder.categories[category].sequences, split, max_users, seed)
+  cat = encoder.categories[category]
+  return eval_rows(cat.sequences, split, max_users, seed, cat.new_items)
 
 
 def eval_batches(encoder: ExampleEncoder, category: int, rows: list[tuple[int, list[int], int]],

@@ -39,6 +39,7 @@ class CategoryData:
   user_ids: list[str]
   sequences: list[list[int]]
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+  new_items: frozenset[int] = frozenset()  # cold-start split (data/cold_start.py): items training never sees
 
   def num_interactions(self) -> int:
     return sum(len(s) for s in self.sequences)

@@ -25,7 +25,13 @@ def recbole_folder(folders: list[str], name: str) -> str:
 
 
 def load_categories(cfg) -> list[records.CategoryData]:
-  """cfg: the `data` ConfigDict (source, path, categories, kcore, ...)."""
+  """cfg: the `data` ConfigDict (source, path, categories, kcore, ...); with data.cold_start_items > 0 the
+  evaluated category comes as a cold-start split (data/cold_start.py)."""
+  from calrec_jax.data.cold_start import apply_cold_start
+  return apply_cold_start(_load(cfg), cfg)
+
+
+def _load(cfg) -> list[records.CategoryData]:
   names = split_names(cfg.categories)
   if cfg.source == "synthetic":
     users = [int(x) for x in split_names(cfg.synthetic_users)] if cfg.synthetic_users else None

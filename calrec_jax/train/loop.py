@@ -77,7 +77,8 @@ RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_di
                 "tokenizer.vocab_size", "data.source", "data.path", "data.categories", "data.synthetic_users",
                 "data.synthetic_seed", "data.kcore",
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
-                "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "loss.negatives")
+                "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "data.cold_start_items",
+                "data.cold_start_seed", "loss.negatives")
 
 
 def check_same_run(config, workdir: str) -> None:
@@ -188,7 +189,8 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     it.set_state(it_state)
   log.info("mixture over %s with p=%s", [c.name for c in parts.categories], np.round(it.probs, 3).tolist())
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(parts.model, tx, objective.loss_config(config.loss, lm_vocabulary(config, parts)),
+      step_lib.make_train_step(parts.model, tx, objective.loss_config(config.loss, lm_vocabulary(config, parts),
+                                                                      new_item_ids(parts.encoder)),
                                config.optim.grad_accum, mode.to_params), mesh, state_sh,
       frozen_sharding=mode.frozen_sharding)
   abstract_state = shd.abstract_with_sharding(jax.eval_shape(lambda s: s, state), state_sh)
@@ -339,6 +341,11 @@ def training_packer(config, parts: RunParts):
   dc = config.data
   return PackedEncoder(parts.encoder, PackSpec(dc.pack_window, dc.pack_context, dc.pack_max_len, dc.pack_slots,
                                                dc.pack_item_len))
+
+
+def new_item_ids(encoder) -> tuple[int, ...]:
+  """Global ids of the items a cold-start split keeps out of training (never bank negatives)."""
+  return tuple(int(encoder.item_offsets[c] + i) for c, cat in enumerate(encoder.categories) for i in cat.new_items)
 
 
 def lm_vocabulary(config, parts: RunParts) -> tuple[int, ...]:

@@ -112,15 +112,16 @@ def info_nce(query: Array, key: Array, target_ids: Array, valid: Array, temperat
   return loss, acc
 
 
-def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, bank: Array, temperature: float
-                  ) -> tuple[Array, Array]:
+def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, bank: Array, temperature: float,
+                  excluded: tuple[int, ...] = ()) -> tuple[Array, Array]:
   """InfoNCE of each row against EVERY catalog item: row i's positive is its target; the negatives are all other
   items. Every item is scored with its `bank` vector, and the batch's targets pass their gradient through their
   fresh `key` rows (a straight-through key: bank value, fresh gradient). Scoring the positives with fresh vectors
   and the rest with stale ones would let the model tell targets apart by freshness alone. With an up-to-date bank
   this is the full-catalog softmax, values and gradients.
 
-  query, key: [N, E] L2-normalised; target_ids [N] global item ids (-1 for padding); valid [N]; bank [I, E].
+  query, key: [N, E] L2-normalised; target_ids [N] global item ids (-1 for padding); valid [N]; bank [I, E];
+  `excluded`: item ids that are no negatives (items the training catalog lacks; never a target).
   """
   q, k = query.astype(jnp.float32), key.astype(jnp.float32)
   bank = jax.lax.stop_gradient(bank.astype(jnp.float32))
@@ -131,6 +132,8 @@ def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, ban
   through = jnp.where(first[:, None], k - jax.lax.stop_gradient(k), 0.0)                     # [N, E] zeros
   keys = bank.at[ids].add(through, mode="drop")                                              # [I, E]
   logits = jnp.einsum("NE,IE->NI", q, keys) / temperature                                    # [N, I]
+  if excluded:
+    logits = logits.at[:, jnp.asarray(excluded, jnp.int32)].set(-jnp.inf)
   safe = jnp.minimum(ids, i - 1)
   pos_logit = jnp.take_along_axis(logits, safe[:, None], axis=1)[:, 0]
   nll = jax.nn.logsumexp(logits, axis=1) - pos_logit

@@ -34,6 +34,7 @@ class LossConfig:
   symmetric: bool = False
   vocab_chunk: int = 16_384
   lm_vocab: tuple[int, ...] = ()  # sorted token ids L_NIG's softmax runs over (empty: the whole vocabulary)
+  bank_excluded: tuple[int, ...] = ()  # global item ids never used as bank negatives (a cold-start split's new items)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ def info_nce_term(query: str, key: str) -> Callable[[EmbeddingInputs, LossConfig
   def term(x: EmbeddingInputs, lc: LossConfig) -> tuple[Array, Array]:
     q, k = x.embeddings[query], x.embeddings[key]
     if x.bank is not None:
-      return bank_info_nce(q, k, x.target_id, x.valid, x.bank, lc.temperature)
+      return bank_info_nce(q, k, x.target_id, x.valid, x.bank, lc.temperature, lc.bank_excluded)
     return info_nce(q, k, x.target_id, x.valid, lc.temperature, lc.symmetric)
   return term
 
@@ -102,15 +103,16 @@ register_term("tt", "embedding", info_nce_term("v_t_given_u", "v_t"))
 register_term("ut", "embedding", info_nce_term("v_u", "v_t"))
 
 
-def loss_config(section, lm_vocab: tuple[int, ...] = ()) -> LossConfig:
+def loss_config(section, lm_vocab: tuple[int, ...] = (), bank_excluded: tuple[int, ...] = ()) -> LossConfig:
   """LossConfig from the config's `loss` section: one weight per registered term (`w_<name>`); `lm_vocab` from
-  `catalog_vocabulary` when loss.lm_vocab is 'catalog'."""
+  `catalog_vocabulary` when loss.lm_vocab is 'catalog'; `bank_excluded`: items the training catalog lacks."""
   unknown = [k for k in section.keys() if k.startswith("w_") and k[2:] not in TERMS]
   if unknown:
     raise ConfigError(f"loss.{unknown[0]}: no loss term {unknown[0][2:]!r} (registered: {', '.join(TERMS)}); "
                       "remove the key or register the term (train/objective.py)")
   weights = tuple((name, float(section.get(f"w_{name}", 0.0))) for name in TERMS)
-  return LossConfig(weights, section.temperature, section.symmetric, section.vocab_chunk, tuple(lm_vocab))
+  return LossConfig(weights, section.temperature, section.symmetric, section.vocab_chunk, tuple(lm_vocab),
+                    tuple(sorted(bank_excluded)))
 
 
 class Objective:

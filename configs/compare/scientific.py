@@ -52,6 +52,15 @@ def get_config(arg: str = ""):
     c.calrec.eval.retrieval = "dense"
     c.calrec.eval.beams = 20
     c.calrec.eval.fusion = "dense,beam,bm25_history,popularity"
+  elif arg == "epochs":  # the small decoder trained for 5 epochs against the whole catalog, dense and fused
+    c.title = "Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives, against baselines"
+    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_epochs"
+    c.calrec.eval.fusion = "dense,bm25_history,popularity"
+    steps = 3420  # 5 epochs of the 10,928 training prefixes at batch 16
+    c.variants.calrec_epochs = (
+        f"loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps={steps}; train.eval_every=342; "
+        f"ckpt.every=342; ckpt.keep=2; optim.warmup_steps=100; eval.retrieval=dense")
+    c.labels.calrec_epochs = "CALRec (stage 2), 5 epochs, whole-catalog negatives"
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed' or 'fused'")
+    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'fused' or 'epochs'")
   return c
