@@ -5,6 +5,7 @@ import copy
 import json
 import logging
 import os
+import time
 
 import jax
 
@@ -154,28 +155,38 @@ def merged_lora_checkpoint(trainable: dict, workdir: str, parts) -> dict:
   return trainable_to_params(base, trainable, lora)
 
 
-def print_outputs(folders: list[str]) -> None:
-  """The closing lines of a command: where its tables, plots, exports and TensorBoard events are."""
+STARTED = time.time()  # when this command started: what print_outputs calls written rather than kept
+
+
+def print_outputs(folders: list[str], since: float | None = None) -> None:
+  """The closing lines of a command: where its tables, plots, exports and TensorBoard events are; what this
+  command wrote (changed at or after `since`, default: when it started) apart from what earlier runs left."""
+  since = STARTED if since is None else since
   names = [("metrics.md", "evaluation table"), ("metrics.json", "evaluation metrics"),
            ("training_curves.png", "training curves"),
            ("time_to_quality.png", "validation against training time and examples seen"),
            ("metrics.jsonl", "training metrics"),
            ("export", "export (params, tokenizer, model config)"), ("checkpoints", "checkpoints")]
-  lines = []
+  written, kept = [], []
+
+  def add(what: str, path: str) -> None:
+    (written if os.path.getmtime(path) >= since - 1.0 else kept).append(f"  {what}: {path}")  # 1 s: mtime rounding
   for folder in folders:
     for name, what in names:
       path = os.path.join(folder, name)
       if os.path.exists(path):
-        lines.append(f"  {what}: {path}")
+        add(what, path)
       if name == "metrics.json" and os.path.isdir(folder):  # every ranker's per-user rankings
         for r in sorted(f for f in os.listdir(folder) if f.startswith("rankings_") and f.endswith(".jsonl")):
-          lines.append(f"  per-user rankings of {r[len('rankings_'):-len('.jsonl')]} (rank 0: not in the top list): "
-                       f"{os.path.join(folder, r)}")
+          add(f"per-user rankings of {r[len('rankings_'):-len('.jsonl')]} (rank 0: not in the top list)",
+              os.path.join(folder, r))
   boards = [f for f in folders if os.path.isdir(os.path.join(f, "tensorboard"))]
   if boards:
-    lines.append(f"  TensorBoard: tensorboard --logdir {os.path.commonpath(boards) if len(boards) > 1 else boards[0]}")
-  if lines and jax.process_index() == 0:
-    print("wrote:\n" + "\n".join(lines), flush=True)
+    (written or kept).append(
+        f"  TensorBoard: tensorboard --logdir {os.path.commonpath(boards) if len(boards) > 1 else boards[0]}")
+  if jax.process_index() == 0 and (written or kept):
+    print(("wrote:\n" + "\n".join(written) if written else "wrote nothing new")
+          + ("\nfrom earlier runs, kept:\n" + "\n".join(kept) if kept else ""), flush=True)
 
 
 def train_run(config, workdir: str) -> dict:

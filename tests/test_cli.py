@@ -164,6 +164,14 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   assert json.loads((work / "eval" / "metrics.json").read_text()) == first  # earlier results kept
   assert (work / "eval-2" / "metrics.json").exists() and str(work / "eval-2") in again.stdout
+  assert str(work / "eval" / "metrics.json") not in again.stdout  # what it wrote, not what was there
+
+  # the finished run again: nothing to train, and the closing lines say its outputs are from earlier
+  done = run(args + [f"--config.train.num_steps={step + 2}"])
+  assert done.returncode == 0 and "nothing to train" in done.stderr, done.stderr[-2000:]
+  kept = done.stdout.split("from earlier runs, kept:")[1]
+  assert f"export (params, tokenizer, model config): {work / 'export'}" in kept
+  assert "wrote nothing new" in done.stdout or str(work / "export") not in done.stdout.split("from earlier")[0]
 
 
 def test_a_config_kept_outside_the_repository_loads_from_any_folder(tmp_path):

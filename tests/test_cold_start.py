@@ -116,3 +116,16 @@ def test_the_comparison_on_a_cold_start_split(tmp_path):
   ranked = [json.loads(line) for line in open(work / "calrec" / "eval" / "rankings_dense.jsonl")]
   assert len(ranked) == users and all(r["target"] in cold.new_items for r in ranked)
   assert json.load(open(work / "calrec" / "config.json"))["data"]["cold_start_items"] == 0.3
+
+
+def test_results_stored_before_the_split_existed_still_match_and_a_cold_start_one_does_not():
+  from calrec_jax.compare import methods as methods_lib
+  from configs.compare import synthetic as compare_synthetic
+  cfg = compare_synthetic.get_config("smoke")
+  now = {m: methods_lib.method_fingerprint(m, cfg) for m in ("sasrec", "calrec")}
+  older = compare_synthetic.get_config("smoke")
+  with older.calrec.data.unlocked():
+    del older.calrec.data["cold_start_items"], older.calrec.data["cold_start_seed"]
+  assert {m: methods_lib.method_fingerprint(m, older) for m in now} == now
+  cfg.calrec.data.cold_start_items = 0.2
+  assert all(methods_lib.method_fingerprint(m, cfg) != f for m, f in now.items())

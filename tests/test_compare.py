@@ -325,3 +325,14 @@ def test_the_report_says_when_an_id_baseline_hit_its_epoch_cap():
   early = methods_lib.MethodResult("baseline", {"SASRec": row}, {"SASRec": {"u": 1}}, notes={**notes, "epochs": 3})
   text = markdown({"sasrec": early}, "t", {}, True)
   assert "early stopping after 10 epochs" in text and "max_epochs" not in text
+
+
+@pytest.mark.parametrize("module,arg", [("scientific", a) for a in ("", "llm", "packed", "fused", "epochs", "cold")]
+                         + [("synthetic", a) for a in ("", "smoke", "llm")])
+def test_every_shipped_comparison_config_names_known_methods_with_valid_overrides(module, arg):
+  import importlib
+  from calrec_jax.config_check import validate_config
+  cfg = importlib.import_module(f"configs.compare.{module}").get_config(arg)
+  names = methods_lib.check_methods(cfg)
+  assert names and len(names) == len(set(names))
+  validate_config(cfg.calrec)

@@ -281,3 +281,12 @@ def test_constrained_decoding_never_leaves_the_catalog(kw):
   assert not {tuple(g) for p in free for g in p} <= {tuple(c) for c in catalog}  # unconstrained leaves it
   with pytest.raises(ValueError, match="beam search"):
     generate(dec, params, prompts, 2, 4, stop_ids=[1], trie=trie, beam_search=True)
+
+
+def test_generations_are_stored_as_visible_text():
+  """Byte tokens of a weakly trained model (control, zero-width, replacement characters) never reach the
+  stored generations or the BM25 query; ordinary punctuation and non-ASCII letters stay."""
+  from calrec_jax.data.text import visible_text
+  assert visible_text("\x01Nitrile \u200bgloves\ufffd\x1f 100\x7fcount\n") == "Nitrile gloves 100 count"
+  assert visible_text("Pipette-Spitzen für Labor, 5 µl") == "Pipette-Spitzen für Labor, 5 µl"
+  assert visible_text("\x00\x02\ufeff") == ""

@@ -20,6 +20,15 @@ _WS = re.compile(r"\s+")
 _HIDDEN = re.compile(r"<(script|style)\b[^>]{0,200}>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff\ufffd]")
+
+
+def visible_text(text: str) -> str:
+  """A generated text as a reader sees it: control, zero-width and replacement characters (a weakly trained
+  model's byte tokens) become spaces, whitespace runs one space."""
+  return _WS.sub(" ", _CONTROL.sub(" ", text)).strip()
+
+
 def clean_value(value) -> str:
   """Decode HTML entities (twice: Amazon has `&amp;quot;`), drop tags, collapse whitespace."""
   if value is None:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from calrec_jax.data.iterators import eval_examples
 from calrec_jax.data.sources import split_names
+from calrec_jax.data.text import visible_text
 from calrec_jax.eval.bm25 import BM25Index, tokenize
 from calrec_jax.eval.generate import generate
 from calrec_jax.eval.merge import merge_generations
@@ -83,7 +84,7 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, 
       if (start + j) % processes != me:  # another process retrieves this user
         continue
       user, hist, target = rows[i]
-      texts = [tok.decode(g).strip() for g in gens]
+      texts = [visible_text(tok.decode(g)) for g in gens]
       depth = kmax + (len(hist) if ec.exclude_history else 0)
       ranked, scores = index.top_k([tokenize(t) for t in texts], depth)
       top = merge_generations(texts, ranked, scores, kmax, set(hist) if ec.exclude_history else set())
