@@ -28,7 +28,7 @@ flags.DEFINE_integer("top_k", 10, "Items per user.")
 flags.DEFINE_enum("ranker", "dense", ["dense", "beam", "bm25", "fused"], "How items are ranked.")
 flags.DEFINE_boolean("exclude_history", True, "Never recommend an item of the user's history.")
 flags.DEFINE_string("catalog", None, "Rank this catalog instead of the training one: a JSONL file ({\"id\": ..., "
-                    "\"title\": ..., ...} per line) or a prepared category folder; items training never saw are "
+                    "\"title\": ..., ...} per line), RecBole's <name>.item feature file, or a prepared category folder; items training never saw are "
                     "encoded by the item tower (embeddings cached per model and catalog).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output (once the new one is complete).")
 flags.DEFINE_integer("batch_users", 256, "Users ranked together (memory: batch_users x catalog size floats).")

@@ -127,3 +127,28 @@ def test_a_catalog_given_at_inference_ranks_items_training_never_saw(trained, tm
   path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n")
   with pytest.raises(Exception, match="appears twice"):
     Recommender.load(trained, catalog=str(path))
+
+
+def test_a_recbole_item_file_is_a_catalog_too(trained, tmp_path):
+  """RecBole's `<name>.item` feature file (typed header, tab-separated text columns) as --catalog: its items,
+  new ones included, are ranked; a repeated item id names the file and line."""
+  from calrec_jax.eval.recommender import Recommender
+  base = Recommender.load(trained)
+  data = base.parts.categories[base.category]
+  cols = ["title", "category", "brand", "price"]
+  lines = ["item_id:token\t" + "\t".join(f"{c}:token_seq" for c in cols)]
+  lines += [f"{i}\t" + "\t".join(a.get(c, "") for c in cols) for i, a in zip(data.catalog.item_ids,
+                                                                              data.catalog.attributes)]
+  twin = data.catalog.attributes[3]
+  lines.append("NEW-twin\t" + "\t".join(twin.get(c, "") for c in cols))
+  path = tmp_path / "Office.item"
+  path.write_text("\n".join(lines) + "\n")
+  rec = Recommender.load(trained, catalog=str(path))
+  history = [[data.catalog.item_ids[i] for i in data.sequences[0][:-1]]]
+  got = rec.recommend(history, k=len(data.catalog) + 1, ranker="dense", exclude_history=False)[0]["items"]
+  score = {x["id"]: x["score"] for x in got}
+  assert len(score) == len(data.catalog) + 1
+  assert score["NEW-twin"] == pytest.approx(score[data.catalog.item_ids[3]], abs=1e-5)  # same text, same v_T
+  path.write_text("\n".join(lines + [lines[1]]) + "\n")
+  with pytest.raises(Exception, match=f"{path}:{len(lines) + 1}: item .* appears twice"):
+    Recommender.load(trained, catalog=str(path))

@@ -139,6 +139,22 @@ def _item_file_attributes(path: str) -> dict[str, dict[str, str]]:
   return out
 
 
+def load_item_file(path: str) -> Catalog:
+  """A catalog from RecBole's item feature file alone (`<name>.item`): items in the file's order, attributes as
+  `_item_file_attributes` maps them; a repeated item_id (or an empty file) is a DataError naming the file and line."""
+  header, rows = _read_tsv(path)
+  if "item_id" not in header:
+    raise DataError(f"header must have an item_id column, has {header}", path, 1)
+  ci, seen = header.index("item_id"), set()
+  for lineno, fields in rows:
+    if fields[ci] in seen:
+      raise DataError(f"item {fields[ci]!r} appears twice", path, lineno)
+    seen.add(fields[ci])
+  attributes = _item_file_attributes(path)
+  ids = [fields[ci] for _, fields in rows]
+  return Catalog(ids, [attributes[i] for i in ids])
+
+
 def load_recbole(directory: str, name: str) -> CategoryData:
   """Read one RecBole-format dataset `<directory>/<name>.*` into a CategoryData."""
   index_path = os.path.join(directory, f"{name}.item2index")

@@ -75,8 +75,8 @@ class Recommender:
     return rec.with_catalog(catalog) if catalog else rec
 
   def with_catalog(self, path: str) -> "Recommender":
-    """This model over another catalog (`{"id": ..., "title": ..., ...}` per line, or a prepared category's
-    folder): items training never saw are encoded by the item tower, indexed by BM25 and the beams' trie, and
+    """This model over another catalog (`{"id": ..., "title": ..., ...}` per line, RecBole's `<name>.item`
+    feature file, or a prepared category's folder): items training never saw are encoded by the item tower, indexed by BM25 and the beams' trie, and
     count as new for popularity (training counts are kept for the items it knows, by id). Item texts render the
     same attributes as in training. Item embeddings are cached in <workdir>/item_embeddings/ by a fingerprint of
     the params and the rendered texts, so a second call does not encode them again."""
@@ -84,6 +84,9 @@ class Recommender:
     from calrec_jax.data.records import CategoryData, load_category
     if os.path.isdir(path):
       catalog = load_category(path).catalog
+    elif path.endswith(".item"):  # RecBole's item feature file
+      from calrec_jax.data.recbole import load_item_file
+      catalog = load_item_file(path)
     else:
       catalog = _read_catalog(path)
     trained = self.parts.categories[self.category]
