@@ -2,6 +2,7 @@
 
   python -m calrec_jax.recommend --workdir=workdirs/stage2 --input=histories.jsonl --output=recs.jsonl \\
       --top_k=10 --ranker=dense
+  python -m calrec_jax.recommend --export=workdirs/stage2/export --input=histories.jsonl --output=recs.jsonl
 
 Each input line is {"user": "u1", "history": ["<item id or item text>", ...]} (oldest first; "user" optional).
 Each output line is {"user": "u1", "ranker": "dense", "items": [{"id", "text", "score"}, ...], "unknown": [...],
@@ -22,6 +23,8 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A trained run's folder (its export and config.json).")
+flags.DEFINE_string("export", None, "Instead of --workdir: a run's export/ folder on its own (params, tokenizer, "
+                    "model config, catalog, popularity and fused weights), e.g. copied to a serving machine.")
 flags.DEFINE_string("input", None, "JSONL of histories: {\"user\": ..., \"history\": [item id or text, ...]}.")
 flags.DEFINE_string("output", None, "JSONL to write (must not exist).")
 flags.DEFINE_integer("top_k", 10, "Items per user.")
@@ -32,7 +35,7 @@ flags.DEFINE_string("catalog", None, "Rank this catalog instead of the training 
                     "encoded by the item tower (embeddings cached per model and catalog).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output (once the new one is complete).")
 flags.DEFINE_integer("batch_users", 256, "Users ranked together (memory: batch_users x catalog size floats).")
-flags.mark_flags_as_required(["workdir", "input", "output"])
+flags.mark_flags_as_required(["input", "output"])
 
 
 def read_histories(path: str):
@@ -52,11 +55,28 @@ def main(argv) -> None:
   import ml_collections
   from calrec_jax.runner import run_configured
   from calrec_jax.train.setup import load_run_config
-  recorded = load_run_config(FLAGS.workdir) if os.path.isdir(FLAGS.workdir) else None
-  if not recorded:
-    sys.exit(f"error: --workdir={FLAGS.workdir}: no trained run here (no readable config.json); give the folder of "
-             "a run trained with python -m calrec_jax.main")
+  if bool(FLAGS.workdir) == bool(FLAGS.export):
+    sys.exit("error: give either --workdir (a trained run's folder) or --export (a run's export/ folder)")
+  if FLAGS.export:
+    from calrec_jax.data.serving import is_export, read_serving_files
+    from calrec_jax.errors import CalrecError
+    if not os.path.isdir(FLAGS.export):
+      sys.exit(f"error: --export={FLAGS.export}: no such folder; give a run's export/ folder")
+    if not is_export(FLAGS.export):
+      sys.exit(f"error: --export={FLAGS.export}: not an export with serving files (params, model_config.json, "
+               "run_config.json, catalog.jsonl, serving.json); give the export/ folder of a run trained by this "
+               "version, or --workdir with the run's folder")
+    try:
+      recorded = read_serving_files(FLAGS.export)[0]
+    except CalrecError as e:
+      sys.exit(f"error: {e}")
+  else:
+    recorded = load_run_config(FLAGS.workdir) if os.path.isdir(FLAGS.workdir) else None
+    if not recorded:
+      sys.exit(f"error: --workdir={FLAGS.workdir}: no trained run here (no readable config.json); give the folder "
+               "of a run trained with python -m calrec_jax.main")
   config = ml_collections.ConfigDict(recorded)
+  source = FLAGS.export or FLAGS.workdir
 
   def action():
     from tqdm import tqdm
@@ -76,7 +96,7 @@ def main(argv) -> None:
       out = open(partial, "w", encoding="utf-8")
     except OSError as e:
       raise CalrecError(f"--output={FLAGS.output}: cannot be written ({e.strerror or e})") from None
-    rec = Recommender.load(FLAGS.workdir, config, catalog=FLAGS.catalog)
+    rec = Recommender.load(source, None if FLAGS.export else config, catalog=FLAGS.catalog)
     bar = tqdm(total=users, desc=f"recommend ({FLAGS.ranker})", unit="user", dynamic_ncols=True)
     with out:
       batch = []

@@ -152,3 +152,39 @@ def test_a_recbole_item_file_is_a_catalog_too(trained, tmp_path):
   path.write_text("\n".join(lines + [lines[1]]) + "\n")
   with pytest.raises(Exception, match=f"{path}:{len(lines) + 1}: item .* appears twice"):
     Recommender.load(trained, catalog=str(path))
+
+
+def test_an_export_folder_alone_recommends_as_its_workdir_does(trained, tmp_path):
+  """A run's export/ holds what serving needs (run config, catalog, popularity counts, the fused weights an
+  evaluation chose): copied on its own elsewhere it ranks exactly as the workdir does, through the API and
+  `recommend --export`; a folder that is not such an export, or an export of an unknown model family, is one
+  line naming what to give."""
+  import shutil
+  from calrec_jax.eval.recommender import Recommender
+  export = tmp_path / "served"
+  shutil.copytree(ROOT.__class__(trained) / "export", export)
+  serving = json.loads((export / "serving.json").read_text())
+  assert "user" not in (export / "catalog.jsonl").read_text()  # item counts only: no user ids or histories
+  assert serving["fusion_weights"] == json.loads(
+      (ROOT.__class__(trained) / "eval" / "metrics.json").read_text())["fused_choice"]["weights"]
+  base, served = Recommender.load(trained), Recommender.load(str(export))
+  data = base.parts.categories[base.category]
+  histories = [[data.catalog.item_ids[i] for i in data.sequences[u][:-1]] for u in range(6)]
+  for ranker in ("dense", "bm25", "fused"):
+    assert served.recommend(histories, k=8, ranker=ranker) == base.recommend(histories, k=8, ranker=ranker), ranker
+  src = tmp_path / "in.jsonl"
+  src.write_text("".join(json.dumps({"user": f"u{i}", "history": h}) + "\n" for i, h in enumerate(histories)))
+  done = run([f"--export={export}", f"--input={src}", f"--output={tmp_path / 'recs.jsonl'}", "--ranker=fused"])
+  assert done.returncode == 0, done.stderr[-2000:]
+  got = [json.loads(x) for x in (tmp_path / "recs.jsonl").read_text().splitlines()]
+  assert [g["items"] for g in got] == [r["items"] for r in base.recommend(histories, k=10, ranker="fused")]
+  both = run([f"--export={export}", f"--workdir={trained}", f"--input={src}", f"--output={tmp_path / 'b.jsonl'}"])
+  assert both.returncode == 1 and "either --workdir" in both.stderr
+  plain = run([f"--export={trained}", f"--input={src}", f"--output={tmp_path / 'c.jsonl'}"])
+  assert plain.returncode == 1 and "not an export with serving files" in plain.stderr and "Traceback" not in plain.stderr
+  cfg = json.loads((export / "model_config.json").read_text())
+  (export / "model_config.json").write_text(json.dumps({**cfg, "family": "mamba"}))
+  other = run([f"--export={export}", f"--input={src}", f"--output={tmp_path / 'd.jsonl'}"])
+  assert other.returncode == 1 and "Traceback" not in other.stderr, other.stderr[-1500:]
+  assert f"{export / 'model_config.json'}: model family 'mamba'" in other.stderr
+  assert not (tmp_path / "d.jsonl").exists()

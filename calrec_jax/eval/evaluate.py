@@ -128,11 +128,23 @@ def item_embeddings(parts, params, cat: int, batch_size: int = 64) -> np.ndarray
   return np.concatenate(out)
 
 
+_USER_FNS: dict[int, tuple[TwoTower, object]] = {}  # id(model) -> (model, jitted v_U): compiled once per model
+
+
+def _user_embedding_fn(model: TwoTower):
+  """The jitted user tower of `model`, the same function object for every call (a caller ranking users batch by
+  batch, as recommend does, compiles it once)."""
+  if id(model) not in _USER_FNS or _USER_FNS[id(model)][0] is not model:
+    _USER_FNS[id(model)] = (model, jax.jit(lambda p, b: model.apply(
+        {"params": p}, b["tokens"], b["positions"], b["input_mask"], b["history_mask"],
+        method=TwoTower.user_embedding)))
+  return _USER_FNS[id(model)][1]
+
+
 def user_embeddings(config, parts, params, rows, cat: int) -> np.ndarray:
   """v_U of each (user, history, target) row [U, E]; causal attention: the hidden states over the history never
   see the target tokens that follow them."""
-  fn = jax.jit(lambda p, b: parts.model.apply({"params": p}, b["tokens"], b["positions"], b["input_mask"],
-                                               b["history_mask"], method=TwoTower.user_embedding))
+  fn = _user_embedding_fn(parts.model)
   enc, bs = parts.encoder, config.eval.batch_size
   out = []
   for start in range(0, len(rows), bs):

@@ -44,19 +44,25 @@ class Recommender:
   _names: dict | None = None
 
   workdir: str = ""
+  popularity: np.ndarray | None = None  # training interactions per item (an export's); None: from the data
 
   @classmethod
   def load(cls, workdir: str, config=None, fusion_weights: dict | None = None, catalog: str | None = None
            ) -> "Recommender":
     """A trained workdir (its export, or newest checkpoint), with the config it recorded (config.json) unless
-    `config` is given; the catalog is its evaluation category's, or `catalog` (a catalog JSONL file or a prepared
-    category folder), which may hold items training never saw (see `with_catalog`)."""
+    `config` is given, or a run's export folder on its own (data/serving.py); the catalog is its evaluation
+    category's, or `catalog` (a catalog JSONL file or a prepared category folder), which may hold items training
+    never saw (see `with_catalog`)."""
     import ml_collections
+    from calrec_jax.data.serving import is_export
     from calrec_jax.eval.evaluate import eval_category_index
     from calrec_jax.train.checkpoint import params_from_workdir
     from calrec_jax.train.setup import build, load_run_config
     if not os.path.isdir(workdir):
       raise CalrecError(f"{workdir}: no such workdir; give the folder of a trained run")
+    if is_export(workdir):
+      rec = cls.from_export(workdir, fusion_weights)
+      return rec.with_catalog(catalog) if catalog else rec
     if config is None:
       recorded = load_run_config(workdir)
       if not recorded:
@@ -73,6 +79,24 @@ class Recommender:
     rec = cls(config, parts, params, eval_category_index(config, parts.categories), fusion_weights,
               workdir=workdir)
     return rec.with_catalog(catalog) if catalog else rec
+
+  @classmethod
+  def from_export(cls, folder: str, fusion_weights: dict | None = None) -> "Recommender":
+    """A run's export folder alone (params, tokenizer, model config and the serving files): no data folder or
+    training workdir is read. Item embeddings are cached in <folder>/item_embeddings/ when it is writable."""
+    import ml_collections
+    from calrec_jax.data.serving import read_serving_files
+    from calrec_jax.model.params_io import load_params
+    from calrec_jax.train.setup import build
+    recorded, category, attributes, counts, weights = read_serving_files(folder)
+    config = ml_collections.ConfigDict(recorded)
+    with config.unlocked():  # the export's own tokenizer and weights, not the run's sources
+      config.model.pretrained, config.ckpt.init_from, config.tokenizer.path = "", "", ""
+      config.data.attributes, config.data.min_attribute_coverage = ",".join(attributes), 0.0
+    parts = build(config, folder, [category])
+    params = load_params(os.path.join(folder, "params"))
+    return cls(config, parts, params, 0, fusion_weights if fusion_weights is not None else weights,
+               workdir=folder, popularity=counts)
 
   def with_catalog(self, path: str) -> "Recommender":
     """This model over another catalog (`{"id": ..., "title": ..., ...}` per line, RecBole's `<name>.item`
@@ -93,6 +117,12 @@ class Recommender:
     new_index = {item_id: i for i, item_id in enumerate(catalog.item_ids)}
     sequences = [[new_index[trained.catalog.item_ids[i]] for i in seq if trained.catalog.item_ids[i] in new_index]
                  for seq in trained.sequences]  # training interactions of the items both catalogs hold
+    popularity = None
+    if self.popularity is not None:  # an export's counts, carried over by item id (a new item: 0)
+      popularity = np.zeros(len(catalog))
+      for i, item_id in enumerate(trained.catalog.item_ids):
+        if item_id in new_index:
+          popularity[new_index[item_id]] = self.popularity[i]
     data = CategoryData(trained.name, catalog, list(trained.user_ids), sequences, {})
     spec = dataclasses.replace(self.parts.encoder.spec, attributes=self.parts.encoder.attributes[self.category],
                                min_attribute_coverage=0.0)
@@ -100,7 +130,7 @@ class Recommender:
     parts = dataclasses.replace(self.parts, categories=[data], encoder=encoder)
     new = sum(1 for item_id in catalog.item_ids if item_id not in set(trained.catalog.item_ids))
     log.info("catalog %s: %d items, %d of them not in training", path, len(catalog), new)
-    return dataclasses.replace(self, parts=parts, category=0, _item_emb=None, _names=None)
+    return dataclasses.replace(self, parts=parts, category=0, _item_emb=None, _names=None, popularity=popularity)
 
   def item_embeddings(self) -> np.ndarray:
     """v_T of every catalog item [I, E], from the cache when this model already encoded these texts."""
@@ -112,6 +142,7 @@ class Recommender:
     if self.workdir:
       digest = hashlib.sha256()
       export = os.path.join(self.workdir, "export", "params")
+      export = export if os.path.exists(export) else os.path.join(self.workdir, "params")  # an export folder
       stamp = os.path.getmtime(export) if os.path.exists(export) else 0.0
       digest.update(json.dumps([os.path.abspath(self.workdir), stamp, texts]).encode("utf-8"))
       path = os.path.join(self.workdir, "item_embeddings", digest.hexdigest()[:20] + ".npy")
@@ -182,7 +213,8 @@ class Recommender:
 
     def model_free(name):
       return model_free_signals([name], ev.item_texts(self.parts, self.category),
-                                self.parts.categories[self.category].sequences, histories, c.eval)[name]
+                                self.parts.categories[self.category].sequences, histories, c.eval,
+                                self.popularity)[name]
     if ranker == "dense":
       return dense()
     if ranker == "beam":

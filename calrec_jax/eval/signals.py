@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from calrec_jax.data.serving import item_counts
 from calrec_jax.eval.bm25 import BM25Index, tokenize
 
 
@@ -27,10 +28,7 @@ def history_bm25_scores(index: BM25Index, texts: Sequence[str], histories: Seque
 def popularity_counts(sequences: Sequence[Sequence[int]], num_items: int, held_out: int = 2) -> np.ndarray:
   """[I] interactions per item in the training part of every sequence (its last `held_out` items removed: the
   validation and test targets are never counted)."""
-  counts = np.zeros(num_items)
-  for seq in sequences:
-    np.add.at(counts, np.asarray(seq[:len(seq) - held_out], np.int64), 1)
-  return counts
+  return item_counts(sequences, num_items, held_out)
 
 
 def popularity_scores(counts: np.ndarray, users: int) -> np.ndarray:
@@ -39,14 +37,17 @@ def popularity_scores(counts: np.ndarray, users: int) -> np.ndarray:
 
 
 def model_free_signals(names: Sequence[str], texts: Sequence[str], sequences: Sequence[Sequence[int]],
-                       histories: Sequence[Sequence[int]], eval_config) -> dict[str, np.ndarray]:
+                       histories: Sequence[Sequence[int]], eval_config, counts: np.ndarray | None = None
+                       ) -> dict[str, np.ndarray]:
   """The raw [U, I] matrices of the signals among `names` that need no model ('bm25_history', 'popularity'),
-  for these histories; BM25 settings and the query length from `eval_config` (the config's eval section)."""
+  for these histories; BM25 settings and the query length from `eval_config` (the config's eval section);
+  popularity from `counts` [I] when given (an export's), else from the training part of `sequences`."""
   out = {}
   if "bm25_history" in names:
     ec = eval_config
     index = BM25Index.from_texts(list(texts), k1=ec.bm25_k1, b=ec.bm25_b, epsilon=ec.bm25_epsilon)
     out["bm25_history"] = history_bm25_scores(index, texts, histories, ec.fusion_history_items)
   if "popularity" in names:
-    out["popularity"] = popularity_scores(popularity_counts(sequences, len(texts)), len(histories))
+    counts = popularity_counts(sequences, len(texts)) if counts is None else counts
+    out["popularity"] = popularity_scores(counts, len(histories))
   return out

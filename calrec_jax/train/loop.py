@@ -303,7 +303,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     else:  # a kill hit after the final validation was logged (during the export): the same params, not run again
       log.info("the final validation of step %d was logged before the restart: not run again", tc.num_steps)
     last.update(final or {})
-  export(workdir, parts, mode.export_params(state))  # a collective; stacked blocks unstacked on the host
+  export(workdir, config, parts, mode.export_params(state))  # a collective; stacked blocks unstacked on the host
   if is_main and os.path.exists(writer.path):
     plot_curves(writer.path, os.path.join(workdir, "training_curves.png"))
     plot_time_to_quality(writer.path, os.path.join(workdir, "time_to_quality.png"),
@@ -367,9 +367,16 @@ def validate(validation: ValidationFn, config, parts: RunParts, params, step: in
   return out
 
 
-def export(workdir: str, parts: RunParts, host_params) -> None:
-  """Params-only export + tokenizer + model config: what evaluation, stage 2 and HF export read.
+def export(workdir: str, config, parts: RunParts, host_params) -> None:
+  """Params-only export + tokenizer + model config: what evaluation, stage 2 and HF export read; and the serving
+  files (data/serving.py) that let recommend run from the export folder alone.
 
   Every process calls it (orbax saves collectively); only process 0 writes files."""
+  from calrec_jax.data.serving import write_serving_files
   from calrec_jax.model.loading import save_converted
-  save_converted(os.path.join(workdir, "export"), parts.model_cfg, host_params, parts.tokenizer)
+  out = os.path.join(workdir, "export")
+  if jax.process_index() == 0:  # before model_config.json, which marks the export complete
+    names = [c.name for c in parts.categories]
+    cat = names.index(config.data.eval_category) if config.data.eval_category in names else 0
+    write_serving_files(out, config.to_json_best_effort(indent=1), parts.categories[cat], parts.encoder.attributes[cat])
+  save_converted(out, parts.model_cfg, host_params, parts.tokenizer)

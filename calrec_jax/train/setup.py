@@ -14,6 +14,7 @@ from calrec_jax.data.examples import ExampleEncoder, ExampleSpec, require_item_t
 from calrec_jax.data.records import CategoryData
 from calrec_jax.data.text import FIRST_ITEM, NEXT_ITEM, PROMPT_HEADER, render_item, rendered_attributes
 from calrec_jax.data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
+from calrec_jax.errors import ConfigError
 from calrec_jax.model import config as model_config
 from calrec_jax.model.config import ModelConfig
 from calrec_jax.model.two_tower import TwoTower
@@ -84,7 +85,6 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   elif tok is None and init_tok:
     tok = load_tokenizer(init_tok)
   if tok is None and config.model.pretrained:
-    from calrec_jax.errors import ConfigError
     raise ConfigError(f"model.pretrained={config.model.pretrained!r} holds no tokenizer (no tokenizer.model or "
                       "tokenizer.json beside the weights); set tokenizer.path to the checkpoint's tokenizer.model or "
                       "tokenizer.json")
@@ -97,13 +97,16 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
     log.info("trained a SentencePiece tokenizer on %d item texts (vocabulary %d)", len(texts), tok.vocab_size)
   if cfg is None:
     if os.path.exists(saved_cfg) or from_init:
-      with open(saved_cfg if os.path.exists(saved_cfg) else init_cfg, encoding="utf-8") as f:
-        cfg = ModelConfig.from_dict(json.load(f))
+      path = saved_cfg if os.path.exists(saved_cfg) else init_cfg
+      with open(path, encoding="utf-8") as f:
+        try:
+          cfg = ModelConfig.from_dict(json.load(f))
+        except ConfigError as e:  # a model this version does not know: name the file
+          raise ConfigError(f"{path}: {e}") from None
     else:
       cfg = model_config.preset(config.model.preset, vocab_size=tok.vocab_size, bos_id=tok.bos_id,
                                 eos_id=tok.eos_id, pad_id=tok.pad_id)
   if tok.vocab_size > cfg.vocab_size:
-    from calrec_jax.errors import ConfigError
     raise ConfigError(f"tokenizer has {tok.vocab_size} pieces but the model vocabulary is {cfg.vocab_size}")
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.compute_dtype]
   model = TwoTower(cfg, config.model.projection_dim, dtype, jnp.float32, config.model.remat,

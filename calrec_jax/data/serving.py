@@ -1,0 +1,103 @@
+"""What a trained model needs beside its weights to recommend on another machine: the files a run's export holds.
+
+  <export>/run_config.json   the run's config (data, eval and fusion settings)
+  <export>/catalog.jsonl     the evaluated category's items: {"id": ..., <attributes>} per line
+  <export>/serving.json      {"category", "attributes" (the rendered ones, in order), "popularity" (training
+                             interactions per catalog item), "fusion_weights" (once an evaluation chose them)}
+
+Training writes them before model_config.json (which marks a complete export); `python -m calrec_jax.recommend
+--export=DIR` and `Recommender.load(DIR)` read them, so an export folder copied alone is enough: no data folder,
+no training workdir. No user ids or histories are stored, only per-item counts.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from calrec_jax.data.records import Catalog, CategoryData, iter_jsonl
+from calrec_jax.errors import DataError
+
+FILES = ("run_config.json", "catalog.jsonl", "serving.json")
+
+
+def item_counts(sequences: Sequence[Sequence[int]], num_items: int, held_out: int = 2) -> np.ndarray:
+  """[I] interactions per item in the training part of every sequence (its last `held_out` items removed: the
+  validation and test targets are never counted)."""
+  counts = np.zeros(num_items)
+  for seq in sequences:
+    np.add.at(counts, np.asarray(seq[:len(seq) - held_out], np.int64), 1)
+  return counts
+
+
+def is_export(folder: str) -> bool:
+  """Whether `folder` is an export with its serving files (a run trained by this version)."""
+  return all(os.path.exists(os.path.join(folder, f)) for f in FILES + ("model_config.json", "params"))
+
+
+def write_serving_files(folder: str, run_config_json: str, category: CategoryData, attributes: Sequence[str]) -> None:
+  """The serving files of `category` (the evaluated one) into `folder`, each written atomically."""
+  from calrec_jax.paths import write_atomically
+  os.makedirs(folder, exist_ok=True)
+  write_atomically(os.path.join(folder, "run_config.json"), run_config_json)
+  write_atomically(os.path.join(folder, "catalog.jsonl"), "".join(
+      json.dumps({"id": i, **a}, ensure_ascii=False) + "\n"
+      for i, a in zip(category.catalog.item_ids, category.catalog.attributes)))
+  counts = item_counts(category.sequences, len(category.catalog))
+  write_atomically(os.path.join(folder, "serving.json"), json.dumps(
+      {"category": category.name, "attributes": list(attributes), "popularity": counts.astype(int).tolist()}))
+
+
+def record_fusion_weights(folder: str, weights: dict[str, float]) -> None:
+  """Add the fused ranking's weights (chosen on validation by an evaluation) to an export's serving.json."""
+  from calrec_jax.paths import write_atomically
+  path = os.path.join(folder, "serving.json")
+  if not os.path.exists(path):
+    return  # an export written before serving files existed
+  doc = read_serving_json(path)
+  doc["fusion_weights"] = {k: float(v) for k, v in weights.items()}
+  write_atomically(path, json.dumps(doc))
+
+
+def read_serving_json(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      doc = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise DataError(f"unreadable ({e}); export the run again (python -m calrec_jax.main on its workdir)",
+                    path) from None
+  for key in ("category", "attributes", "popularity"):
+    if key not in doc:
+      raise DataError(f"no {key!r}: not a serving.json written by calrec_jax; export the run again", path)
+  return doc
+
+
+def read_serving_files(folder: str) -> tuple[dict, CategoryData, list[str], np.ndarray, dict | None]:
+  """(run config dict, the category (catalog only, no users), rendered attributes, popularity [I], fusion
+  weights or None) of an export folder; a missing or damaged file is a DataError naming it."""
+  missing = [f for f in FILES if not os.path.exists(os.path.join(folder, f))]
+  if missing:
+    raise DataError(f"not an export with serving files (missing {', '.join(missing)}); give a run's export/ "
+                    "folder written by this version, or use --workdir with the run's folder", folder)
+  path = os.path.join(folder, "run_config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise DataError(f"unreadable ({e})", path) from None
+  doc = read_serving_json(os.path.join(folder, "serving.json"))
+  path = os.path.join(folder, "catalog.jsonl")
+  ids, attrs = [], []
+  for n, row in iter_jsonl(path, '{"id": ..., "title": ...}'):
+    if "id" not in row:
+      raise DataError("a catalog row needs an \"id\"", path, n)
+    ids.append(str(row.pop("id")))
+    attrs.append({k: str(v) for k, v in row.items()})
+  counts = np.asarray(doc["popularity"], np.float64)
+  if len(counts) != len(ids):
+    raise DataError(f"popularity has {len(counts)} entries for {len(ids)} catalog items; export the run again",
+                    os.path.join(folder, "serving.json"))
+  category = CategoryData(str(doc["category"]), Catalog(ids, attrs), [], [], {})
+  return config, category, list(doc["attributes"]), counts, doc.get("fusion_weights")
