@@ -116,7 +116,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.eval = ev = ml_collections.ConfigDict()
   ev.split = "test"                  # valid | test
-  ev.max_users = 0                   # 0: every user; else a fixed random subset
+  ev.max_users = 10000               # a fixed random subset of at most this many users (0: every user); the
+  #                                    log says when it leaves users out
   ev.valid_users = 200               # users of the periodic validation during training
   ev.reference_valid_ndcg = ""       # lines on time_to_quality.png: label=validation NDCG@10, e.g. 'SASRec=0.087'
   ev.batch_size = 16                 # users per generation batch

@@ -157,6 +157,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(tmp_path):
   ev = run(["calrec_jax.evaluate", *SMOKE, f"--workdir={work}", "--config.eval.max_users=6"])
   assert ev.returncode == 0, ev.stderr[-2000:]
   assert "data.categories='Office': what" in ev.stderr
+  assert "evaluating a fixed random 6 of the 40 test users (eval.max_users=6; 0 evaluates every user)" in ev.stderr
   first = json.loads((work / "eval" / "metrics.json").read_text())
   assert first["category"] == "Office" and "popularity" in first
   again = run(["calrec_jax.evaluate", *SMOKE, f"--workdir={work}", "--config.eval.max_users=6",

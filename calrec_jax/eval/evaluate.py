@@ -306,6 +306,10 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
   check_params(params, abstract, params_source)
   params = jax.device_put(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), shardings)
   rows = eval_examples(parts.encoder, cat, split, config.eval.max_users, config.seed)
+  everyone = len(eval_examples(parts.encoder, cat, split)) if config.eval.max_users else len(rows)
+  if len(rows) < everyone:
+    log.info("evaluating a fixed random %d of the %d %s users (eval.max_users=%d; 0 evaluates every user)",
+             len(rows), everyone, split, config.eval.max_users)
   if not len(parts.categories[cat].catalog):
     from calrec_jax.errors import DataError
     raise DataError(f"category {parts.categories[cat].name!r} has an empty catalog: nothing to rank")
