@@ -45,6 +45,16 @@ def trained(tmp_path_factory):
   return wd
 
 
+def test_the_generation_signal_keeps_the_merged_list_order_and_leaves_the_rest_at_zero():
+  from calrec_jax.eval.evaluate import generation_signal
+  records = [{"top": [4, 0, 7]}, {"top": []}, {"top": [2]}]
+  s = generation_signal(records, 8)
+  assert s.shape == (3, 8) and s[1].sum() == 0.0 and s[2, 2] == 1.0
+  assert list(np.argsort(-s[0], kind="stable")[:3]) == [4, 0, 7] and s[0, [1, 2, 3, 5, 6]].sum() == 0.0
+  ranks = fusion.target_ranks(fusion.standardise(s), np.asarray([7, 3, 2]), None, 20)
+  assert ranks.tolist() == [3, 4, 1]  # an unretrieved target ties with every other unretrieved item (index order)
+
+
 def test_weights_come_from_validation_only(trained):
   """Changing every test row (targets and histories) leaves the chosen weights unchanged: the test split is never
   read while choosing; the test rows are ranked with those weights."""
@@ -76,12 +86,13 @@ def test_the_fused_row_end_to_end_and_its_config_errors(trained, tmp_path):
   from calrec_jax.runner import evaluate_workdir
   from test_train import smoke_config
   c = smoke_config(2, 2)
-  c.eval.retrieval, c.eval.max_users, c.eval.split, c.eval.beams = "dense", 10, "test", 24
-  c.eval.fusion = "dense,popularity,beam,bm25_history"
+  c.eval.retrieval, c.eval.max_users, c.eval.split, c.eval.beams = "bm25", 10, "test", 24
+  c.eval.num_samples, c.eval.max_new_tokens = 2, 12
+  c.eval.fusion = "dense,popularity,beam,bm25_history,generation"
   evaluate_workdir(c, trained, out_dir=str(tmp_path / "eval"))
   saved = json.load(open(tmp_path / "eval" / "metrics.json"))
-  assert saved["fused"]["users"] == saved["dense"]["users"] == saved["beam"]["users"] == 10
-  assert list(saved["fused_choice"]["weights"]) == ["dense", "popularity", "beam", "bm25_history"]
+  assert saved["fused"]["users"] == saved["dense"]["users"] == saved["beam"]["users"] == saved["bm25"]["users"] == 10
+  assert list(saved["fused_choice"]["weights"]) == ["dense", "popularity", "beam", "bm25_history", "generation"]
   table = (tmp_path / "eval" / "metrics.md").read_text()
   assert "CALRec (fused)" in table and "CALRec (beam)" in table and "fused weights (chosen on" in table
   ranked = [json.loads(x) for x in open(tmp_path / "eval" / "rankings_fused.jsonl")]

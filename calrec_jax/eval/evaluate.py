@@ -245,13 +245,23 @@ def beam_signal(items: np.ndarray, scores: np.ndarray, num_items: int) -> np.nda
   return out
 
 
-FUSION_SIGNALS = ("dense", "beam", "bm25_history", "popularity")
+FUSION_SIGNALS = ("dense", "beam", "generation", "bm25_history", "popularity")
 
 
-def fusion_signals(config, parts, params, rows, cat: int, item_emb: np.ndarray | None, mesh=None, beams=None
-                   ) -> dict[str, np.ndarray]:
+def generation_signal(records: list[dict], num_items: int) -> np.ndarray:
+  """[U, I] from generation + BM25 (the paper's ranking): 1 / position of each item in the user's merged list
+  (`records[u]['top']`, best first), 0 for items the generations did not retrieve."""
+  out = np.zeros((len(records), num_items), np.float32)
+  for u, r in enumerate(records):
+    top = np.asarray(r["top"], np.int64)
+    out[u, top] = 1.0 / np.arange(1, len(top) + 1)
+  return out
+
+
+def fusion_signals(config, parts, params, rows, cat: int, item_emb: np.ndarray | None, mesh=None, beams=None,
+                   generated: list[dict] | None = None) -> dict[str, np.ndarray]:
   """The standardised [U, I] score matrices of `eval.fusion`'s signals for these rows (`beams`: their
-  `beam_rankings` when already computed)."""
+  `beam_rankings`, `generated`: their generation + BM25 records, when already computed)."""
   from calrec_jax.eval.fusion import standardise
   from calrec_jax.eval.signals import model_free_signals
   names = split_names(config.eval.fusion)
@@ -262,11 +272,15 @@ def fusion_signals(config, parts, params, rows, cat: int, item_emb: np.ndarray |
   if "beam" in names:
     items, scores = beams if beams is not None else beam_rankings(config, parts, params, rows, cat, mesh)
     raw["beam"] = beam_signal(items, scores, len(parts.categories[cat].catalog))
+  if "generation" in names:
+    if generated is None:
+      generated = evaluate_bm25(config, parts, params, rows, cat, mesh=mesh)[1]
+    raw["generation"] = generation_signal(generated, len(parts.categories[cat].catalog))
   return {n: standardise(raw[n]) for n in names}
 
 
 def evaluate_fused(config, parts, params, rows, valid_rows, cat: int, item_emb: np.ndarray | None = None,
-                   mesh=None, beams=None) -> tuple[dict, list, dict]:
+                   mesh=None, beams=None, generated: list[dict] | None = None) -> tuple[dict, list, dict]:
   """The fused ranking of `rows` (the test split) with weights chosen on `valid_rows` only; returns metrics,
   records and the choice (weights, their validation metric, each signal alone on validation)."""
   from calrec_jax.eval.fusion import choose_weights, exclusion_mask, fused_scores
@@ -279,7 +293,7 @@ def evaluate_fused(config, parts, params, rows, valid_rows, cat: int, item_emb: 
   excluded = exclusion_mask([h for _, h, _ in valid_rows], n_items) if ec.exclude_history else None
   choice = choose_weights(valid, np.asarray([t for _, _, t in valid_rows], np.int64), excluded, ec.fusion_metric, ks)
   del valid, excluded
-  test = fusion_signals(config, parts, params, rows, cat, item_emb, mesh, beams)
+  test = fusion_signals(config, parts, params, rows, cat, item_emb, mesh, beams, generated)
   ranks, records = _ranked_records(config, parts.categories[cat], rows, fused_scores(test, choice.weights), ks)
   info = {"weights": choice.weights, "valid_users": choice.users, f"valid_{ec.fusion_metric}": choice.valid_metric,
           f"valid_{ec.fusion_metric}_alone": choice.single}
@@ -339,7 +353,7 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
     else:
       valid_rows = eval_examples(parts.encoder, cat, "valid", config.eval.max_users, config.seed)
       results[method], records[method], choice = evaluate_fused(config, parts, params, rows, valid_rows, cat, item_emb,
-                                                                mesh, beams)
+                                                                mesh, beams, records.get("bm25"))
       results["fused_choice"] = choice
       notes.append("fused weights (chosen on %d validation users, %s %.4f): %s" % (
           choice["valid_users"], config.eval.fusion_metric, choice[f"valid_{config.eval.fusion_metric}"],

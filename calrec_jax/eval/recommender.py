@@ -233,6 +233,9 @@ class Recommender:
       elif name == "beam":
         items, scores = ev.beam_rankings(c, self.parts, self.params, rows, self.category, progress=False)
         signals[name] = standardise(ev.beam_signal(items, scores, n_items))
+      elif name == "generation":  # sampled generations + BM25, as the evaluation ranked them
+        _, records = ev.evaluate_bm25(c, self.parts, self.params, rows, self.category, progress=False)
+        signals[name] = standardise(ev.generation_signal(records, n_items))
       else:
         signals[name] = standardise(model_free(name))
     return fused_scores(signals, weights)
