@@ -314,3 +314,24 @@ def test_data_that_used_to_pass_silently_wrong(tmp_path):
   write_raw(tmp_path, revs, [meta(i) for i in "abc"], gz=False)
   assert amazon_raw.load_amazon_category(str(tmp_path), "Toys", kcore=1).user_ids == ["0"]
   assert clean_value('Pen<script type="text/javascript">var x = "<b>";</script> Set<STYLE>p{}</STYLE>') == "Pen Set"
+
+
+def test_the_generated_raw_files_of_the_scale_benchmark_prepare_like_amazon_s(tmp_path):
+  """benchmarks/raw_amazon.py (the scale figures' input) writes files the raw loader reads as Amazon's: every
+  review line kept or filtered for a reason, chronological users, long-tail items removed by the 5-core filter,
+  duplicated metadata rows and rows without a title handled."""
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+  from raw_amazon import write_category
+  write_category(str(tmp_path), 30_000, seed=1)
+  again = tmp_path / "again"
+  write_category(str(again), 30_000, seed=1)
+  assert (tmp_path / "Synthetic.json.gz").read_bytes() != b"" and gzip.open(again / "Synthetic.json.gz").read() == \
+      gzip.open(tmp_path / "Synthetic.json.gz").read()  # deterministic for a seed
+  data = amazon_raw.load_amazon_category(str(tmp_path), "Synthetic")
+  stats = records.statistics(data)
+  lines = sum(1 for _ in gzip.open(tmp_path / "Synthetic.json.gz"))
+  assert lines == 30_000 and 0 < stats["interactions"] < lines and stats["skipped"]["events_removed_by_kcore"] > 0
+  assert 1_000 < stats["users"] and 100 < stats["items"] < 2_000
+  assert all(len(s) >= 5 for s in data.sequences)  # 5-core: every user kept has >= 5 items
+  assert all(a["title"] for a in data.catalog.attributes)
