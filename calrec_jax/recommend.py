@@ -35,6 +35,11 @@ flags.DEFINE_string("catalog", None, "Rank this catalog instead of the training 
                     "encoded by the item tower (embeddings cached per model and catalog).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output (once the new one is complete).")
 flags.DEFINE_integer("batch_users", 256, "Users ranked together (memory: batch_users x catalog size floats).")
+flags.DEFINE_boolean("multihost", False, "Several processes share the users (jax.distributed; automatic on TPU pods): "
+                     "each ranks every P-th line and process 0 writes the output in input order.")
+flags.DEFINE_string("coordinator", "", "--multihost off TPU: host:port of process 0.")
+flags.DEFINE_integer("num_processes", 0, "--multihost off TPU: how many processes.")
+flags.DEFINE_integer("process_id", -1, "--multihost off TPU: this process's index.")
 flags.mark_flags_as_required(["input", "output"])
 
 
@@ -76,9 +81,14 @@ def main(argv) -> None:
       sys.exit(f"error: --workdir={FLAGS.workdir}: no trained run here (no readable config.json); give the folder "
                "of a run trained with python -m calrec_jax.main")
   config = ml_collections.ConfigDict(recorded)
+  with config.unlocked():  # this command's processes, not the training run's
+    config.multihost = ml_collections.ConfigDict({
+        "enabled": FLAGS.multihost, "coordinator": FLAGS.coordinator, "num_processes": FLAGS.num_processes,
+        "process_id": FLAGS.process_id})
   source = FLAGS.export or FLAGS.workdir
 
   def action():
+    import jax
     from tqdm import tqdm
     from calrec_jax.errors import CalrecError
     from calrec_jax.eval.recommender import Recommender
@@ -91,16 +101,20 @@ def main(argv) -> None:
     if FLAGS.top_k < 1 or FLAGS.batch_users < 1:
       raise CalrecError("--top_k and --batch_users must be >= 1")
     users = sum(1 for _ in read_histories(FLAGS.input))  # every line checked before the model loads
-    partial = FLAGS.output + ".partial"
+    me, processes = jax.process_index(), jax.process_count()
+    partial = FLAGS.output + (".partial" if processes == 1 else f".part-{me}-of-{processes}")
     try:
       out = open(partial, "w", encoding="utf-8")
     except OSError as e:
       raise CalrecError(f"--output={FLAGS.output}: cannot be written ({e.strerror or e})") from None
     rec = Recommender.load(source, None if FLAGS.export else config, catalog=FLAGS.catalog)
-    bar = tqdm(total=users, desc=f"recommend ({FLAGS.ranker})", unit="user", dynamic_ncols=True)
+    mine = len(range(me, users, processes))
+    bar = tqdm(total=mine, desc=f"recommend ({FLAGS.ranker})", unit="user", dynamic_ncols=True)
     with out:
       batch = []
-      for row in read_histories(FLAGS.input):
+      for k, row in enumerate(read_histories(FLAGS.input)):
+        if k % processes != me:  # another process ranks this line
+          continue
         batch.append(row)
         if len(batch) == FLAGS.batch_users:
           _write(rec, batch, out)
@@ -110,9 +124,37 @@ def main(argv) -> None:
         _write(rec, batch, out)
         bar.update(len(batch))
     bar.close()
-    os.replace(partial, FLAGS.output)
+    if processes > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("recommend: every share written")
+      if me != 0:
+        return
+      merge_shares(FLAGS.output, processes, users)
+    else:
+      os.replace(partial, FLAGS.output)
     print(f"wrote:\n  recommendations for {users} users: {FLAGS.output}", flush=True)
   run_configured(config, action, validate=lambda c: None)  # the recorded config was validated when it trained
+
+
+def merge_shares(output: str, processes: int, users: int) -> None:
+  """Process 0: the P shares (`<output>.part-<p>-of-<P>`, line k in share k % P) into <output>, in input order,
+  through <output>.partial; the shares are removed once the output is complete."""
+  from calrec_jax.errors import CalrecError
+  parts = [f"{output}.part-{p}-of-{processes}" for p in range(processes)]
+  files = [open(p, encoding="utf-8") for p in parts]
+  try:
+    with open(output + ".partial", "w", encoding="utf-8") as out:
+      for k in range(users):
+        line = files[k % processes].readline()
+        if not line:
+          raise CalrecError(f"{parts[k % processes]}: ends before line {k + 1} of the input; run the command again")
+        out.write(line)
+  finally:
+    for f in files:
+      f.close()
+  os.replace(output + ".partial", output)
+  for p in parts:
+    os.remove(p)
 
 
 def _write(rec, batch, out) -> None:

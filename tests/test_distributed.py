@@ -185,3 +185,38 @@ def test_two_process_pipeline_through_the_local_launcher_equals_one_process(tmp_
   assert rankings[0] == rankings[1]
   assert "wrote:" not in logs[1] and "process 1 of 2" in logs[1]
   assert "process 0 ranked 4 of 8 users" in logs[0] and "process 1 ranked 4 of 8 users" in logs[1]  # BM25 split
+
+
+def test_two_process_recommend_writes_what_one_process_writes(tmp_path):
+  """recommend --multihost: each process ranks every second line, process 0 writes one output in input order,
+  equal to a single process's, and no share file is left behind."""
+  work = tmp_path / "run"
+  trained = subprocess.run(main_cmd(work, "--config.train.num_steps=2", "--config.data.categories=Office",
+                                    "--config.data.synthetic_users=40", "--config.eval.max_users=4"),
+                           env=env_with(1), cwd=ROOT, capture_output=True, text=True)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  from calrec_jax.data import synthetic
+  data = synthetic.make_dataset(["Office"], [40])[0]
+  src = tmp_path / "in.jsonl"
+  src.write_text("".join(json.dumps({"user": u, "history": [data.catalog.item_ids[i] for i in s[:-1]]}) + "\n"
+                         for u, s in zip(data.user_ids[:9], data.sequences[:9])))
+
+  def recommend(output, *extra):
+    return [sys.executable, "-m", "calrec_jax.recommend", f"--workdir={work}", f"--input={src}", f"--output={output}",
+            "--top_k=5", "--batch_users=2", *extra]
+  port = free_port()
+  logs = [tmp_path / f"recommend{i}.log" for i in range(2)]
+  procs = [subprocess.Popen(recommend(tmp_path / "two.jsonl", "--multihost", f"--coordinator=127.0.0.1:{port}",
+                                      "--num_processes=2", f"--process_id={i}"),
+                            env=env_with(1), cwd=ROOT, stdout=subprocess.PIPE, stderr=open(logs[i], "w"), text=True)
+           for i in range(2)]
+  outs = [p.communicate()[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log.read_text()[-3000:]
+  one = subprocess.run(recommend(tmp_path / "one.jsonl"), env=env_with(1), cwd=ROOT, capture_output=True, text=True)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+  assert len((tmp_path / "two.jsonl").read_text().splitlines()) == 9
+  assert "wrote:" in outs[0] and "wrote:" not in outs[1] and "process 1 of 2" in logs[1].read_text()
+  assert sorted(os.listdir(tmp_path)) == sorted(["run", "in.jsonl", "one.jsonl", "two.jsonl", "recommend0.log",
+                                                 "recommend1.log"])

@@ -57,8 +57,10 @@ def abstract_with_sharding(abstract, shardings):
 
 
 def gather_to_host(tree):
-  """Host numpy copy of (possibly multi-host sharded) arrays; a collective when there are several processes."""
-  if jax.process_count() == 1:
+  """Host numpy copy of (possibly multi-host sharded) arrays; a collective when there are several processes and
+  some array spans them (arrays this process holds whole are copied without one)."""
+  local = all(getattr(x, "is_fully_addressable", True) for x in jax.tree_util.tree_leaves(tree))
+  if jax.process_count() == 1 or local:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils
   return multihost_utils.process_allgather(tree, tiled=True)
