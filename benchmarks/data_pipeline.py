@@ -47,7 +47,7 @@ def main():
   from calrec_jax.model import sharding as shd
   from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
-  from calrec_jax.train.setup import example_spec
+  from calrec_jax.model.run_parts import example_spec
   from calrec_jax.model.two_tower import TwoTower
   from configs import base
 

@@ -35,7 +35,7 @@ def main() -> None:
   from calrec_jax.data.iterators import eval_examples
   from calrec_jax.eval.evaluate import evaluate_bm25
   from calrec_jax.train.checkpoint import params_from_workdir
-  from calrec_jax.train.setup import build
+  from calrec_jax.model.run_parts import build
   from calrec_jax.model.variables import init_boxed as _init_variables, example_batch
 
   c = scientific.get_config()

@@ -43,7 +43,7 @@ def main() -> None:
   from calrec_jax.data.iterators import eval_examples
   from calrec_jax.eval import evaluate as ev
   from calrec_jax.model.variables import example_batch, init_params
-  from calrec_jax.train.setup import build
+  from calrec_jax.model.run_parts import build
 
   c = scientific.get_config()
   c.data.path = args.data

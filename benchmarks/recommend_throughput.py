@@ -28,7 +28,7 @@ def test_histories(workdir: str, users: int) -> list[dict]:
   """The evaluation's fixed test users of the workdir's category, as recommend input lines (item ids)."""
   import ml_collections
   from calrec_jax.compare.methods import evaluation_data
-  from calrec_jax.train.setup import load_run_config
+  from calrec_jax.model.run_parts import load_run_config
   config = ml_collections.ConfigDict(load_run_config(workdir))
   with config.unlocked():
     config.eval.max_users, config.eval.split = users, "test"

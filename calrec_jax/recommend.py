@@ -59,7 +59,7 @@ def main(argv) -> None:
   import sys
   import ml_collections
   from calrec_jax.runner import run_configured
-  from calrec_jax.train.setup import load_run_config
+  from calrec_jax.model.run_parts import load_run_config
   if bool(FLAGS.workdir) == bool(FLAGS.export):
     sys.exit("error: give either --workdir (a trained run's folder) or --export (a run's export/ folder)")
   if FLAGS.export:

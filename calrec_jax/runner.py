@@ -55,7 +55,7 @@ def recorded_data_config(config, workdir: str, explicit: frozenset[str] = frozen
   """`config` with its data section taken from the run recorded in <workdir>/config.json (what the workdir was
   trained on), except keys given on the command line (`explicit`, e.g. {'data.categories'}); differences are
   logged either way."""
-  from calrec_jax.train.setup import load_run_config
+  from calrec_jax.model.run_parts import load_run_config
   recorded = (load_run_config(workdir) or {}).get("data", {})
   if not recorded:
     return config
@@ -79,7 +79,7 @@ def check_model_overrides(config, workdir: str, explicit: frozenset[str]) -> Non
   silently ignored. Runtime keys (model.compute_dtype, model.attention, ...) apply as given."""
   from calrec_jax.errors import ConfigError
   from calrec_jax.train.loop import RUN_IDENTITY
-  from calrec_jax.train.setup import load_run_config
+  from calrec_jax.model.run_parts import load_run_config
   recorded = (load_run_config(workdir) or {}).get("model", {})
   for key in sorted(k for k in explicit if k.startswith("model.") and k in RUN_IDENTITY):
     name = key.split(".", 1)[1]
@@ -108,7 +108,7 @@ def evaluate_workdir(config, workdir: str, split: str | None = None, step: int |
   (eval_step<N>), or eval-2, eval-3 ... when earlier results are there."""
   from calrec_jax.eval.evaluate import run_evaluation
   from calrec_jax.train.checkpoint import params_from_workdir
-  from calrec_jax.train.setup import build
+  from calrec_jax.model.run_parts import build
   if not os.path.isdir(workdir):
     from calrec_jax.errors import CheckpointError
     raise CheckpointError(f"{workdir}: no such workdir; train first (python -m calrec_jax.main ...) or give the "
@@ -142,7 +142,7 @@ def merged_lora_checkpoint(trainable: dict, workdir: str, parts) -> dict:
   from calrec_jax.adapters.lora import LoraConfig, trainable_to_params
   from calrec_jax.errors import CheckpointError
   from calrec_jax.train.checkpoint import params_from_workdir
-  from calrec_jax.train.setup import load_run_config
+  from calrec_jax.model.run_parts import load_run_config
   run = load_run_config(workdir) or {}
   model, init_from = run.get("model", {}), run.get("ckpt", {}).get("init_from", "")
   if not model.get("lora_rank"):

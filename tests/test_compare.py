@@ -264,7 +264,7 @@ def test_pretrained_recipe_tiny_variant_trains_and_evaluates_gemma_end_to_end(tm
   from calrec_jax.data import synthetic
   from calrec_jax.data.examples import ExampleEncoder
   from calrec_jax.model.gguf_tokenizer import tokenizer_from_gguf
-  from calrec_jax.train.setup import example_spec
+  from calrec_jax.model.run_parts import example_spec
   from configs.compare import synthetic as recipe
   c = recipe.get_config("llm").calrec
   tok = tokenizer_from_gguf(GGUFReader(gguf_path))

@@ -61,7 +61,7 @@ def test_weights_come_from_validation_only(trained):
   from calrec_jax.eval.evaluate import evaluate_fused
   from calrec_jax.data.iterators import eval_examples
   from calrec_jax.train.checkpoint import params_from_workdir
-  from calrec_jax.train.setup import build
+  from calrec_jax.model.run_parts import build
   from test_train import smoke_config
   c = smoke_config(2, 2)
   c.eval.fusion, c.eval.max_users = "dense,bm25_history,popularity", 0

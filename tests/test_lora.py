@@ -96,7 +96,7 @@ def test_lora_training_moves_only_adapters_and_exports_the_merged_model(tmp_path
   np.testing.assert_array_equal(exported["decoder"]["embedding"], base["decoder"]["embedding"])
   # evaluating a checkpoint step folds its adapters into the run's base weights: the final step is the export
   from calrec_jax.runner import merged_lora_checkpoint
-  from calrec_jax.train.setup import build
+  from calrec_jax.model.run_parts import build
   merged = merged_lora_checkpoint(state["params"], lora_dir, build(c, lora_dir))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), merged, exported)
   c.model.lora_targets = "q_proj,nope"

@@ -175,7 +175,7 @@ def test_a_run_initialised_from_another_reads_its_config_and_tokenizer_not_the_p
   pretrained weights, a 1 GB read and dequantisation for Gemma-3-270M, are not loaded again."""
   from calrec_jax.model.config import ModelConfig
   from calrec_jax.train.loop import train
-  from calrec_jax.train.setup import build
+  from calrec_jax.model.run_parts import build
   from calrec_jax.errors import ConfigError
   first = str(tmp_path / "stage1")
   train(smoke_config(2, 2), first)

@@ -252,7 +252,7 @@ def run_calrec(name: str, overrides: str, cfg, workdir: str, progress: bool) -> 
 def run_zero_shot(cfg, workdir: str) -> MethodResult:
   """The pretrained LLM without finetuning: generation -> BM25, and dense v_U . v_T from its hidden states."""
   from calrec_jax.eval.evaluate import run_evaluation
-  from calrec_jax.train.setup import build
+  from calrec_jax.model.run_parts import build
   c = apply_overrides(cfg.calrec, cfg.zero_shot.overrides)
   if not c.model.pretrained:
     raise ConfigError("zero_shot needs model.pretrained in zero_shot.overrides (e.g. model.pretrained=gemma3-270m-gguf)")

@@ -36,7 +36,7 @@ RECOMMEND_BEAMS = 20  # beams of the `beam` ranker for a run whose evaluation us
 @dataclasses.dataclass
 class Recommender:
   config: object          # the run's config (ml_collections.ConfigDict)
-  parts: object           # train.setup.RunParts
+  parts: object           # model.run_parts.RunParts
   params: dict
   category: int
   fusion_weights: dict | None = None
@@ -57,7 +57,7 @@ class Recommender:
     from calrec_jax.data.serving import is_export
     from calrec_jax.eval.evaluate import eval_category_index
     from calrec_jax.train.checkpoint import params_from_workdir
-    from calrec_jax.train.setup import build, load_run_config
+    from calrec_jax.model.run_parts import build, load_run_config
     if not os.path.isdir(workdir):
       raise CalrecError(f"{workdir}: no such workdir; give the folder of a trained run")
     if is_export(workdir):
@@ -87,7 +87,7 @@ class Recommender:
     import ml_collections
     from calrec_jax.data.serving import read_serving_files
     from calrec_jax.model.params_io import load_params
-    from calrec_jax.train.setup import build
+    from calrec_jax.model.run_parts import build
     recorded, category, attributes, counts, weights = read_serving_files(folder)
     config = ml_collections.ConfigDict(recorded)
     with config.unlocked():  # the export's own tokenizer and weights, not the run's sources

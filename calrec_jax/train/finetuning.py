@@ -14,7 +14,7 @@ from calrec_jax.model import sharding as shd
 from calrec_jax.model import variables
 from calrec_jax.train import checkpoint as ckpt_lib
 from calrec_jax.train import step as step_lib
-from calrec_jax.train.setup import RunParts
+from calrec_jax.model.run_parts import RunParts
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from calrec_jax.train.finetuning import finetuning_mode
 from calrec_jax.train.item_bank import ItemBank
 from calrec_jax.train.metrics_writer import MetricsWriter, parse_references, plot_curves, plot_time_to_quality
 from calrec_jax.train.resources import release_host_memory
-from calrec_jax.train.setup import RunParts, build, save_run_files
+from calrec_jax.model.run_parts import RunParts, build, save_run_files
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_di
 def check_same_run(config, workdir: str) -> None:
   """A workdir with checkpoints continues only the run it holds: keys of RUN_IDENTITY that differ from its
   config.json are an error naming them (not a silent run on the old model or a new tokenizer)."""
-  from calrec_jax.train.setup import load_run_config
+  from calrec_jax.model.run_parts import load_run_config
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):
     return

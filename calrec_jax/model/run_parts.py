@@ -1,4 +1,5 @@
-"""Build everything a run needs from its config: data, tokenizer, model, encoder (shared by train and evaluate)."""
+"""Build everything a run needs from its config: data, tokenizer, model, encoder (shared by training, evaluation
+and the recommender), and the run files of a workdir (config.json, model_config.json, tokenizer)."""
 from __future__ import annotations
 
 import dataclasses
