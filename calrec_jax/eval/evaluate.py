@@ -112,9 +112,8 @@ def item_embeddings(parts, params, cat: int, batch_size: int = 64) -> np.ndarray
   enc, tok = parts.encoder, parts.tokenizer
   li = enc.spec.item_len
   n = len(parts.categories[cat].catalog)
-  fn = jax.jit(lambda p, t, pos, m, tm: parts.model.apply({"params": p}, t, pos, m, tm,
-                                                           method=TwoTower.item_embedding))
-  out = []
+  fn = _tower_fn(parts.model, "item")
+  out, t0 = [], time.time()
   for start in range(0, n, batch_size):
     ids = list(range(start, min(start + batch_size, n)))
     toks = np.full((batch_size, li), tok.pad_id, np.int32)
@@ -125,26 +124,32 @@ def item_embeddings(parts, params, cat: int, batch_size: int = 64) -> np.ndarray
       toks[r, :len(seq)], mask[r, :len(seq)], tmask[r, 1:len(seq) - 1] = seq, True, True
     pos = np.broadcast_to(np.arange(li, dtype=np.int32), (batch_size, li))
     out.append(np.asarray(gather_to_host(fn(params, toks, pos, mask, tmask)))[:len(ids)])
+  log.info("item tower: embedded %d items in %.1fs", n, time.time() - t0)
   return np.concatenate(out)
 
 
-_USER_FNS: dict[int, tuple[TwoTower, object]] = {}  # id(model) -> (model, jitted v_U): compiled once per model
+_TOWER_FNS: dict[tuple[int, str], tuple[TwoTower, object]] = {}  # (id(model), tower) -> (model, jitted fn)
 
 
-def _user_embedding_fn(model: TwoTower):
-  """The jitted user tower of `model`, the same function object for every call (a caller ranking users batch by
-  batch, as recommend does, compiles it once)."""
-  if id(model) not in _USER_FNS or _USER_FNS[id(model)][0] is not model:
-    _USER_FNS[id(model)] = (model, jax.jit(lambda p, b: model.apply(
-        {"params": p}, b["tokens"], b["positions"], b["input_mask"], b["history_mask"],
-        method=TwoTower.user_embedding)))
-  return _USER_FNS[id(model)][1]
+def _tower_fn(model: TwoTower, tower: str):
+  """The jitted user ('user': fn(params, batch)) or item ('item': fn(params, tokens, positions, mask,
+  text_mask)) tower of `model`, the same function object for every call: a caller that ranks batch by batch (the
+  recommender) or validates every N steps (training) compiles each shape once."""
+  key = (id(model), tower)
+  if key not in _TOWER_FNS or _TOWER_FNS[key][0] is not model:
+    if tower == "user":
+      fn = jax.jit(lambda p, b: model.apply({"params": p}, b["tokens"], b["positions"], b["input_mask"],
+                                            b["history_mask"], method=TwoTower.user_embedding))
+    else:
+      fn = jax.jit(lambda p, t, pos, m, tm: model.apply({"params": p}, t, pos, m, tm, method=TwoTower.item_embedding))
+    _TOWER_FNS[key] = (model, fn)
+  return _TOWER_FNS[key][1]
 
 
 def user_embeddings(config, parts, params, rows, cat: int) -> np.ndarray:
   """v_U of each (user, history, target) row [U, E]; causal attention: the hidden states over the history never
   see the target tokens that follow them."""
-  fn = _user_embedding_fn(parts.model)
+  fn = _tower_fn(parts.model, "user")
   enc, bs = parts.encoder, config.eval.batch_size
   out = []
   for start in range(0, len(rows), bs):

@@ -10,13 +10,19 @@ from calrec_jax.train.objective import loss_config
 from calrec_jax.train.step import calrec_loss
 
 
+_LOSS_FNS: dict = {}  # (id(model), LossConfig) -> (model, jitted validation loss)
+
+
 def validation_metrics(config, parts, params) -> dict[str, float]:
   """The validation function the runner gives the training loop: loss terms and dense-retrieval metrics."""
   cat = eval_category_index(config, parts.categories)
   rows = eval_examples(parts.encoder, cat, "valid", config.eval.valid_users, config.seed)
   vocab = catalog_vocabulary(parts.encoder) if config.loss.lm_vocab == "catalog" else ()
   lc = loss_config(config.loss, vocab)
-  fn = jax.jit(lambda p, b: calrec_loss(parts.model, p, b, lc)[1])
+  key = (id(parts.model), lc)
+  if key not in _LOSS_FNS or _LOSS_FNS[key][0] is not parts.model:  # compiled once, not at every validation
+    _LOSS_FNS[key] = (parts.model, jax.jit(lambda p, b: calrec_loss(parts.model, p, b, lc)[1]))
+  fn = _LOSS_FNS[key][1]
   sums, n = {}, 0.0
   bs = config.data.batch_size
   for batch, users in eval_batches(parts.encoder, cat, rows, bs):
