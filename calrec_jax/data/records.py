@@ -157,6 +157,26 @@ def iter_jsonl(path: str, shape: str = "") -> Iterator[tuple[int, dict]]:
       yield lineno, row
 
 
+def read_catalog(path: str) -> Catalog:
+  """A catalog JSONL file: {"id": ..., "title": ..., <other attributes>} per line; a missing file, a row without
+  an id, a repeated id or an empty file is a DataError naming the file (and line)."""
+  if not os.path.isfile(path):
+    raise DataError("no such catalog file or prepared category folder", path)
+  ids, attrs, seen = [], [], set()
+  for n, row in iter_jsonl(path, '{"id": ..., "title": ...}'):
+    if "id" not in row:
+      raise DataError("a catalog row needs an \"id\"", path, n)
+    item_id = str(row.pop("id"))
+    if item_id in seen:
+      raise DataError(f"item {item_id!r} appears twice", path, n)
+    seen.add(item_id)
+    ids.append(item_id)
+    attrs.append({k: str(v) for k, v in row.items()})
+  if not ids:
+    raise DataError("the catalog is empty", path)
+  return Catalog(ids, attrs)
+
+
 def _read_jsonl(path: str) -> list[dict]:
   if not os.path.exists(path):
     raise DataError("file not found (run `python -m calrec_jax.data.prepare` first)", path)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from calrec_jax.data.records import Catalog, CategoryData, iter_jsonl
+from calrec_jax.data.records import CategoryData, read_catalog
 from calrec_jax.errors import DataError
 
 FILES = ("run_config.json", "catalog.jsonl", "serving.json")
@@ -88,16 +88,10 @@ def read_serving_files(folder: str) -> tuple[dict, CategoryData, list[str], np.n
   except (OSError, json.JSONDecodeError) as e:
     raise DataError(f"unreadable ({e})", path) from None
   doc = read_serving_json(os.path.join(folder, "serving.json"))
-  path = os.path.join(folder, "catalog.jsonl")
-  ids, attrs = [], []
-  for n, row in iter_jsonl(path, '{"id": ..., "title": ...}'):
-    if "id" not in row:
-      raise DataError("a catalog row needs an \"id\"", path, n)
-    ids.append(str(row.pop("id")))
-    attrs.append({k: str(v) for k, v in row.items()})
+  catalog = read_catalog(os.path.join(folder, "catalog.jsonl"))
   counts = np.asarray(doc["popularity"], np.float64)
-  if len(counts) != len(ids):
-    raise DataError(f"popularity has {len(counts)} entries for {len(ids)} catalog items; export the run again",
+  if len(counts) != len(catalog):
+    raise DataError(f"popularity has {len(counts)} entries for {len(catalog)} catalog items; export the run again",
                     os.path.join(folder, "serving.json"))
-  category = CategoryData(str(doc["category"]), Catalog(ids, attrs), [], [], {})
+  category = CategoryData(str(doc["category"]), catalog, [], [], {})
   return config, category, list(doc["attributes"]), counts, doc.get("fusion_weights")

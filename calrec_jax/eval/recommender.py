@@ -112,7 +112,8 @@ class Recommender:
       from calrec_jax.data.recbole import load_item_file
       catalog = load_item_file(path)
     else:
-      catalog = _read_catalog(path)
+      from calrec_jax.data.records import read_catalog
+      catalog = read_catalog(path)
     trained = self.parts.categories[self.category]
     new_index = {item_id: i for i, item_id in enumerate(catalog.item_ids)}
     sequences = [[new_index[trained.catalog.item_ids[i]] for i in seq if trained.catalog.item_ids[i] in new_index]
@@ -276,27 +277,6 @@ class Recommender:
       if int(c.eval.beams) < 1:
         c.eval.beams = RECOMMEND_BEAMS
     return c
-
-
-def _read_catalog(path: str):
-  """A catalog JSONL file: {"id": ..., "title": ..., <other attributes>} per line."""
-  from calrec_jax.data.records import Catalog, iter_jsonl
-  from calrec_jax.errors import DataError
-  if not os.path.isfile(path):
-    raise DataError("no such catalog file or prepared category folder", path)
-  ids, attrs, seen = [], [], set()
-  for n, row in iter_jsonl(path, '{"id": ..., "title": ...}'):
-    if "id" not in row:
-      raise DataError("a catalog row needs an \"id\"", path, n)
-    item_id = str(row.pop("id"))
-    if item_id in seen:
-      raise DataError(f"item {item_id!r} appears twice", path, n)
-    seen.add(item_id)
-    ids.append(item_id)
-    attrs.append({k: str(v) for k, v in row.items()})
-  if not ids:
-    raise DataError("the catalog is empty", path)
-  return Catalog(ids, attrs)
 
 
 def _key(name: str) -> str:
