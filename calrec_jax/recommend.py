@@ -7,9 +7,10 @@
 Each input line is {"user": "u1", "history": ["<item id or item text>", ...]} (oldest first; "user" optional).
 Each output line is {"user": "u1", "ranker": "dense", "items": [{"id", "text", "score"}, ...], "unknown": [...],
 "ambiguous": [...]}: history names that matched no catalog item or several are listed there and left out; a
-user with no known item gets no items. Rankers: dense, beam (catalog-constrained beams), bm25 (the last items'
+user with no known item gets no items. A line that is not a JSON object with a non-empty "history" list is
+answered with {"user", "line", "error"} instead of items (and named on stderr); the other lines still are. Rankers: dense, beam (catalog-constrained beams), bm25 (the last items'
 texts, no model), fused (the weights the workdir's evaluation chose on validation; evaluate with
---config.eval.fusion=dense,bm25_history,popularity first). The input is checked line by line before the model
+--config.eval.fusion=dense,bm25_history,popularity first). The input is read once before the model
 is loaded, then streamed in batches of --batch_users; the output is written to <output>.partial and renamed when
 complete, and an existing output is replaced only with --overwrite (and only once the new one is complete). --catalog ranks another catalog (new items included: the
 item tower encodes them, once per model and catalog).
@@ -43,15 +44,36 @@ flags.DEFINE_integer("process_id", -1, "--multihost off TPU: this process's inde
 flags.mark_flags_as_required(["input", "output"])
 
 
+HISTORY_LINE = '{"user": "u1", "history": ["item id or text", ...]}'
+
+
 def read_histories(path: str):
-  """Yields (line number, user, history names); CalrecError naming the file and line of a malformed one."""
-  from calrec_jax.data.records import iter_jsonl
+  """Yields (line number, user, history names, problem) for every non-blank line: `problem` is None for a good
+  line, else what is wrong with it (not JSON, no list of item names, an empty history): that line is answered
+  with the problem instead of items, and the good lines still are."""
   from calrec_jax.errors import DataError
-  for n, row in iter_jsonl(path, '{"user": "u1", "history": ["item id or text", ...]}'):
-    history = row.get("history")
-    if not isinstance(history, list) or not all(isinstance(x, (str, int)) for x in history):
-      raise DataError("needs \"history\": a list of item ids or texts (strings)", path, n)
-    yield n, str(row.get("user", n)), [str(x) for x in history]
+  try:
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          yield n, str(n), [], f"malformed JSON ({e.msg}); one object per line: {HISTORY_LINE}"
+          continue
+        if not isinstance(row, dict):
+          yield n, str(n), [], f"expected a JSON object; one per line: {HISTORY_LINE}"
+          continue
+        user, history = str(row.get("user", n)), row.get("history")
+        if not isinstance(history, list) or not all(isinstance(x, (str, int)) for x in history):
+          yield n, user, [], "needs \"history\": a list of item ids or texts (strings)"
+        elif not history:
+          yield n, user, [], "the history is empty: name at least one item"
+        else:
+          yield n, user, [str(x) for x in history], None
+  except UnicodeDecodeError as e:
+    raise DataError(f"bytes that are not UTF-8 at offset {e.start}", path) from None
 
 
 def main(argv) -> None:
@@ -100,7 +122,15 @@ def main(argv) -> None:
       raise CalrecError(f"--output={FLAGS.output}: exists; choose a new file, or add --overwrite to replace it")
     if FLAGS.top_k < 1 or FLAGS.batch_users < 1:
       raise CalrecError("--top_k and --batch_users must be >= 1")
-    users = sum(1 for _ in read_histories(FLAGS.input))  # every line checked before the model loads
+    users = problems = 0
+    for n, _, _, problem in read_histories(FLAGS.input):  # every line checked before the model loads
+      users += 1
+      if problem:
+        problems += 1
+        if problems <= 20:
+          print(f"{FLAGS.input}:{n}: {problem} (answered with this error, not items)", file=sys.stderr)
+    if problems > 20:
+      print(f"{FLAGS.input}: {problems - 20} more lines like these", file=sys.stderr)
     me, processes = jax.process_index(), jax.process_count()
     partial = FLAGS.output + (".partial" if processes == 1 else f".part-{me}-of-{processes}")
     try:
@@ -132,7 +162,9 @@ def main(argv) -> None:
       merge_shares(FLAGS.output, processes, users)
     else:
       os.replace(partial, FLAGS.output)
-    print(f"wrote:\n  recommendations for {users} users: {FLAGS.output}", flush=True)
+    print(f"wrote:\n  recommendations for {users - problems} users"
+          + (f", and an \"error\" for {problems} lines that could not be answered" if problems else "")
+          + f": {FLAGS.output}", flush=True)
   run_configured(config, action, validate=lambda c: None)  # the recorded config was validated when it trained
 
 
@@ -158,9 +190,13 @@ def merge_shares(output: str, processes: int, users: int) -> None:
 
 
 def _write(rec, batch, out) -> None:
-  results = rec.recommend([h for _, _, h in batch], FLAGS.top_k, FLAGS.ranker, FLAGS.exclude_history)
-  for (_, user, _), r in zip(batch, results):
-    out.write(json.dumps({"user": user, **r}, ensure_ascii=False) + "\n")
+  """One output line per input line of `batch`, in order: the recommendations, or the line's problem."""
+  good = [h for _, _, h, problem in batch if problem is None]
+  results = iter(rec.recommend(good, FLAGS.top_k, FLAGS.ranker, FLAGS.exclude_history) if good else [])
+  for n, user, _, problem in batch:
+    row = ({"user": user, **next(results)} if problem is None else
+           {"user": user, "line": n, "error": problem, "ranker": FLAGS.ranker, "items": []})
+    out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def run() -> None:

@@ -91,11 +91,20 @@ def test_the_cli_streams_jsonl_and_refuses_bad_input_before_loading(trained, tmp
   replaced = run([f"--workdir={trained}", f"--input={src}", f"--output={out}", "--top_k=2", "--overwrite"])
   assert replaced.returncode == 0, replaced.stderr[-2000:]
   assert all(len(json.loads(x)["items"]) == 2 for x in out.read_text().splitlines())
+  # bad lines: each named on stderr (file and line) and answered with its problem; the good lines still answered
   bad = tmp_path / "bad.jsonl"
-  bad.write_text(json.dumps(lines[0]) + "\n" + '{"user": "x", "history": "B000"}\n')
-  refused = run([f"--workdir={trained}", f"--input={bad}", f"--output={tmp_path / 'x.jsonl'}"])
-  assert refused.returncode == 1 and f"{bad}:2: needs \"history\"" in refused.stderr
-  assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "x.jsonl.partial").exists()
+  bad.write_text(json.dumps(lines[0]) + "\n" + '{"user": "x", "history": "B000"}\n' + "not json\n\n"
+                 + '{"user": "e", "history": []}\n' + json.dumps(lines[1]) + "\n")
+  partly = run([f"--workdir={trained}", f"--input={bad}", f"--output={tmp_path / 'x.jsonl'}", "--top_k=4"])
+  assert partly.returncode == 0, partly.stderr[-2000:]
+  for n, what in ((2, 'needs "history"'), (3, "malformed JSON"), (5, "the history is empty")):
+    assert f"{bad}:{n}: {what}" in partly.stderr, (n, partly.stderr[-2000:])
+  answered = [json.loads(x) for x in (tmp_path / "x.jsonl").read_text().splitlines()]
+  assert [a.get("line") for a in answered] == [None, 2, 3, 5, None]  # one output line per input line, in order
+  assert [a["items"] for a in (answered[0], answered[4])] == [r["items"] for r in rec.recommend(
+      [lines[0]["history"], lines[1]["history"]], k=4)]
+  assert answered[1]["user"] == "x" and answered[1]["items"] == [] and "error" in answered[1]
+  assert "recommendations for 2 users, and an \"error\" for 3 lines" in partly.stdout
   nothing = run([f"--workdir={tmp_path / 'none'}", f"--input={src}", f"--output={tmp_path / 'y.jsonl'}"])
   assert nothing.returncode == 1 and "no trained run here" in nothing.stderr
 
