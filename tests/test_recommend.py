@@ -1,6 +1,7 @@
 """Recommendations for your own users: the API ranks like the evaluation does, names items by id or text,
 reports unknown and ambiguous names, and the CLI checks its input before loading the model and never overwrites."""
 import json
+import os
 import subprocess
 import sys
 
@@ -133,6 +134,21 @@ def test_a_catalog_given_at_inference_ranks_items_training_never_saw(trained, tm
   monkeypatch.setattr(ev, "item_embeddings", lambda *a, **k: (_ for _ in ()).throw(AssertionError("encoded again")))
   again = Recommender.load(trained, catalog=str(path))
   assert again.recommend(history, k=3)[0]["items"] == rec.recommend(history, k=3)[0]["items"]
+  # the cache is keyed by the model and the texts: another catalog text, or newer params, are encoded again
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows + [twin, {**fresh, "title": "Solar lantern, 24 pack"}]))
+  with pytest.raises(AssertionError, match="encoded again"):
+    Recommender.load(trained, catalog=str(path)).recommend(history, k=3)
+  params = ROOT.__class__(trained) / "export" / "params"
+  stamp = params.stat().st_mtime
+  os.utime(params, (stamp + 10, stamp + 10))
+  try:
+    with pytest.raises(AssertionError, match="encoded again"):
+      Recommender.load(trained).recommend(history, k=3)
+  finally:
+    os.utime(params, (stamp, stamp))
+  path.write_text("".join(json.dumps({"id": r["id"]}) + "\n" for r in rows))  # a catalog without texts
+  with pytest.raises(Exception, match=f"--catalog={path}: .*every item text would be empty"):
+    Recommender.load(trained, catalog=str(path))
   path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n")
   with pytest.raises(Exception, match="appears twice"):
     Recommender.load(trained, catalog=str(path))

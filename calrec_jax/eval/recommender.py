@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from calrec_jax.errors import CalrecError, ConfigError
+from calrec_jax.errors import CalrecError, ConfigError, DataError
 from calrec_jax.paths import write_atomically
 
 RANKERS = ("dense", "beam", "bm25", "fused")
@@ -127,7 +127,10 @@ class Recommender:
     data = CategoryData(trained.name, catalog, list(trained.user_ids), sequences, {})
     spec = dataclasses.replace(self.parts.encoder.spec, attributes=self.parts.encoder.attributes[self.category],
                                min_attribute_coverage=0.0)
-    encoder = ExampleEncoder(self.parts.tokenizer, [data], spec)
+    try:
+      encoder = ExampleEncoder(self.parts.tokenizer, [data], spec)
+    except DataError as e:  # e.g. no item with a text: name the catalog given
+      raise DataError(f"--catalog={path}: {e}") from None
     parts = dataclasses.replace(self.parts, categories=[data], encoder=encoder)
     new = sum(1 for item_id in catalog.item_ids if item_id not in set(trained.catalog.item_ids))
     log.info("catalog %s: %d items, %d of them not in training", path, len(catalog), new)
