@@ -51,27 +51,20 @@ def read_histories(path: str):
   """Yields (line number, user, history names, problem) for every non-blank line: `problem` is None for a good
   line, else what is wrong with it (not JSON, no list of item names, an empty history): that line is answered
   with the problem instead of items, and the good lines still are."""
+  from calrec_jax.data.records import jsonl_rows
   from calrec_jax.errors import DataError
   try:
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          yield n, str(n), [], f"malformed JSON ({e.msg}); one object per line: {HISTORY_LINE}"
-          continue
-        if not isinstance(row, dict):
-          yield n, str(n), [], f"expected a JSON object; one per line: {HISTORY_LINE}"
-          continue
-        user, history = str(row.get("user", n)), row.get("history")
-        if not isinstance(history, list) or not all(isinstance(x, (str, int)) for x in history):
-          yield n, user, [], "needs \"history\": a list of item ids or texts (strings)"
-        elif not history:
-          yield n, user, [], "the history is empty: name at least one item"
-        else:
-          yield n, user, [str(x) for x in history], None
+    for n, row, problem in jsonl_rows(path, HISTORY_LINE):
+      if problem:
+        yield n, str(n), [], problem
+        continue
+      user, history = str(row.get("user", n)), row.get("history")
+      if not isinstance(history, list) or not all(isinstance(x, (str, int)) for x in history):
+        yield n, user, [], "needs \"history\": a list of item ids or texts (strings)"
+      elif not history:
+        yield n, user, [], "the history is empty: name at least one item"
+      else:
+        yield n, user, [str(x) for x in history], None
   except UnicodeDecodeError as e:
     raise DataError(f"bytes that are not UTF-8 at offset {e.start}", path) from None
 

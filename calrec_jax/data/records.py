@@ -140,9 +140,9 @@ def save_category(data: CategoryData, directory: str) -> None:
   write("stats.json", [json.dumps(statistics(data), indent=1)])
 
 
-def iter_jsonl(path: str, shape: str = "") -> Iterator[tuple[int, dict]]:
-  """(line number, object) of each non-blank line of a JSON-lines file; a line that is not a JSON object is a
-  DataError naming the file and line (`shape`: how a line should look, for that message)."""
+def jsonl_rows(path: str, shape: str = "") -> Iterator[tuple[int, dict | None, str | None]]:
+  """(line number, object, problem) of each non-blank line of a JSON-lines file: the object and None, or None and
+  what is wrong with the line (not JSON, not an object; `shape`: how a line should look, for that message)."""
   hint = f"; one object per line: {shape}" if shape else ""
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
@@ -151,10 +151,21 @@ def iter_jsonl(path: str, shape: str = "") -> Iterator[tuple[int, dict]]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg}){hint}", path, lineno) from None
+        yield lineno, None, f"malformed JSON ({e.msg}){hint}"
+        continue
       if not isinstance(row, dict):
-        raise DataError(f"expected a JSON object{hint}", path, lineno)
-      yield lineno, row
+        yield lineno, None, f"expected a JSON object{hint}"
+        continue
+      yield lineno, row, None
+
+
+def iter_jsonl(path: str, shape: str = "") -> Iterator[tuple[int, dict]]:
+  """(line number, object) of each non-blank line of a JSON-lines file; a line that is not a JSON object is a
+  DataError naming the file and line (`shape`: how a line should look, for that message)."""
+  for lineno, row, problem in jsonl_rows(path, shape):
+    if problem:
+      raise DataError(problem, path, lineno)
+    yield lineno, row
 
 
 def read_catalog(path: str) -> Catalog:

@@ -10,7 +10,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from calrec_jax.data.cold_start import held_out_is_new
 from calrec_jax.data.iterators import eval_examples
+from calrec_jax.data.records import split_examples
 from calrec_jax.data.sources import split_names
 from calrec_jax.data.text import visible_text
 from calrec_jax.eval.bm25 import BM25Index, tokenize
@@ -325,7 +327,8 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
   check_params(params, abstract, params_source)
   params = jax.device_put(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), shardings)
   rows = eval_examples(parts.encoder, cat, split, config.eval.max_users, config.seed)
-  everyone = len(eval_examples(parts.encoder, cat, split)) if config.eval.max_users else len(rows)
+  data = parts.categories[cat]
+  everyone = len(held_out_is_new(split_examples(data.sequences, split), data.sequences, data.new_items))
   if len(rows) < everyone:
     log.info("evaluating a fixed random %d of the %d %s users (eval.max_users=%d; 0 evaluates every user)",
              len(rows), everyone, split, config.eval.max_users)
