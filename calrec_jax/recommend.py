@@ -148,8 +148,8 @@ def main(argv) -> None:
         bar.update(len(batch))
     bar.close()
     if processes > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("recommend: every share written")
+      from calrec_jax.model import host_collectives
+      host_collectives.sync("recommend: every share written")
       if me != 0:
         return
       merge_shares(FLAGS.output, processes, users)

@@ -47,6 +47,8 @@ def maybe_init_distributed(config) -> None:
   if mh.coordinator:
     kw = dict(coordinator_address=mh.coordinator, num_processes=mh.num_processes, process_id=mh.process_id)
   jax.distributed.initialize(**kw)
+  from calrec_jax.model import host_collectives
+  host_collectives.use_coordination_barriers_in_orbax()
   log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
 
@@ -173,7 +175,8 @@ def print_outputs(folders: list[str], since: float | None = None) -> None:
            ("training_curves.png", "training curves"),
            ("time_to_quality.png", "validation against training time and examples seen"),
            ("metrics.jsonl", "training metrics"),
-           ("export", "export (params, tokenizer, model config)"), ("checkpoints", "checkpoints")]
+           ("export", "export (params, tokenizer, model config)"), ("checkpoints", "checkpoints"),
+           ("frozen_layer_cache", "frozen lower blocks' outputs (model.cache_frozen_layers; delete to free disk)")]
   written, kept = [], []
 
   def add(what: str, path: str) -> None:

@@ -46,12 +46,12 @@ def _from_process_zero(tok: Tokenizer) -> Tokenizer:
   if jax.process_count() == 1:
     return tok
   import numpy as np
-  from jax.experimental import multihost_utils
+  from calrec_jax.model.host_collectives import broadcast_from_zero
   proto = np.frombuffer(tok.proto, np.uint8)
-  n = int(multihost_utils.broadcast_one_to_all(np.int64(len(proto))))
+  n = int(broadcast_from_zero(np.int64(len(proto))))
   buf = np.zeros(n, np.uint8)
   buf[:min(n, len(proto))] = proto[:n]
-  return Tokenizer(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))), "process 0's trained tokenizer")
+  return Tokenizer(bytes(np.asarray(broadcast_from_zero(buf))), "process 0's trained tokenizer")
 
 
 def build(config, workdir: str, categories: list[CategoryData] | None = None) -> RunParts:

@@ -9,6 +9,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from calrec_jax.errors import ConfigError
+from calrec_jax.model import host_collectives
 from calrec_jax.model.partitioning import DEFAULT_RULES, logical_spec  # noqa: F401  (re-exported)
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -62,8 +63,7 @@ def gather_to_host(tree):
   local = all(getattr(x, "is_fully_addressable", True) for x in jax.tree_util.tree_leaves(tree))
   if jax.process_count() == 1 or local:
     return jax.device_get(tree)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(tree, tiled=True)
+  return host_collectives.allgather(tree, tiled=True)
 
 
 def gather_objects(obj) -> list:
@@ -71,12 +71,11 @@ def gather_objects(obj) -> list:
   if jax.process_count() == 1:
     return [obj]
   import pickle
-  from jax.experimental import multihost_utils
   data = np.frombuffer(pickle.dumps(obj), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64))).reshape(-1)  # [P]
+  sizes = np.asarray(host_collectives.allgather(np.asarray([data.size], np.int64))).reshape(-1)  # [P]
   padded = np.zeros(int(sizes.max()), np.uint8)
   padded[:data.size] = data
-  every = np.asarray(multihost_utils.process_allgather(padded))  # [P, max size]
+  every = np.asarray(host_collectives.allgather(padded))  # [P, max size]
   return [pickle.loads(every[p, :int(n)].tobytes()) for p, n in enumerate(sizes)]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from calrec_jax.errors import CheckpointError
+from calrec_jax.model import host_collectives
 from calrec_jax.model.layer_stack import unstack_layers
 from calrec_jax.model.params_io import load_params, save_params  # noqa: F401  (re-exported)
 from calrec_jax.train.resources import release_host_memory
@@ -82,9 +83,7 @@ class Checkpointer:
           dst = f"{src}.damaged-{k}"
         os.rename(src, dst)
         log.error("moved the damaged checkpoint %s aside to %s (kept for inspection; delete it when done)", src, dst)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("calrec_jax: damaged checkpoints moved aside")
+    host_collectives.sync("damaged checkpoints moved aside")
     self.manager.reload()
 
   def wait(self) -> None:
