@@ -115,6 +115,9 @@ def validate_config(config) -> None:
   if config.model.lora_rank:
     from calrec_jax.adapters.lora import LoraConfig
     LoraConfig.from_config(config.model)  # unknown lora_targets: ConfigError naming them
+  if config.model.cache_frozen_layers:
+    from calrec_jax.train.layer_cache import check_config
+    check_config(config)
   if not 0 < config.eval.top_p <= 1:
     raise ConfigError(f"eval.top_p={config.eval.top_p} must be in (0, 1]")
   if config.eval.top_k < 0:

@@ -30,6 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.lora_alpha = 16.0                # LoRA scale = lora_alpha / lora_rank
   m.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # projections with adapters
   m.lora_layers = 0                  # adapters in the top N blocks only (0: all); the backward pass stops there
+  m.cache_frozen_layers = False      # with lora_layers and packing: run the frozen lower blocks once per unit and
+  #                                    item, store their outputs in the workdir, train only the top blocks
 
   c.tokenizer = t = ml_collections.ConfigDict()
   t.path = ""                        # tokenizer.model, tokenizer.json or their folder; empty: the pretrained

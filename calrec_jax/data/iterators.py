@@ -99,8 +99,9 @@ class PackedMixtureIterator(MixtureIterator):
   restores the exact stream; every host computes the same rows and collates its own."""
 
   def __init__(self, packed, global_batch: int, alpha: float = 0.3, seed: int = 0, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, hidden=None):
     self.packed = packed
+    self.hidden = hidden  # a frozen-layer cache whose lower-block outputs the batches carry (PackedEncoder.collate)
     super().__init__(packed.enc, global_batch, alpha, seed, process_index, process_count, "train")
 
   def _rows(self, category, split: str) -> np.ndarray:
@@ -129,7 +130,8 @@ class PackedMixtureIterator(MixtureIterator):
   def __next__(self) -> dict[str, np.ndarray]:
     rows = self.next_global_rows()
     per_host = self.global_batch // self.process_count
-    return self.packed.collate(rows[self.process_index * per_host:(self.process_index + 1) * per_host])
+    return self.packed.collate(rows[self.process_index * per_host:(self.process_index + 1) * per_host],
+                               hidden=self.hidden)
 
 
 def eval_rows(sequences: list[list[int]], split: str, max_users: int = 0, seed: int = 0,

@@ -109,7 +109,7 @@ class PackedEncoder:
   def encode_unit(self, category: int, user: int, first: int, end: int) -> dict:
     seq = self.enc.categories[category].sequences[user]
     lo = max(0, end - self.spec.window)
-    return dict(self.render(category, seq[lo:end], first - lo), category=category)
+    return dict(self.render(category, seq[lo:end], first - lo), category=category, key=(category, user, first, end))
 
   def check_item_budget(self) -> None:
     need = (self.spec.window - 1) * self.enc.spec.item_len
@@ -139,7 +139,8 @@ class PackedEncoder:
         rows.append([unit])
     return rows
 
-  def collate(self, rows: Sequence[Sequence[dict]], batch_size: int | None = None) -> dict[str, np.ndarray]:
+  def collate(self, rows: Sequence[Sequence[dict]], batch_size: int | None = None, hidden=None
+              ) -> dict[str, np.ndarray]:
     """Fixed-shape packed batch of rows of units; rows past len(rows) and unused slots are padding (weight 0).
 
     Joint tower: tokens/positions/input_mask/segment_ids [B, T] (positions restart and attention stays inside each
@@ -147,6 +148,9 @@ class PackedEncoder:
     item_segment_ids [B, Ti], every slot's target text packed the same way. Per slot: history_mask/target_mask
     [B, K, T], item_text_mask [B, K, Ti], lm_positions/lm_labels/lm_weights [B, K, Lt], target_id/slot_weight
     [B, K]. example_weight: [B] (1 for a real row). K = pack_slots, T = pack_max_len, Ti = pack_item_len.
+
+    `hidden` (a frozen-layer cache: `.unit(unit) -> [n, D]`, `.item(category, item) -> [m, D]`, `.d_model`,
+    `.dtype`) adds joint_hidden [B, T, D] and item_hidden [B, Ti, D]: the lower blocks' outputs of every token.
     """
     enc, spec = self.enc, self.spec
     b, k, ti = batch_size or len(rows), spec.slots, spec.item_len
@@ -165,6 +169,9 @@ class PackedEncoder:
         "target_id": np.full((b, k), -1, np.int32), "slot_weight": np.zeros((b, k), np.float32),
         "example_weight": np.zeros((b,), np.float32),
     }
+    if hidden is not None:
+      out["joint_hidden"] = np.zeros((b, t, hidden.d_model), hidden.dtype)
+      out["item_hidden"] = np.zeros((b, ti, hidden.d_model), hidden.dtype)
     for r, row in enumerate(rows):
       at, item_at, j = 0, 0, 0
       out["example_weight"][r] = 1.0
@@ -174,6 +181,8 @@ class PackedEncoder:
         out["positions"][r, at:at + n] = np.arange(n)
         out["input_mask"][r, at:at + n] = True
         out["segment_ids"][r, at:at + n] = seg
+        if hidden is not None:
+          out["joint_hidden"][r, at:at + n] = hidden.unit(unit)
         offset = enc.item_offsets[unit["category"]]
         for item, start, stop in unit["slots"]:
           target = ids[start:stop] + [eos]
@@ -189,6 +198,8 @@ class PackedEncoder:
           out["item_positions"][r, item_at:item_at + m] = np.arange(m)
           out["item_mask"][r, item_at:item_at + m] = True
           out["item_segment_ids"][r, item_at:item_at + m] = j + 1
+          if hidden is not None:
+            out["item_hidden"][r, item_at:item_at + m] = hidden.item(unit["category"], item)
           out["item_text_mask"][r, j, item_at + 1:item_at + m - 1] = True
           out["target_id"][r, j] = offset + item
           out["slot_weight"][r, j] = 1.0

@@ -75,6 +75,26 @@ class Decoder(nn.Module):
       new_cache[0]["pos"] = key_pos
     return self.final_norm(x), new_cache
 
+  def lower(self, tokens: Array, positions: Array, key_mask: Array, stop: int) -> Array:
+    """The residual stream after blocks [0, stop) of a cache-free pass: [B, T, D] in the compute dtype. With
+    `upper(., start=stop)` it equals `__call__` (the frozen-layer cache stores it; train/layer_cache.py)."""
+    x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [B, T, D]
+    if self.cfg.traits.scale_embeddings:
+      x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.dtype)
+    return self._blocks(x, positions, key_mask, 0, stop)
+
+  def upper(self, hidden: Array, positions: Array, key_mask: Array, start: int) -> Array:
+    """Blocks [start, L) and the final norm on the residual stream `hidden` [B, T, D] from `lower(., stop=start)`."""
+    return self.final_norm(self._blocks(hidden.astype(self.dtype), positions, key_mask, start, self.cfg.n_layers))
+
+  def _blocks(self, x: Array, positions: Array, key_mask: Array, start: int, stop: int) -> Array:
+    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    rope = {local: rope_tables(positions, rope_frequencies(self.cfg, local))
+            for local in {self.cfg.is_local(i) for i in range(start, stop)}}
+    for i in range(start, stop):
+      x, _ = self.layers[i](x, positions, key_mask, rope[self.cfg.is_local(i)], None, None)
+    return x
+
   def _scanned_groups(self, x: Array, positions: Array, key_mask: Array,
                       rope: dict[bool, tuple[Array, Array]]) -> tuple[Array, int]:
     """Runs the leading whole groups of blocks as one scan; returns x and the first layer left to run.

@@ -21,6 +21,7 @@ class TwoTower(nn.Module):
   remat: bool = False
   scan_layers: bool = False
   attention: str = "einsum"
+  cached_layers: int = 0  # packed batches with cached lower-block outputs start at this block
 
   def setup(self):
     self.decoder = Decoder(self.cfg, self.dtype, self.param_dtype, self.remat, self.scan_layers, self.attention)
@@ -49,9 +50,18 @@ class TwoTower(nn.Module):
   def packed(self, batch: dict[str, Array]) -> dict[str, Array]:
     """Both towers on a packed batch (data/packed.py): one causal pass per row gives every slot's LM hidden
     states and embeddings (attention stays inside each unit by its segment id); the item tower encodes the
-    slots' targets, packed the same way. Shapes: lm_hidden [B, K, Lt, D], embeddings [B, K, E]."""
-    joint, _ = self.decoder(batch["tokens"], batch["positions"], batch["segment_ids"])  # [B, T, D]
-    item, _ = self.decoder(batch["item_tokens"], batch["item_positions"], batch["item_segment_ids"])  # [B, Ti, D]
+    slots' targets, packed the same way. Shapes: lm_hidden [B, K, Lt, D], embeddings [B, K, E].
+
+    A batch carrying `joint_hidden` [B, T, D] and `item_hidden` [B, Ti, D] (the frozen lower blocks' outputs,
+    train/layer_cache.py) runs only the blocks from `cached_layers` up."""
+    if "joint_hidden" in batch:
+      joint = self.decoder.upper(batch["joint_hidden"], batch["positions"], batch["segment_ids"],
+                                 self.cached_layers)                                      # [B, T, D]
+      item = self.decoder.upper(batch["item_hidden"], batch["item_positions"], batch["item_segment_ids"],
+                                self.cached_layers)                                       # [B, Ti, D]
+    else:
+      joint, _ = self.decoder(batch["tokens"], batch["positions"], batch["segment_ids"])  # [B, T, D]
+      item, _ = self.decoder(batch["item_tokens"], batch["item_positions"], batch["item_segment_ids"])  # [B, Ti, D]
     b, k, lt = batch["lm_positions"].shape
     lm_hidden = jnp.take_along_axis(joint, batch["lm_positions"].reshape(b, k * lt)[..., None], axis=1)
     return {
@@ -60,6 +70,15 @@ class TwoTower(nn.Module):
         "v_t_given_u": self.embed(slot_means(joint, batch["target_mask"])),                # [B, K, E]
         "v_t": self.embed(slot_means(item, batch["item_text_mask"])),                      # [B, K, E]
     }
+
+  def lower_hidden(self, tokens: Array, positions: Array, key_mask: Array) -> Array:
+    """The residual stream after the first `cached_layers` blocks: [B, T, D] (what the cache stores)."""
+    return self.decoder.lower(tokens, positions, key_mask, self.cached_layers)
+
+  def item_embedding_from_hidden(self, hidden: Array, positions: Array, input_mask: Array, text_mask: Array
+                                 ) -> Array:
+    """`item_embedding` from the lower blocks' outputs `hidden` [B, T, D] (lower_hidden of the same tokens)."""
+    return self.embed(masked_mean(self.decoder.upper(hidden, positions, input_mask, self.cached_layers), text_mask))
 
   def user_embedding(self, tokens: Array, positions: Array, input_mask: Array, history_mask: Array) -> Array:
     hidden, _ = self.decoder(tokens, positions, input_mask)

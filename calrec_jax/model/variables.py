@@ -26,13 +26,16 @@ def example_batch(batch_size: int, seq_len: int, target_len: int, item_len: int)
           "target_id": s((batch_size,), i32), "example_weight": s((batch_size,), f32)}
 
 
-def packed_batch(batch_size: int, slots: int, seq_len: int, target_len: int, item_len: int
+def packed_batch(batch_size: int, slots: int, seq_len: int, target_len: int, item_len: int, hidden=None
                  ) -> dict[str, jax.ShapeDtypeStruct]:
-  """Abstract packed batch (data/packed.py layout; item_len: the item-tower row), for ahead-of-time compilation."""
+  """Abstract packed batch (data/packed.py layout; item_len: the item-tower row), for ahead-of-time compilation;
+  with `hidden` (d_model, dtype) of a frozen-layer cache, its joint_hidden [B, T, D] and item_hidden [B, Ti, D]."""
   i32, f32, b = jnp.int32, jnp.float32, jnp.bool_
   s = lambda *shape, dt: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
   n, k, t, ti = batch_size, slots, seq_len, item_len
-  return {"tokens": s(n, t, dt=i32), "positions": s(n, t, dt=i32), "input_mask": s(n, t, dt=b),
+  extra = {} if hidden is None else {"joint_hidden": s(n, t, hidden[0], dt=hidden[1]),
+                                     "item_hidden": s(n, ti, hidden[0], dt=hidden[1])}
+  return {**extra, "tokens": s(n, t, dt=i32), "positions": s(n, t, dt=i32), "input_mask": s(n, t, dt=b),
           "segment_ids": s(n, t, dt=i32), "history_mask": s(n, k, t, dt=b), "target_mask": s(n, k, t, dt=b),
           "lm_positions": s(n, k, target_len, dt=i32), "lm_labels": s(n, k, target_len, dt=i32),
           "lm_weights": s(n, k, target_len, dt=f32), "item_tokens": s(n, ti, dt=i32),

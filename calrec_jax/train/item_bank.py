@@ -30,8 +30,10 @@ def catalog_rows(encoder: ExampleEncoder) -> list[list[int]]:
 class ItemBank:
   """Encodes the catalog with the item tower: `encode(params) -> [I, E]` float32 (jax array, replicated)."""
 
-  def __init__(self, model: TwoTower, encoder: ExampleEncoder, batch_size: int = 64):
-    self.model, self.batch_size = model, batch_size
+  def __init__(self, model: TwoTower, encoder: ExampleEncoder, batch_size: int = 64, hidden=None):
+    """hidden: a frozen-layer cache (train/layer_cache.py) for `model.cached_layers` blocks: refreshes then run
+    only the blocks above them."""
+    self.model, self.batch_size, self.hidden = model, batch_size, hidden
     self.rows = catalog_rows(encoder)
     self.pad = encoder.tok.pad_id
     li = encoder.spec.item_len
@@ -39,8 +41,8 @@ class ItemBank:
     lens = np.asarray([len(r) for r in self.rows])
     order = np.argsort(lens, kind="stable")  # items of similar length share a batch
     self.batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    self._fn = jax.jit(lambda p, t, pos, m, tm: model.apply({"params": p}, t, pos, m, tm,
-                                                            method=TwoTower.item_embedding))
+    method = TwoTower.item_embedding if hidden is None else TwoTower.item_embedding_from_hidden
+    self._fn = jax.jit(lambda p, t, pos, m, tm: model.apply({"params": p}, t, pos, m, tm, method=method))
 
   def __len__(self) -> int:
     return len(self.rows)
@@ -54,6 +56,11 @@ class ItemBank:
       seq = self.rows[i]
       toks[r, :len(seq)], mask[r, :len(seq)], tmask[r, 1:len(seq) - 1] = seq, True, True
     pos = np.broadcast_to(np.arange(t, dtype=np.int32), (self.batch_size, t))
+    if self.hidden is not None:  # the cached lower-block states instead of the tokens: [batch, t, D]
+      states = np.zeros((self.batch_size, t, self.hidden.d_model), self.hidden.dtype)
+      for r, i in enumerate(ids):
+        states[r, :len(self.rows[i])] = self.hidden.catalog_item(int(i))
+      return states, pos, mask, tmask
     return toks, pos, mask, tmask
 
   def encode(self, params) -> jax.Array:

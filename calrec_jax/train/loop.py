@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from calrec_jax.model import variables
+from calrec_jax.model import host_collectives
 from calrec_jax.data.iterators import MixtureIterator, PackedMixtureIterator
 from calrec_jax.errors import CalrecError, Interrupted
 from calrec_jax.train import checkpoint as ckpt_lib
@@ -58,11 +59,7 @@ class StopSignals:
 
   def stop_now(self) -> bool:
     """True on every process once any process received a signal (a collective when there are several)."""
-    flag = self.received is not None
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-    return flag
+    return host_collectives.any_process(self.received is not None)
 
   def __exit__(self, *exc):
     import signal
@@ -163,12 +160,22 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   ckptr = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.ckpt.keep, config.ckpt.async_save,
                                 config.ckpt.save_concurrent_gb)
   mode = finetuning_mode(config)  # full finetuning, or LoRA adapters on frozen weights (train/finetuning.py)
-  bank = ItemBank(parts.model, parts.encoder) if config.loss.negatives == "catalog" else None
-  bank_shape = None if bank is None else (len(bank), config.model.projection_dim or parts.model_cfg.d_model)
+  step_model = parts.model  # the step's model: with a frozen-layer cache, the one that starts above the cached blocks
+  if config.model.cache_frozen_layers:
+    from calrec_jax.train import layer_cache
+    step_model = parts.model.clone(cached_layers=layer_cache.frozen_block_count(config, parts.model_cfg.n_layers))
+  bank_shape = None if config.loss.negatives != "catalog" else (
+      sum(len(c.catalog) for c in parts.categories), config.model.projection_dim or parts.model_cfg.d_model)
   state, state_sh, it_state, how = mode.start(config, workdir, parts, tx, mesh, shapes, ckptr, bank_shape)
   parts.pretrained_params = None  # now in the train state (or the frozen weights): free the host copy (1 GB at 270M)
   model_params = mode.model_params  # the model's per-layer params of a train state (validation, the item bank)
   log.info("start: %s", how)
+  hidden = None
+  if step_model.cached_layers and int(jax.device_get(state["step"])) < tc.num_steps:
+    hidden = layer_cache.build(os.path.join(workdir, layer_cache.CACHE_DIR), step_model, model_params(state), packed)
+    step_shapes = variables.packed_batch(dc.batch_size, packed.spec.slots, packed.spec.max_len, spec.target_len,
+                                         packed.spec.item_len, (hidden.d_model, hidden.dtype))
+  bank = ItemBank(step_model, parts.encoder, hidden=hidden) if config.loss.negatives == "catalog" else None
   if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(
       os.path.join(workdir, "export", "model_config.json")):
     ckptr.close()
@@ -180,7 +187,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
                          jax.process_count())
   else:
     it = PackedMixtureIterator(packed, dc.batch_size, dc.mixture_alpha, config.seed, jax.process_index(),
-                               jax.process_count())
+                               jax.process_count(), hidden)
     log.info("packed user sequences: %d units of up to %d items for %d training targets; rows of %d tokens, "
              "%d targets, %d item-tower tokens", sum(len(e) for e in it.examples), packed.spec.window,
              sum(int((e[:, 2] - e[:, 1]).sum()) for e in it.examples), packed.spec.max_len, packed.spec.slots,
@@ -189,7 +196,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     it.set_state(it_state)
   log.info("mixture over %s with p=%s", [c.name for c in parts.categories], np.round(it.probs, 3).tolist())
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(parts.model, tx, objective.loss_config(config.loss, lm_vocabulary(config, parts),
+      step_lib.make_train_step(step_model, tx, objective.loss_config(config.loss, lm_vocabulary(config, parts),
                                                                       new_item_ids(parts.encoder)),
                                config.optim.grad_accum, mode.to_params), mesh, state_sh,
       frozen_sharding=mode.frozen_sharding)
@@ -316,8 +323,7 @@ def agreed_by_all(flag: bool) -> bool:
   """Process 0's `flag` on every process (process 0 alone reads the metrics)."""
   if jax.process_count() == 1:
     return flag
-  from jax.experimental import multihost_utils
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+  return bool(host_collectives.broadcast_from_zero(np.int32(flag)))
 
 
 def compiled_flops(compiled) -> float:
