@@ -149,6 +149,13 @@ def test_recbole_bad_rows(tmp_path):
   (tmp_path / "X.test.inter").write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n0\t0 1\t7\n")
   with pytest.raises(DataError, match=r"X.test.inter:2: item id outside"):
     recbole.load_recbole(str(tmp_path), "X")
+  (tmp_path / "X.test.inter").write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n0\t0 1\t2\n")
+  (tmp_path / "X.meta.jsonl").write_text('{"asin": "A", "title": "a"}\n\n{"title": "b"}\n')
+  with pytest.raises(DataError, match=r"X.meta.jsonl:3: metadata row without 'asin'"):
+    recbole.load_recbole(str(tmp_path), "X")
+  (tmp_path / "X.meta.jsonl").write_text('{"asin": "A", "title": "a"}\n{"asin": "B", "title": \n')
+  with pytest.raises(DataError, match=r"X.meta.jsonl:2: malformed JSON .*one object per line"):
+    recbole.load_recbole(str(tmp_path), "X")
 
 
 def test_tfds_builder_from_manual_dir_without_tensorflow(tmp_path):

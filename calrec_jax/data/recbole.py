@@ -10,11 +10,10 @@ the rendered ones), or else `<name>.text` (title only). Without `<name>.item2ind
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
-from calrec_jax.data.records import Catalog, CategoryData, validate
+from calrec_jax.data.records import Catalog, CategoryData, iter_jsonl, validate
 from calrec_jax.data.text import clean_value
 from calrec_jax.errors import DataError
 
@@ -76,26 +75,19 @@ def _attributes(directory: str, name: str, item_ids: list[str]) -> list[dict[str
   item_path = os.path.join(directory, f"{name}.item")
   by_asin: dict[str, dict[str, str]] = {}
   if os.path.exists(meta_path):
-    with open(meta_path, encoding="utf-8") as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise DataError(f"malformed JSON ({e.msg})", meta_path, lineno) from None
-        if "asin" not in rec:
-          raise DataError("metadata row without 'asin'", meta_path, lineno)
-        clean = {k: clean_value(v) for k, v in rec.items()}
-        by_asin[rec["asin"]] = {
-            "title": clean.get("title", ""),
-            "category": clean.get("category") or clean.get("main_cat", ""),
-            "brand": clean.get("brand", ""),
-            "price": clean.get("price", ""),
-        }
-        for key in by_asin[rec["asin"]]:
-          if by_asin[rec["asin"]][key] == "Unknown":
-            by_asin[rec["asin"]][key] = ""
+    for lineno, rec in iter_jsonl(meta_path, '{"asin": ..., "title": ..., ...}'):
+      if "asin" not in rec:
+        raise DataError("metadata row without 'asin'", meta_path, lineno)
+      clean = {k: clean_value(v) for k, v in rec.items()}
+      by_asin[rec["asin"]] = {
+          "title": clean.get("title", ""),
+          "category": clean.get("category") or clean.get("main_cat", ""),
+          "brand": clean.get("brand", ""),
+          "price": clean.get("price", ""),
+      }
+      for key in by_asin[rec["asin"]]:
+        if by_asin[rec["asin"]][key] == "Unknown":
+          by_asin[rec["asin"]][key] = ""
   elif os.path.exists(item_path):
     by_asin = _item_file_attributes(item_path)
   elif os.path.exists(text_path):
