@@ -25,12 +25,6 @@ def history_bm25_scores(index: BM25Index, texts: Sequence[str], histories: Seque
   return out
 
 
-def popularity_counts(sequences: Sequence[Sequence[int]], num_items: int, held_out: int = 2) -> np.ndarray:
-  """[I] interactions per item in the training part of every sequence (its last `held_out` items removed: the
-  validation and test targets are never counted)."""
-  return item_counts(sequences, num_items, held_out)
-
-
 def popularity_scores(counts: np.ndarray, users: int) -> np.ndarray:
   """[U, I] log(1 + count), the same row for every user."""
   return np.broadcast_to(np.log1p(counts).astype(np.float32), (users, len(counts)))
@@ -48,6 +42,6 @@ def model_free_signals(names: Sequence[str], texts: Sequence[str], sequences: Se
     index = BM25Index.from_texts(list(texts), k1=ec.bm25_k1, b=ec.bm25_b, epsilon=ec.bm25_epsilon)
     out["bm25_history"] = history_bm25_scores(index, texts, histories, ec.fusion_history_items)
   if "popularity" in names:
-    counts = popularity_counts(sequences, len(texts)) if counts is None else counts
+    counts = item_counts(sequences, len(texts)) if counts is None else counts
     out["popularity"] = popularity_scores(counts, len(histories))
   return out
