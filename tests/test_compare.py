@@ -328,7 +328,7 @@ def test_the_report_says_when_an_id_baseline_hit_its_epoch_cap():
 
 
 @pytest.mark.parametrize("module,arg", [("scientific", a) for a in ("", "llm", "packed", "fused", "epochs", "epochs10", "cold")]
-                         + [("synthetic", a) for a in ("", "smoke", "llm")])
+                         + [("synthetic", a) for a in ("", "smoke", "llm")] + [("office", a) for a in ("", "epochs2")])
 def test_every_shipped_comparison_config_names_known_methods_with_valid_overrides(module, arg):
   import importlib
   from calrec_jax.config_check import validate_config

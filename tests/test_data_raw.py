@@ -134,6 +134,16 @@ def test_recbole_scientific_statistics(scientific_dir):
   assert "&amp;" not in "".join(a["title"] for a in data.catalog.attributes)
 
 
+def test_office_statistics_match_its_comparison_config():
+  from configs.compare import office
+  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), office.OFFICE)
+  if not os.path.exists(os.path.join(folder, "Office.test.inter")):
+    pytest.skip("shared Office data not present")
+  s = records.statistics(recbole.load_recbole(folder, "Office"))
+  assert (s["users"], s["items"], s["interactions"]) == (4905, 2420, 53258)
+  assert s["train"]["examples"] == office.PREFIXES  # the config's steps per epoch rest on it
+
+
 def test_prepare_cli_on_scientific(scientific_dir, tmp_path, capsys):
   from calrec_jax.data import prepare
   stats = prepare.main(["--source=recbole", f"--input={scientific_dir}", "--categories=Scientific",
