@@ -111,13 +111,14 @@ PACKED_RECIPE = ("data.packing=sequence; data.pack_window=6; data.pack_context=2
 
 def add_packed_row(c: ml_collections.ConfigDict, label: str, steps: int, batch_size: int, eval_every: int,
                    learning_rate: float = 3e-4, lora_rank: int = 8, lora_layers: int = 0,
-                   bank_refresh_steps: int = 50, retrieval: str = "dense") -> None:
+                   bank_refresh_steps: int = 50, retrieval: str = "dense", schedule: str = "constant",
+                   cache_frozen_layers: bool = False) -> None:
   """`calrec_packed`: the pretrained decoder (c.zero_shot's model) trained with PACKED_RECIPE on LoRA adapters,
   validated every `eval_every` steps (its time_to_quality.png), evaluated by `retrieval`."""
   c.variants.calrec_packed = (
       f"{c.zero_shot.overrides}; {PACKED_RECIPE}; model.lora_rank={lora_rank}; model.lora_layers={lora_layers}; "
       f"data.batch_size={batch_size}; train.num_steps={steps}; train.eval_every={eval_every}; "
-      f"loss.bank_refresh_steps={bank_refresh_steps}; optim.learning_rate={learning_rate}; optim.schedule=constant; "
+      f"loss.bank_refresh_steps={bank_refresh_steps}; optim.learning_rate={learning_rate}; optim.schedule={schedule}; "
       f"optim.warmup_steps={max(steps // 30, 1)}; ckpt.every={eval_every}; ckpt.keep=2; eval.retrieval={retrieval}; "
-      "eval.constrained=false")
+      f"eval.constrained=false; model.cache_frozen_layers={cache_frozen_layers}")
   c.labels.calrec_packed = f"CALRec {label} LoRA r{lora_rank}, packed, {steps} steps"
