@@ -290,3 +290,21 @@ def test_generations_are_stored_as_visible_text():
   assert visible_text("\x01Nitrile \u200bgloves\ufffd\x1f 100\x7fcount\n") == "Nitrile gloves 100 count"
   assert visible_text("Pipette-Spitzen für Labor, 5 µl") == "Pipette-Spitzen für Labor, 5 µl"
   assert visible_text("\x00\x02\ufeff") == ""
+
+
+def test_user_tower_from_the_prompt_alone_equals_it_with_the_target_after_the_prompt(tiny_model):
+  """Dense retrieval encodes histories without a target (a shorter length bucket); causal attention makes v_U the
+  same as in the training layout, where the target follows the prompt."""
+  from calrec_jax.model.two_tower import TwoTower
+  cats, enc, model, params = tiny_model
+  seqs = cats[0].sequences
+  rows = [(u, seqs[u][:-1], seqs[u][-1]) for u in range(8)]
+  with_target = enc.collate([enc.encode(0, h, t) for _, h, t in rows], 8)
+  alone = enc.collate_prompts([enc.prompt_tokens(0, h)[0] for _, h, _ in rows], 8)
+  assert alone["tokens"].shape[1] <= with_target["tokens"].shape[1]
+  np.testing.assert_array_equal(alone["history_mask"], with_target["history_mask"][:, :alone["tokens"].shape[1]])
+  v = [model.apply({"params": params}, b["tokens"], b["positions"], b["input_mask"], b["history_mask"],
+                   method=TwoTower.user_embedding) for b in (with_target, alone)]
+  np.testing.assert_allclose(np.asarray(v[1]), np.asarray(v[0]), rtol=1e-5, atol=1e-6)
+  short = enc.collate_prompts([enc.prompt_tokens(0, seqs[0][:1])[0]], 2)  # one history item: the smallest bucket
+  assert short["tokens"].shape == (2, enc.buckets[0]) and short["example_weight"].tolist() == [1.0, 0.0]

@@ -158,6 +158,24 @@ class ExampleEncoder:
     return out
 
 
+  def collate_prompts(self, prompts: Sequence[Sequence[int]], batch_size: int | None = None
+                      ) -> dict[str, np.ndarray]:
+    """The user tower's inputs alone: prompts (`prompt_tokens`) without a target, in the smallest length bucket
+    that holds them. tokens/positions/input_mask/history_mask: [B, T]; example_weight: [B]. Causal attention makes
+    the hidden states over a prompt, and so v_U, the same as in `collate`, where the target follows the prompt."""
+    b = batch_size or len(prompts)
+    t = self.bucket(max((len(p) for p in prompts), default=1))
+    out = {"tokens": np.full((b, t), self.tok.pad_id, np.int32), "input_mask": np.zeros((b, t), bool),
+           "history_mask": np.zeros((b, t), bool), "example_weight": np.zeros((b,), np.float32)}
+    for r, p in enumerate(prompts):
+      out["tokens"][r, :len(p)] = p
+      out["input_mask"][r, :len(p)] = True
+      out["history_mask"][r, 1:len(p)] = True  # the prompt without BOS
+      out["example_weight"][r] = 1.0
+    out["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+    return out
+
+
 def catalog_vocabulary(encoder: ExampleEncoder) -> tuple[int, ...]:
   """Sorted token ids of every item text of the encoder's categories (cut to data.max_item_tokens) and EOS:
   every L_NIG label, the vocabulary of `loss.lm_vocab=catalog`. Linear in the catalog's size."""

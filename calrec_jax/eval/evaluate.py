@@ -149,14 +149,14 @@ def _tower_fn(model: TwoTower, tower: str):
 
 
 def user_embeddings(config, parts, params, rows, cat: int) -> np.ndarray:
-  """v_U of each (user, history, target) row [U, E]; causal attention: the hidden states over the history never
-  see the target tokens that follow them."""
+  """v_U of each (user, history, target) row [U, E], from the prompt alone (the target is not read: causal
+  attention keeps it out of the hidden states over the history)."""
   fn = _tower_fn(parts.model, "user")
   enc, bs = parts.encoder, config.eval.batch_size
   out = []
   for start in range(0, len(rows), bs):
     chunk = rows[start:start + bs]
-    batch = enc.collate([enc.encode(cat, h, t) for _, h, t in chunk], bs)
+    batch = enc.collate_prompts([enc.prompt_tokens(cat, h)[0] for _, h, _ in chunk], bs)
     out.append(np.asarray(gather_to_host(fn(params, batch)))[:len(chunk)])
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
