@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from calrec_jax.data.packed import PackedEncoder, PackSpec, training_units
-from calrec_jax.errors import ConfigError
+from calrec_jax.errors import CalrecError, ConfigError
 from calrec_jax.model.two_tower import TwoTower
 from calrec_jax.train import layer_cache, objective
 from calrec_jax.train import step as step_lib
@@ -98,6 +98,24 @@ def test_the_cache_is_reused_for_the_same_weights_and_built_again_for_others(cac
   assert "building it again" in caplog.text
   assert not np.allclose(rebuilt.unit(unit), again.unit(unit))
   layer_cache.build(directory, top, params, packed)  # leave the module's cache as the other tests expect
+
+
+def test_a_damaged_cache_is_built_again_and_an_unwritable_one_is_one_clear_error(tiny_model, tmp_path, caplog):
+  _, enc, model, params = tiny_model
+  packed, top = PackedEncoder(enc, SPEC), model.clone(cached_layers=1)
+  directory = tmp_path / layer_cache.CACHE_DIR
+  layer_cache.build(str(directory), top, params, packed)
+  with open(directory / "units.bin", "r+b") as f:
+    f.truncate(100)  # a disk that filled up, a copy cut short
+  with caplog.at_level("WARNING"):
+    again = layer_cache.build(str(directory), top, params, packed)
+  assert "is damaged" in caplog.text
+  unit = packed.encode_unit(0, *(int(x) for x in training_units(enc.categories[0].sequences, SPEC)[0]))
+  assert again.unit(unit).shape == (len(unit["ids"]), top.cfg.d_model)
+  blocked = tmp_path / "file"
+  blocked.write_text("")
+  with pytest.raises(CalrecError, match="frozen-layer cache: cannot write .*model.cache_frozen_layers=False"):
+    layer_cache.build(str(blocked / layer_cache.CACHE_DIR), top, params, packed)
 
 
 def test_settings_the_cache_cannot_serve_are_one_clear_error():

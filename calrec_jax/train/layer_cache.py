@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from calrec_jax.data.packed import PackedEncoder, training_units
-from calrec_jax.errors import ConfigError
+from calrec_jax.errors import CalrecError, ConfigError
 from calrec_jax.model.two_tower import TwoTower
 from calrec_jax.paths import write_atomically
 
@@ -171,12 +171,26 @@ def build(directory: str, model: TwoTower, params, packed: PackedEncoder, rows_p
   if os.path.exists(meta_path):
     try:
       with open(meta_path, encoding="utf-8") as f:
-        if json.load(f).get("fingerprint") == fingerprint:
-          log.info("frozen-layer cache: reusing %s (%d blocks)", directory, k)
-          return FrozenLayerCache(directory)
-    except (OSError, ValueError) as e:
-      log.warning("frozen-layer cache: %s is unreadable (%s); building it again", meta_path, e)
-    log.info("frozen-layer cache: %s was built from other weights or data; building it again", directory)
+        same = json.load(f).get("fingerprint") == fingerprint
+      if same:
+        cache = FrozenLayerCache(directory)
+        log.info("frozen-layer cache: reusing %s (%d blocks)", directory, k)
+        return cache
+      log.info("frozen-layer cache: %s was built from other weights or data; building it again", directory)
+    except (OSError, ValueError, KeyError) as e:  # a truncated or damaged file: the cache is derived data
+      log.warning("frozen-layer cache: %s is damaged (%s); building it again", directory, e)
+  try:
+    return _write(directory, model, params, packed, units, unit_ids, item_ids, fingerprint, dtype, rows_per_call)
+  except OSError as e:
+    raise CalrecError(f"frozen-layer cache: cannot write {directory} ({e.strerror or e}); free disk space there "
+                      "or set model.cache_frozen_layers=False") from None
+
+
+def _write(directory: str, model: TwoTower, params, packed: PackedEncoder, units, unit_ids, item_ids,
+           fingerprint: str, dtype: str, rows_per_call: int) -> FrozenLayerCache:
+  """Computes and stores the cache (meta.json last, so an interrupted build is never taken for a finished one)."""
+  k, enc, tok = model.cached_layers, packed.enc, packed.enc.tok
+  meta_path = os.path.join(directory, "meta.json")
   shutil.rmtree(directory, ignore_errors=True)
   os.makedirs(directory)
   d = model.cfg.d_model
