@@ -308,3 +308,21 @@ def test_user_tower_from_the_prompt_alone_equals_it_with_the_target_after_the_pr
   np.testing.assert_allclose(np.asarray(v[1]), np.asarray(v[0]), rtol=1e-5, atol=1e-6)
   short = enc.collate_prompts([enc.prompt_tokens(0, seqs[0][:1])[0]], 2)  # one history item: the smallest bucket
   assert short["tokens"].shape == (2, enc.buckets[0]) and short["example_weight"].tolist() == [1.0, 0.0]
+
+
+def test_dense_user_embeddings_come_back_in_row_order_from_length_sorted_batches(tiny_model):
+  import types
+  import ml_collections
+  from calrec_jax.eval.evaluate import user_embeddings
+  from calrec_jax.model.two_tower import TwoTower
+  cats, enc, model, params = tiny_model
+  seqs = cats[0].sequences
+  rows = [(u, seqs[u][:n], seqs[u][n]) for u, n in ((0, 4), (1, 1), (2, 3), (3, 1), (4, 5), (5, 2), (6, 1))]
+  parts = types.SimpleNamespace(model=model, encoder=enc)
+  config = ml_collections.ConfigDict({"eval": {"batch_size": 3}})
+  got = user_embeddings(config, parts, params, rows, 0)
+  for r, (_, h, _) in enumerate(rows):  # each history alone
+    b = enc.collate_prompts([enc.prompt_tokens(0, h)[0]], 1)
+    want = model.apply({"params": params}, b["tokens"], b["positions"], b["input_mask"], b["history_mask"],
+                       method=TwoTower.user_embedding)
+    np.testing.assert_allclose(got[r], np.asarray(want)[0], rtol=1e-5, atol=1e-6, err_msg=f"row {r}")

@@ -153,12 +153,21 @@ def user_embeddings(config, parts, params, rows, cat: int) -> np.ndarray:
   attention keeps it out of the hidden states over the history)."""
   fn = _tower_fn(parts.model, "user")
   enc, bs = parts.encoder, config.eval.batch_size
+  prompts = [enc.prompt_tokens(cat, h)[0] for _, h, _ in rows]
+  # batches of similar length: a batch takes the bucket of its longest prompt, so a few long prompts spread over
+  # every batch would put nearly all of them in the largest bucket
+  order = np.argsort([len(p) for p in prompts], kind="stable")
   out = []
   for start in range(0, len(rows), bs):
-    chunk = rows[start:start + bs]
-    batch = enc.collate_prompts([enc.prompt_tokens(cat, h)[0] for _, h, _ in chunk], bs)
+    chunk = order[start:start + bs]
+    batch = enc.collate_prompts([prompts[i] for i in chunk], bs)
     out.append(np.asarray(gather_to_host(fn(params, batch)))[:len(chunk)])
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+  if not out:
+    return np.zeros((0, 0), np.float32)
+  emb = np.concatenate(out)                                                  # [U, E] in length order
+  result = np.empty_like(emb)
+  result[order] = emb
+  return result                                                              # [U, E] in row order
 
 
 def _ranked_records(config, data, rows, scores: np.ndarray, ks: list[int]) -> tuple[list[int], list[dict]]:
