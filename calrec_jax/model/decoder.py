@@ -51,10 +51,7 @@ class Decoder(nn.Module):
 
     cache: per layer {'k', 'v': [B, S, K, H]} plus cache[0]['pos'] shared key positions [B, S].
     """
-    x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [B, T, D]
-    if self.cfg.traits.scale_embeddings:
-      x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.dtype)
-    x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = constrain(self._embed(tokens), ("activation_batch", "activation_length", "activation_embed"))
     new_cache, key_pos = None, None
     if cache is not None:
       new_cache = []
@@ -78,10 +75,14 @@ class Decoder(nn.Module):
   def lower(self, tokens: Array, positions: Array, key_mask: Array, stop: int) -> Array:
     """The residual stream after blocks [0, stop) of a cache-free pass: [B, T, D] in the compute dtype. With
     `upper(., start=stop)` it equals `__call__` (the frozen-layer cache stores it; train/layer_cache.py)."""
-    x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [B, T, D]
+    return self._blocks(self._embed(tokens), positions, key_mask, 0, stop)
+
+  def _embed(self, tokens: Array) -> Array:
+    """tokens [B, T] -> input embeddings [B, T, D] in the compute dtype (scaled where the family does)."""
+    x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
     if self.cfg.traits.scale_embeddings:
       x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.dtype)
-    return self._blocks(x, positions, key_mask, 0, stop)
+    return x
 
   def upper(self, hidden: Array, positions: Array, key_mask: Array, start: int) -> Array:
     """Blocks [start, L) and the final norm on the residual stream `hidden` [B, T, D] from `lower(., stop=start)`."""

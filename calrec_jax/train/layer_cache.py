@@ -30,6 +30,7 @@ from calrec_jax.data.packed import PackedEncoder, training_units
 from calrec_jax.errors import CalrecError, ConfigError
 from calrec_jax.model.two_tower import TwoTower
 from calrec_jax.paths import write_atomically
+from calrec_jax.train.item_bank import catalog_rows
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,7 @@ def build(directory: str, model: TwoTower, params, packed: PackedEncoder, rows_p
   dropped = packed.dropped_targets
   unit_ids = [packed.encode_unit(*key)["ids"] for key in units]
   packed.dropped_targets = dropped  # rendering here is not drawing: the trainer's count stays its own
-  tok = enc.tok
-  item_ids = [[tok.bos_id] + enc.item_tokens(c, i) + [tok.eos_id]
-              for c, cat in enumerate(enc.categories) for i in range(len(cat.catalog))]
+  item_ids = catalog_rows(enc)  # the item tower's inputs, in the item bank's global order
   fingerprint = hashlib.blake2b(json.dumps({
       "blocks": k, "dtype": dtype, "weights": _digest_params(params, k), "model": repr(model.cfg),
       "units": hashlib.blake2b(json.dumps(unit_ids).encode(), digest_size=16).hexdigest(),
