@@ -48,6 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.skip_malformed = False           # raw: count and skip malformed lines instead of stopping
   d.min_sequence_length = 3          # raw: shortest user kept after filtering
   d.tfds_manual_dir = ""             # tfds: folder with the raw files (else download)
+  d.tfds_beam_options = ""           # tfds: Apache Beam pipeline flags, e.g. "--runner=DataflowRunner --project=P
+  #                                    --region=R --temp_location=gs://B/tmp --setup_file=./setup.py"; "": local
   d.synthetic_users = ""             # synthetic: users per category, comma-separated
   d.synthetic_seed = 0               # synthetic: generator seed
   d.cold_start_items = 0.0           # > 0: this fraction of the evaluated category's items is new (never in
@@ -121,6 +123,10 @@ def get_config() -> ml_collections.ConfigDict:
   ev.max_users = 10000               # a fixed random subset of at most this many users (0: every user); the
   #                                    log says when it leaves users out
   ev.valid_users = 200               # users of the periodic validation during training
+  ev.valid_items = 0                 # > 0: periodic validation ranks a fixed random sample of this many items plus
+  #                                    the validation targets (sampled metrics, logged as valid/dense_sampled_*,
+  #                                    read higher than whole-catalog ones); 0: the whole catalog
+  ev.item_batch_size = 64            # items per item-tower batch when embedding the catalog
   ev.reference_valid_ndcg = ""       # lines on time_to_quality.png: label=validation NDCG@10, e.g. 'SASRec=0.087'
   ev.batch_size = 16                 # users per generation batch
   ev.num_samples = 8                 # sampled continuations per user

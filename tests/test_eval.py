@@ -326,3 +326,34 @@ def test_dense_user_embeddings_come_back_in_row_order_from_length_sorted_batches
     want = model.apply({"params": params}, b["tokens"], b["positions"], b["input_mask"], b["history_mask"],
                        method=TwoTower.user_embedding)
     np.testing.assert_allclose(got[r], np.asarray(want)[0], rtol=1e-5, atol=1e-6, err_msg=f"row {r}")
+
+
+def test_sampled_validation_ranks_the_targets_among_a_fixed_item_sample(tiny_model):
+  """eval.valid_items: dense metrics over a fixed item sample + the targets equal the whole-catalog scores with every
+  item outside the sample removed; with a sample as large as the catalog they equal the whole-catalog metrics."""
+  import types
+  import ml_collections
+  from calrec_jax.data.iterators import eval_rows
+  from calrec_jax.eval import validation
+  from calrec_jax.eval.evaluate import evaluate_dense, item_embeddings, user_embeddings
+  from calrec_jax.eval.fusion import exclusion_mask, target_ranks
+  from calrec_jax.eval.metrics import ranking_metrics
+  cats, enc, model, params = tiny_model
+  parts = types.SimpleNamespace(model=model, encoder=enc, categories=cats, tokenizer=enc.tok)
+  n_items = len(cats[0].catalog)
+  rows = eval_rows(cats[0].sequences, "valid", 24, seed=0)
+  config = ml_collections.ConfigDict({"seed": 0, "eval": {"batch_size": 8, "item_batch_size": 16, "ks": "1,5,10",
+                                                          "exclude_history": True, "valid_items": 10}})
+  sample = validation.validation_items(config, n_items, [t for _, _, t in rows])
+  assert set(t for _, _, t in rows) <= set(sample.tolist()) and len(sample) < n_items
+  assert np.array_equal(sample, validation.validation_items(config, n_items, [t for _, _, t in rows]))
+  got = validation.sampled_dense_metrics(config, parts, params, rows, 0)
+  scores = user_embeddings(config, parts, params, rows, 0) @ item_embeddings(parts, params, 0).T   # [U, I]
+  outside = np.ones(n_items, bool)
+  outside[sample] = False
+  removed = exclusion_mask([h for _, h, _ in rows], n_items) | outside[None, :]
+  want = ranking_metrics(target_ranks(scores, np.array([t for _, _, t in rows]), removed, 10).tolist(), [1, 5, 10])
+  assert got == pytest.approx(want)
+  config.eval.valid_items = n_items
+  assert validation.sampled_dense_metrics(config, parts, params, rows, 0) == pytest.approx(
+      evaluate_dense(config, parts, params, rows, 0)[0])

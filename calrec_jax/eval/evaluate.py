@@ -109,15 +109,16 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, 
   return metrics, records
 
 
-def item_embeddings(parts, params, cat: int, batch_size: int = 64) -> np.ndarray:
-  """v_T of every catalog item [I, E] (item tower on the item text alone)."""
+def item_embeddings(parts, params, cat: int, batch_size: int = 64, items: np.ndarray | None = None) -> np.ndarray:
+  """v_T of every catalog item [I, E] (item tower on the item text alone), or of `items` only [len(items), E]."""
   enc, tok = parts.encoder, parts.tokenizer
   li = enc.spec.item_len
-  n = len(parts.categories[cat].catalog)
+  wanted = np.arange(len(parts.categories[cat].catalog)) if items is None else np.asarray(items, np.int64)
+  n = len(wanted)
   fn = _tower_fn(parts.model, "item")
   out, t0 = [], time.time()
   for start in range(0, n, batch_size):
-    ids = list(range(start, min(start + batch_size, n)))
+    ids = wanted[start:start + batch_size].tolist()
     toks = np.full((batch_size, li), tok.pad_id, np.int32)
     mask = np.zeros((batch_size, li), bool)
     tmask = np.zeros((batch_size, li), bool)
@@ -126,7 +127,9 @@ def item_embeddings(parts, params, cat: int, batch_size: int = 64) -> np.ndarray
       toks[r, :len(seq)], mask[r, :len(seq)], tmask[r, 1:len(seq) - 1] = seq, True, True
     pos = np.broadcast_to(np.arange(li, dtype=np.int32), (batch_size, li))
     out.append(np.asarray(gather_to_host(fn(params, toks, pos, mask, tmask)))[:len(ids)])
-  log.info("item tower: embedded %d items in %.1fs", n, time.time() - t0)
+  took = time.time() - t0
+  log.info("item tower: embedded %d items in %.1fs (%.0f items/s, batches of %d)", n, took, n / max(took, 1e-9),
+           batch_size)
   return np.concatenate(out)
 
 
@@ -170,7 +173,7 @@ def user_embeddings(config, parts, params, rows, cat: int) -> np.ndarray:
   return result                                                              # [U, E] in row order
 
 
-def _ranked_records(config, data, rows, scores: np.ndarray, ks: list[int]) -> tuple[list[int], list[dict]]:
+def ranked_records(config, data, rows, scores: np.ndarray, ks: list[int]) -> tuple[list[int], list[dict]]:
   """Ranks and records of rows ranked by scores [U, I] (history items excluded as configured)."""
   from calrec_jax.eval.fusion import exclusion_mask, target_ranks, top_items
   excluded = exclusion_mask([h for _, h, _ in rows], scores.shape[1]) if config.eval.exclude_history else None
@@ -185,9 +188,10 @@ def _ranked_records(config, data, rows, scores: np.ndarray, ks: list[int]) -> tu
 def evaluate_dense(config, parts, params, rows, cat: int, item_emb: np.ndarray | None = None) -> tuple[dict, list]:
   """Rank every catalog item by v_U . v_T."""
   ks = [int(k) for k in split_names(config.eval.ks)]
-  item_emb = item_embeddings(parts, params, cat) if item_emb is None else item_emb
+  if item_emb is None:
+    item_emb = item_embeddings(parts, params, cat, config.eval.item_batch_size)
   scores = user_embeddings(config, parts, params, rows, cat) @ item_emb.T                # [U, I]
-  ranks, records = _ranked_records(config, parts.categories[cat], rows, scores, ks)
+  ranks, records = ranked_records(config, parts.categories[cat], rows, scores, ks)
   return ranking_metrics(ranks, ks), records
 
 
@@ -303,14 +307,14 @@ def evaluate_fused(config, parts, params, rows, valid_rows, cat: int, item_emb: 
   ec = config.eval
   ks = [int(k) for k in split_names(ec.ks)]
   if "dense" in split_names(ec.fusion) and item_emb is None:
-    item_emb = item_embeddings(parts, params, cat)
+    item_emb = item_embeddings(parts, params, cat, config.eval.item_batch_size)
   n_items = len(parts.categories[cat].catalog)
   valid = fusion_signals(config, parts, params, valid_rows, cat, item_emb, mesh)
   excluded = exclusion_mask([h for _, h, _ in valid_rows], n_items) if ec.exclude_history else None
   choice = choose_weights(valid, np.asarray([t for _, _, t in valid_rows], np.int64), excluded, ec.fusion_metric, ks)
   del valid, excluded
   test = fusion_signals(config, parts, params, rows, cat, item_emb, mesh, beams, generated)
-  ranks, records = _ranked_records(config, parts.categories[cat], rows, fused_scores(test, choice.weights), ks)
+  ranks, records = ranked_records(config, parts.categories[cat], rows, fused_scores(test, choice.weights), ks)
   info = {"weights": choice.weights, "valid_users": choice.users, f"valid_{ec.fusion_metric}": choice.valid_metric,
           f"valid_{ec.fusion_metric}_alone": choice.single}
   return ranking_metrics(ranks, ks), records, info
@@ -362,7 +366,7 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
       results[method], records[method] = evaluate_bm25(config, parts, params, rows, cat, mesh=mesh,
                                                        constrained=method == "bm25_constrained")
     elif method == "dense":
-      item_emb = item_embeddings(parts, params, cat)
+      item_emb = item_embeddings(parts, params, cat, config.eval.item_batch_size)
       results[method], records[method] = evaluate_dense(config, parts, params, rows, cat, item_emb)
     elif method == "beam":
       beams = beam_rankings(config, parts, params, rows, cat, mesh)

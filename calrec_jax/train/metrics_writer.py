@@ -138,20 +138,27 @@ def plot_time_to_quality(metrics_path: str, out_png: str, references: dict[str, 
   """Validation NDCG@10 and Recall@10 of dense retrieval against training hours and (history -> next item)
   examples seen, with `references` ({label: validation NDCG@10}, e.g. SASRec's) as horizontal lines on the
   NDCG panels. Returns False (and writes nothing) when no validation row carries the time counters."""
-  rows = [r for r in read_metrics(metrics_path) if "perf/train_seconds" in r and "valid/dense_ndcg_at_10" in r]
-  if not rows:
+  rows = read_metrics(metrics_path)
+  prefix = next((p for p in ("valid/dense_", "valid/dense_sampled_")
+                 if any("perf/train_seconds" in r and f"{p}ndcg_at_10" in r for r in rows)), None)
+  if prefix is None:
     return False
+  rows = [r for r in rows if "perf/train_seconds" in r and f"{prefix}ndcg_at_10" in r]
+  sampled = prefix.endswith("sampled_")
+  if sampled:
+    references = {}  # whole-catalog references do not compare with sampled metrics
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for ax, (xkey, xlabel, scale) in zip(axes, [("perf/train_seconds", "training hours (incl. validation)", 3600.0),
                                               ("perf/examples_seen", "examples seen (thousands)", 1000.0)]):
     x = [r[xkey] / scale for r in rows]
-    for key, label in (("valid/dense_ndcg_at_10", "NDCG@10"), ("valid/dense_recall_at_10", "Recall@10")):
+    for key, label in ((f"{prefix}ndcg_at_10", "NDCG@10"), (f"{prefix}recall_at_10", "Recall@10")):
       ax.plot(x, [r.get(key, float("nan")) for r in rows], marker="o", markersize=3, label=f"CALRec dense {label}")
     for name, value in (references or {}).items():
       ax.axhline(value, linestyle="--", color="grey", linewidth=1)
       ax.text(ax.get_xlim()[0], value, f" {name} NDCG@10 {value:.4f}", va="bottom", fontsize=7, color="grey")
     ax.set_xlabel(xlabel)
-    ax.set_title("validation, dense retrieval", fontsize=10)
+    ax.set_title("validation, dense retrieval" + (" against sampled items (eval.valid_items)" if sampled else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
   fig.tight_layout()
