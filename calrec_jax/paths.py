@@ -1,7 +1,9 @@
 """Output folders checked before long work starts: a run never fails at its end because it cannot write."""
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import BinaryIO, Iterator
 
 from calrec_jax.errors import CalrecError
 
@@ -24,7 +26,20 @@ def require_writable_dir(path: str, what: str) -> str:
 def write_atomically(path: str, data: str | bytes) -> None:
   """Writes `data` (text as UTF-8, or bytes) to path.tmp, then renames it over `path`: a reader never sees a
   half-written file, and a failure leaves the previous file as it was."""
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  with open_atomically(path) as f:
     f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def open_atomically(path: str) -> Iterator[BinaryIO]:
+  """A binary file to write `path` piece by piece: written as path.tmp and renamed over `path` when the block
+  ends without an error (removed if it raises), so a reader never sees a half-written file."""
+  tmp = path + ".tmp"
+  try:
+    with open(tmp, "wb") as f:
+      yield f
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
   os.replace(tmp, path)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from calrec_jax.data import amazon_raw, recbole, records
+from calrec_jax.data import amazon_raw, prepared_folder, recbole, records
 from calrec_jax.errors import DataError
 
 
@@ -114,13 +114,13 @@ def test_empty_file_missing_files_and_no_users(tmp_path):
 def test_prepared_round_trip_and_bad_prepared_file(tmp_path):
   from calrec_jax.data import synthetic
   cat = synthetic.make_category("Office", 30, seed=1)
-  records.save_category(cat, str(tmp_path / "Office"))
-  back = records.load_category(str(tmp_path / "Office"))
+  prepared_folder.save_category(cat, str(tmp_path / "Office"))
+  back = prepared_folder.load_category(str(tmp_path / "Office"))
   assert back.sequences == cat.sequences and back.catalog.attributes == cat.catalog.attributes
   with open(tmp_path / "Office" / "sequences.jsonl", "a") as f:
     f.write("{not json\n")
   with pytest.raises(DataError, match=r"sequences.jsonl:31: malformed JSON"):
-    records.load_category(str(tmp_path / "Office"))
+    prepared_folder.load_category(str(tmp_path / "Office"))
 
 
 def test_recbole_scientific_statistics(scientific_dir):
@@ -150,7 +150,7 @@ def test_prepare_cli_on_scientific(scientific_dir, tmp_path, capsys):
                         f"--output={tmp_path}"])
   assert stats[0]["users"] == 2928 and stats[0]["items"] == 1585 and stats[0]["interactions"] == 19712
   assert "Scientific" in capsys.readouterr().out
-  assert records.load_category(str(tmp_path / "Scientific")).num_interactions() == 19712
+  assert prepared_folder.load_category(str(tmp_path / "Scientific")).num_interactions() == 19712
 
 
 def test_recbole_bad_rows(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 
 from calrec_jax.data.cold_start import held_out_is_new
 from calrec_jax.data.examples import ExampleEncoder
-from calrec_jax.data.records import split_examples
+from calrec_jax.data.records import sequence_lengths, split_examples, split_positions
 
 
 def mixture_probabilities(num_users: Sequence[int], alpha: float) -> np.ndarray:
@@ -43,7 +43,7 @@ class MixtureIterator:
 
   def _rows(self, category, split: str) -> np.ndarray:
     """The category's training rows, one per draw: (user, target position)."""
-    return np.asarray(split_examples(category.sequences, split), np.int64).reshape(-1, 2)
+    return split_positions(sequence_lengths(category.sequences), split)  # [N, 2] (user, target position)
 
   def _encode(self, choice: list[tuple[int, int]]) -> dict[str, np.ndarray]:
     encoded = []

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from calrec_jax.data.examples import ExampleEncoder
-from calrec_jax.data.records import CategoryData
+from calrec_jax.data.records import CategoryData, sequence_lengths
 from calrec_jax.errors import ConfigError
 
 
@@ -55,17 +55,15 @@ class PackSpec:
 
 
 def training_units(sequences: Sequence[Sequence[int]], spec: PackSpec) -> np.ndarray:
-  """[N, 3] int64 rows (user, first slot position, end position) covering every training target once."""
-  rows = []
-  for u, seq in enumerate(sequences):
-    m = len(seq) - 2  # the training part: the last two items are valid and test
-    if m < 2:
-      continue
-    e = m
-    while e > 1:
-      rows.append((u, max(1, e - spec.stride), e))
-      e -= spec.stride
-  return np.asarray(rows, np.int64).reshape(-1, 3)
+  """[N, 3] int64 rows (user, first slot position, end position) covering every training target once: a user's
+  training part (all but the last two items) is cut from its end in windows of `spec.stride` targets."""
+  m = sequence_lengths(sequences) - 2                  # the training part: the last two items are valid and test
+  users = np.flatnonzero(m >= 2)
+  m = m[users]
+  units = -(-(m - 1) // spec.stride)                   # ceil((m - 1) / stride) windows per user
+  j = np.arange(units.sum()) - np.repeat(np.cumsum(units) - units, units)
+  end = np.repeat(m, units) - j * spec.stride
+  return np.stack([np.repeat(users, units), np.maximum(1, end - spec.stride), end], 1).astype(np.int64)
 
 
 class PackedEncoder:

@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from calrec_jax.data import records, sources
+from calrec_jax.data import prepared_folder, records, sources
 from calrec_jax.errors import run_cli
 
 
@@ -36,6 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="count and skip malformed lines instead of stopping at the first one (raw only)")
   p.add_argument("--min-sequence-length", type=int, default=3, help="drop shorter users after filtering")
   p.add_argument("--manual-dir", default="", help="TFDS: folder with the raw files (else download from the official URL, or from $CALREC_AMAZON2018_URL)")
+  p.add_argument("--beam-options", default="",
+                 help="TFDS: Apache Beam pipeline flags for a cluster runner, e.g. \"--runner=DataflowRunner "
+                      "--project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py\" (default: Beam's "
+                      "local runner)")
   p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
   p.add_argument("--json", action="store_true", help="also print the statistics as JSON")
   return p.parse_args(argv)
@@ -46,6 +50,7 @@ def data_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
       "source": args.source, "path": os.path.expanduser(args.input), "categories": args.categories,
       "kcore": args.kcore, "dedup": not args.no_dedup, "skip_malformed": args.skip_malformed,
       "min_sequence_length": args.min_sequence_length, "tfds_manual_dir": args.manual_dir,
+      "tfds_beam_options": args.beam_options,
       "synthetic_users": "", "synthetic_seed": args.seed})
 
 
@@ -53,16 +58,36 @@ def main(argv=None) -> list[dict]:
   args = parse_args(argv)
   from calrec_jax.paths import require_writable_dir
   require_writable_dir(args.output, "--output")  # before the data is read, not after
-  cats = sources.load_categories(data_config(args))
+  cfg = data_config(args)
+  names = sources.split_names(cfg.categories)
   stats = []
-  for cat in cats:
-    records.save_category(cat, os.path.join(args.output, cat.name))
-    stats.append(records.statistics(cat))
+  if cfg.source == "amazon_raw":                 # one category at a time, as arrays: memory linear in reviews
+    sources.check_source(cfg)
+    for name in names:
+      stats.append(prepare_raw_category(cfg, name, os.path.join(args.output, name)))
+  else:                                          # one category at a time where they are named
+    for part in ([names[k:k + 1] for k in range(len(names))] if names and cfg.source != "synthetic" else [names]):
+      cfg.categories = ",".join(part)
+      for cat in sources.load_categories(cfg):
+        stats.append(prepared_folder.save_category(cat, os.path.join(args.output, cat.name)))
   print(records.format_statistics(stats))
-  print(f"\nwrote {len(cats)} categories to {args.output}")
+  print(f"\nwrote {len(stats)} categories to {args.output}")
   if args.json:
     print(json.dumps(stats, indent=1))
   return stats
+
+
+def prepare_raw_category(cfg: ml_collections.ConfigDict, name: str, directory: str) -> dict:
+  """Raw Amazon files of one category -> its prepared folder, with progress bars; the statistics written."""
+  from calrec_jax.data import amazon_raw
+  reviews, meta = amazon_raw.find_category_files(cfg.path, name)
+  skipped: dict[str, int] = {}
+  seqs, attributes = amazon_raw.prepare_arrays(
+      reviews, meta, skipped, kcore=cfg.kcore, dedup=cfg.dedup, skip_malformed=cfg.skip_malformed,
+      min_sequence_length=cfg.min_sequence_length, progress=True)
+  records.check_sequences(name, seqs.user_ids, seqs.lengths(), len(seqs.item_ids), reviews)
+  return prepared_folder.write_prepared(directory, name, seqs.item_ids, attributes, seqs.user_ids, seqs.offsets,
+                                seqs.items, skipped)
 
 
 def run() -> None:

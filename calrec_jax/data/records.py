@@ -1,14 +1,13 @@
 """The one internal representation of a category: a catalog and chronological user sequences.
 
 Every source (raw Amazon files, RecBole atomic files, the TFDS builder, the synthetic generator) produces a
-`CategoryData`; `save_category` / `load_category` write and read the prepared form on disk:
-
-  <dir>/catalog.jsonl    one item per line: {"id": asin, "title": ..., "category": ..., "brand": ..., "price": ...}
-  <dir>/sequences.jsonl  one user per line: {"user": reviewerID, "items": [item index, ...]} (oldest first)
-  <dir>/stats.json       counts, skips and the filters applied
+`CategoryData`; data/prepared_folder.py writes and reads its prepared form on disk. Sequences are a list of lists
+or a `SequenceStore` (flat arrays, memory-mapped from a prepared folder); the splits and statistics here are
+computed from the sequence lengths, in array operations.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import os
@@ -31,65 +30,110 @@ class Catalog:
     return len(self.item_ids)
 
 
+class SequenceStore(collections.abc.Sequence):
+  """Users' item sequences as two flat arrays (memory-mapped when read from a prepared folder): user u's items are
+  items[offsets[u]:offsets[u + 1]], oldest first. Indexing a user gives a list; nothing per event is held."""
+
+  def __init__(self, offsets: np.ndarray, items: np.ndarray):
+    self.offsets, self.items = offsets, items  # [users + 1] int64, [events] int32
+
+  def __len__(self) -> int:
+    return len(self.offsets) - 1
+
+  def __getitem__(self, u):
+    if isinstance(u, slice):
+      return [self[k] for k in range(*u.indices(len(self)))]
+    if u < 0:
+      u += len(self)
+    if not 0 <= u < len(self):
+      raise IndexError(u)
+    return self.items[self.offsets[u]:self.offsets[u + 1]].tolist()
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, collections.abc.Sequence) and len(self) == len(other) and all(
+        a == list(b) for a, b in zip(self, other))
+
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets)
+
+
+def sequence_lengths(sequences) -> np.ndarray:
+  """[users] int64 lengths of a SequenceStore or a list of lists."""
+  if isinstance(sequences, SequenceStore):
+    return sequences.lengths().astype(np.int64)
+  return np.fromiter((len(s) for s in sequences), np.int64, count=len(sequences))
+
+
 @dataclasses.dataclass
 class CategoryData:
   """One category: catalog, per-user chronological item-index sequences, and provenance counts."""
   name: str
   catalog: Catalog
   user_ids: list[str]
-  sequences: list[list[int]]
+  sequences: list[list[int]] | SequenceStore
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)
   new_items: frozenset[int] = frozenset()  # cold-start split (data/cold_start.py): items training never sees
 
   def num_interactions(self) -> int:
-    return sum(len(s) for s in self.sequences)
+    return int(sequence_lengths(self.sequences).sum())
 
 
 # ----------------------------------------------------------------------------- leave-one-out splits
-def split_examples(sequences: list[list[int]], split: str) -> list[tuple[int, int]]:
+def split_examples(sequences, split: str) -> list[tuple[int, int]]:
   """(user index, target position) pairs of a leave-one-out split.
 
   'test': the last item; 'valid': the second-to-last; 'train': every earlier item except the first
   (each training target is predicted from all items before it). Users need >= 3 items.
   """
-  out = []
-  for u, seq in enumerate(sequences):
-    n = len(seq)
-    if n < 3:
-      continue
-    if split == "test":
-      out.append((u, n - 1))
-    elif split == "valid":
-      out.append((u, n - 2))
-    elif split == "train":
-      out.extend((u, t) for t in range(1, n - 2))
-    else:
-      raise ValueError(f"unknown split {split!r}; expected 'train', 'valid' or 'test'")
-  return out
+  return [tuple(r) for r in split_positions(sequence_lengths(sequences), split).tolist()]
+
+
+def split_positions(lengths: np.ndarray, split: str) -> np.ndarray:
+  """`split_examples` as an [N, 2] int64 array (user, target position), computed from the lengths alone."""
+  lengths = np.asarray(lengths, np.int64)
+  users = np.flatnonzero(lengths >= 3)
+  n = lengths[users]
+  if split == "test":
+    return np.stack([users, n - 1], 1)
+  if split == "valid":
+    return np.stack([users, n - 2], 1)
+  if split != "train":
+    raise ValueError(f"unknown split {split!r}; expected 'train', 'valid' or 'test'")
+  per_user = n - 3                                               # targets 1 .. n - 3
+  first = np.repeat(np.cumsum(per_user) - per_user, per_user)
+  return np.stack([np.repeat(users, per_user), np.arange(per_user.sum()) - first + 1], 1)
 
 
 def statistics(data: CategoryData) -> dict[str, Any]:
   """Users, items, interactions and sequence-length summary, overall and per split."""
-  lengths = np.array([len(s) for s in data.sequences]) if data.sequences else np.zeros(0)
+  lengths = sequence_lengths(data.sequences)
+  return statistics_of_lengths(data.name, len(data.catalog), lengths, data.skipped)
+
+
+def statistics_of_lengths(name: str, items: int, lengths: np.ndarray, skipped: dict[str, int]) -> dict[str, Any]:
+  """`statistics` from the sequence lengths alone ([users] int): the leave-one-out splits of `split_examples` are
+  counted, not listed (a user of n >= 3 items has n - 3 training targets at positions 1..n-3, the validation
+  target at n - 2 and the test target at n - 1)."""
+  lengths = np.asarray(lengths, np.int64)
   stats = {
-      "category": data.name,
-      "users": len(data.sequences),
-      "items": len(data.catalog),
+      "category": name,
+      "users": len(lengths),
+      "items": items,
       "interactions": int(lengths.sum()),
       "mean_seq_len": float(lengths.mean()) if len(lengths) else 0.0,
       "max_seq_len": int(lengths.max()) if len(lengths) else 0,
       "min_seq_len": int(lengths.min()) if len(lengths) else 0,
   }
-  for split in ("train", "valid", "test"):
-    ex = split_examples(data.sequences, split)
-    hist = np.array([t for _, t in ex]) if ex else np.zeros(0)
-    stats[split] = {
-        "examples": len(ex),
-        "users": len({u for u, _ in ex}),
-        "mean_history": float(hist.mean()) if len(hist) else 0.0,
-        "max_history": int(hist.max()) if len(hist) else 0,
-    }
-  stats["skipped"] = dict(data.skipped)
+  n = lengths[lengths >= 3]
+  train = n[n > 3] - 3                                 # targets per user: positions 1 .. n - 3
+  per_split = {"train": (int(train.sum()), len(train), int((train * (train + 1) // 2).sum()),
+                         int(train.max()) if len(train) else 0),
+               "valid": (len(n), len(n), int((n - 2).sum()), int((n - 2).max()) if len(n) else 0),
+               "test": (len(n), len(n), int((n - 1).sum()), int((n - 1).max()) if len(n) else 0)}
+  for split, (examples, users, history_sum, max_history) in per_split.items():
+    stats[split] = {"examples": examples, "users": users,
+                    "mean_history": history_sum / examples if examples else 0.0, "max_history": max_history}
+  stats["skipped"] = dict(skipped)
   return stats
 
 
@@ -111,35 +155,31 @@ def format_statistics(stats_list: list[dict[str, Any]]) -> str:
 
 def validate(data: CategoryData, source: str) -> None:
   """Raise DataError if the category cannot be trained or evaluated on."""
-  if not data.sequences:
-    raise DataError(f"category {data.name!r} has no users left after filtering "
-                    "(lower data.kcore / min_sequence_length, or check the input files)", source)
-  if len(data.catalog) == 0:
-    raise DataError(f"category {data.name!r} has an empty catalog", source)
+  check_sequences(data.name, data.user_ids, sequence_lengths(data.sequences), len(data.catalog), source)
   n = len(data.catalog)
-  for u, seq in enumerate(data.sequences):
-    if len(seq) < 3:
-      raise DataError(f"user {data.user_ids[u]!r} has {len(seq)} items; leave-one-out needs >= 3", source)
-    if min(seq) < 0 or max(seq) >= n:
-      raise DataError(f"user {data.user_ids[u]!r} refers to an item index outside the catalog", source)
+  if isinstance(data.sequences, SequenceStore):
+    bad = np.flatnonzero((data.sequences.items < 0) | (data.sequences.items >= n))
+    outside = [int(np.searchsorted(data.sequences.offsets, bad[0], side="right")) - 1] if len(bad) else []
+  else:
+    outside = [u for u, seq in enumerate(data.sequences) if min(seq) < 0 or max(seq) >= n][:1]
+  if outside:
+    raise DataError(f"user {data.user_ids[outside[0]]!r} refers to an item index outside the catalog", source)
 
 
-# ----------------------------------------------------------------------------- prepared form on disk
-def save_category(data: CategoryData, directory: str) -> None:
-  """Write the prepared form (atomically per file: a crash never leaves a half-written file)."""
-  from calrec_jax.paths import write_atomically
-  os.makedirs(directory, exist_ok=True)
-
-  def write(name: str, lines: list[str]) -> None:
-    write_atomically(os.path.join(directory, name), "".join(line + "\n" for line in lines))
-
-  write("catalog.jsonl", [json.dumps({"id": i, **a}, ensure_ascii=False)
-                          for i, a in zip(data.catalog.item_ids, data.catalog.attributes)])
-  write("sequences.jsonl", [json.dumps({"user": u, "items": s})
-                            for u, s in zip(data.user_ids, data.sequences)])
-  write("stats.json", [json.dumps(statistics(data), indent=1)])
+def check_sequences(name: str, user_ids: list[str], lengths: np.ndarray, items: int, source: str) -> None:
+  """DataError if no user is left, the catalog is empty, or a user has fewer than 3 items."""
+  if not len(lengths):
+    raise DataError(f"category {name!r} has no users left after filtering "
+                    "(lower data.kcore / min_sequence_length, or check the input files)", source)
+  if items == 0:
+    raise DataError(f"category {name!r} has an empty catalog", source)
+  short = np.flatnonzero(lengths < 3)
+  if len(short):
+    u = int(short[0])
+    raise DataError(f"user {user_ids[u]!r} has {int(lengths[u])} items; leave-one-out needs >= 3", source)
 
 
+# ----------------------------------------------------------------------------- JSON-lines files
 def jsonl_rows(path: str, shape: str = "") -> Iterator[tuple[int, dict | None, str | None]]:
   """(line number, object, problem) of each non-blank line of a JSON-lines file: the object and None, or None and
   what is wrong with the line (not JSON, not an object; `shape`: how a line should look, for that message)."""
@@ -186,36 +226,3 @@ def read_catalog(path: str) -> Catalog:
   if not ids:
     raise DataError("the catalog is empty", path)
   return Catalog(ids, attrs)
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    raise DataError("file not found (run `python -m calrec_jax.data.prepare` first)", path)
-  return [row for _, row in iter_jsonl(path)]
-
-
-def load_category(directory: str, name: str | None = None) -> CategoryData:
-  """Read a prepared category directory written by `save_category`."""
-  cat_path = os.path.join(directory, "catalog.jsonl")
-  seq_path = os.path.join(directory, "sequences.jsonl")
-  items, attrs = [], []
-  for lineno, row in enumerate(_read_jsonl(cat_path), 1):
-    if "id" not in row:
-      raise DataError("catalog row without 'id'", cat_path, lineno)
-    items.append(str(row.pop("id")))
-    attrs.append({k: str(v) for k, v in row.items()})
-  users, seqs = [], []
-  for lineno, row in enumerate(_read_jsonl(seq_path), 1):
-    if "user" not in row or "items" not in row:
-      raise DataError("sequence row needs 'user' and 'items'", seq_path, lineno)
-    users.append(str(row["user"]))
-    seqs.append([int(i) for i in row["items"]])
-  skipped = {}
-  stats_path = os.path.join(directory, "stats.json")
-  if os.path.exists(stats_path):
-    with open(stats_path, encoding="utf-8") as f:
-      skipped = json.load(f).get("skipped", {})
-  data = CategoryData(name or os.path.basename(os.path.normpath(directory)), Catalog(items, attrs),
-                      users, seqs, skipped)
-  validate(data, directory)
-  return data

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from calrec_jax.data import amazon_raw, recbole, records, synthetic
+from calrec_jax.data import amazon_raw, prepared_folder, recbole, records, synthetic
 from calrec_jax.errors import ConfigError, DataError
 
 SOURCES = ("synthetic", "prepared", "recbole", "amazon_raw", "tfds")
@@ -31,6 +31,18 @@ def load_categories(cfg) -> list[records.CategoryData]:
   return apply_cold_start(_load(cfg), cfg)
 
 
+def check_source(cfg) -> None:
+  """ConfigError / DataError for a data config that names no readable input (any source but synthetic)."""
+  if cfg.source not in SOURCES:
+    raise ConfigError(f"data.source={cfg.source!r}; choose one of {SOURCES}")
+  if not cfg.path:
+    raise ConfigError(f"data.path is required for data.source={cfg.source!r}")
+  if cfg.source in ("recbole", "amazon_raw", "tfds") and not split_names(cfg.categories):
+    raise ConfigError(f"data.categories must name the categories to read for data.source={cfg.source!r}")
+  if cfg.source in ("prepared", "amazon_raw") and not os.path.isdir(cfg.path):
+    raise DataError("data.path is not a directory", cfg.path)
+
+
 def _load(cfg) -> list[records.CategoryData]:
   names = split_names(cfg.categories)
   if cfg.source == "synthetic":
@@ -38,29 +50,24 @@ def _load(cfg) -> list[records.CategoryData]:
     if users and len(users) != len(names or synthetic.CATEGORIES):
       raise ConfigError("data.synthetic_users needs one count per category in data.categories")
     return synthetic.make_dataset(names or None, users, seed=cfg.synthetic_seed)
-  if cfg.source not in SOURCES:
-    raise ConfigError(f"data.source={cfg.source!r}; choose one of {SOURCES}")
-  if not cfg.path:
-    raise ConfigError(f"data.path is required for data.source={cfg.source!r}")
+  check_source(cfg)
   if cfg.source == "recbole":  # one folder, or several comma-separated (each category where its files are)
-    if not names:
-      raise ConfigError("data.categories must name the categories to read for data.source='recbole'")
     return [recbole.load_recbole(recbole_folder(split_names(cfg.path), n), n) for n in names]
-  if not os.path.isdir(cfg.path) and cfg.source != "tfds":
-    raise DataError("data.path is not a directory", cfg.path)
   if cfg.source == "prepared":
     if not names:
       names = sorted(d for d in os.listdir(cfg.path) if os.path.exists(os.path.join(cfg.path, d, "catalog.jsonl")))
       if not names:
         raise DataError("no prepared categories (sub-folders with catalog.jsonl) here", cfg.path)
-    return [records.load_category(os.path.join(cfg.path, n), n) for n in names]
-  if not names:
-    raise ConfigError(f"data.categories must name the categories to read for data.source={cfg.source!r}")
+    return [prepared_folder.load_category(os.path.join(cfg.path, n), n) for n in names]
   if cfg.source == "amazon_raw":
     return [amazon_raw.load_amazon_category(cfg.path, n, kcore=cfg.kcore, dedup=cfg.dedup,
                                             skip_malformed=cfg.skip_malformed,
                                             min_sequence_length=cfg.min_sequence_length) for n in names]
   # tfds
+  import importlib.util
+  if importlib.util.find_spec("apache_beam") is None:  # the builder prepares with a Beam pipeline
+    raise ConfigError("data.source=tfds prepares with Apache Beam, which is not installed: "
+                      "pip install -e \".[beam]\" (or use data.source=amazon_raw on the same files)")
   import tensorflow_datasets as tfds
   from calrec_jax.data import tfds_amazon
   out = []
@@ -69,6 +76,7 @@ def _load(cfg) -> list[records.CategoryData]:
       raise ConfigError(f"unknown Amazon 2018 category {n!r}; known: {', '.join(tfds_amazon.CATEGORIES_2018)}")
     builder = tfds_amazon.AmazonReviews2018(config=n, data_dir=cfg.path, file_format="array_record")
     manual = cfg.tfds_manual_dir or None
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual, beam_options=tfds_amazon.beam_options(cfg.get("tfds_beam_options", ""))))
     out.append(tfds_amazon.load_tfds_category(builder))
   return out

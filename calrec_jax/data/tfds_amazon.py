@@ -1,23 +1,30 @@
-"""A tensorflow_datasets builder for Amazon Review 2018: one config per category, array_record, no TensorFlow.
+"""A tensorflow_datasets Beam builder for Amazon Review 2018: one config per category, array_record, no TensorFlow.
 
 Reads `<Category>.json.gz` (or `<Category>_5.json.gz`) and `meta_<Category>.json.gz` from `manual_dir`, or
 downloads them from the official location when online (or from a mirror with the same layout, named by the
-environment variable CALREC_AMAZON2018_URL). One example per user (after dedup, title filter and
-k-core): the chronological items with their attributes. Read it back with `as_data_source()`:
+environment variable CALREC_AMAZON2018_URL). The preparation (dedup, title filter, k-core, leave-one-out) runs
+as Apache Beam transforms (data/beam_pipeline.py), so the same builder runs on one machine or on a cluster:
 
     builder = AmazonReviews2018(config="Industrial_and_Scientific", data_dir=..., file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=RAW_DIR))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=RAW_DIR, beam_runner=None, beam_options=None))     # None: Beam's local runner
     data = load_tfds_category(builder)
+
+Splits: `train`, `validation` and `test` hold one example per user - its items without the last two, without the
+last one, and all of them (leave-one-out: the last item of `test` is the test target, of `validation` the
+validation target); `catalog` holds one example per item with its attributes. The skip and filter counts are in
+`builder.info.metadata["skipped"]`.
 """
 from __future__ import annotations
 
+import array
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from calrec_jax.data.amazon_raw import find_category_files, load_amazon_files
-from calrec_jax.data.records import Catalog, CategoryData, validate
+from calrec_jax.data.amazon_raw import find_category_files
+from calrec_jax.data.records import Catalog, CategoryData, SequenceStore, validate
 
 BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
 MIRROR_ENV = "CALREC_AMAZON2018_URL"
@@ -47,8 +54,11 @@ class AmazonReviews2018Config(tfds.core.BuilderConfig):
     self.kcore, self.five_core = kcore, five_core
 
 
+LEAVE_ONE_OUT = {"train": 2, "validation": 1, "test": 0}  # split -> items removed from the end of a sequence
+
+
 class AmazonReviews2018(tfds.core.GeneratorBasedBuilder):
-  """Amazon Review 2018 user sequences for sequential recommendation."""
+  """Amazon Review 2018 user sequences for sequential recommendation (a Beam builder)."""
 
   BUILDER_CONFIGS = [AmazonReviews2018Config(name=c, description=f"Amazon 2018 {c}") for c in CATEGORIES_2018]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -56,15 +66,19 @@ class AmazonReviews2018(tfds.core.GeneratorBasedBuilder):
       f"{BASE_URL} into the manual_dir.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    seq = {a: tfds.features.Sequence(tfds.features.Text()) for a in ATTRS}
     return tfds.core.DatasetInfo(
         builder=self,
-        description="Per-user chronological purchase sequences with item attributes (Amazon Review 2018).",
-        features=tfds.features.FeaturesDict({"user": tfds.features.Text(),
-                                             "items": tfds.features.Sequence(tfds.features.Text()), **seq}),
+        description="Per-user chronological purchase sequences (leave-one-out splits) and the item catalog "
+                    "(Amazon Review 2018).",
+        features=tfds.features.FeaturesDict({
+            "user": tfds.features.Text(), "items": tfds.features.Sequence(tfds.features.Text()),
+            "item_id": tfds.features.Text(), **{a: tfds.features.Text() for a in ATTRS}}),
+        metadata=tfds.core.MetadataDict(),
         homepage="https://cseweb.ucsd.edu/~jmcauley/datasets/amazon_v2/")
 
-  def _split_generators(self, dl_manager):
+  def _split_generators(self, dl_manager, pipeline):
+    from calrec_jax.data.beam_pipeline import PrepareCategory
+    import apache_beam as beam
     cat = self.builder_config.name
     try:
       manual = os.fspath(dl_manager.manual_dir)
@@ -74,33 +88,56 @@ class AmazonReviews2018(tfds.core.GeneratorBasedBuilder):
     if paths is None:
       got = dl_manager.download(download_urls(cat, self.builder_config.five_core))
       paths = (os.fspath(got["reviews"]), os.fspath(got["meta"]))
-    return {"train": self._generate_examples(*paths)}
+    out = pipeline | "Prepare" >> PrepareCategory(*paths, kcore=self.builder_config.kcore)
+    empty = {"user": "", "items": [], "item_id": "", **{a: "" for a in ATTRS}}
+    splits = {split: out["sequences"] | f"LeaveOneOut_{split}" >> beam.Map(
+        lambda us, cut: (us[0], {**empty, "user": us[0], "items": us[1][:len(us[1]) - cut]}), cut)
+        for split, cut in LEAVE_ONE_OUT.items()}
+    splits["catalog"] = out["catalog"] | "CatalogRows" >> beam.Map(
+        lambda ia: (ia[0], {**empty, "item_id": ia[0], **{a: ia[1].get(a, "") for a in ATTRS}}))
+    return splits
 
-  def _generate_examples(self, reviews_path, meta_path):
-    data = load_amazon_files(reviews_path, meta_path, self.builder_config.name, kcore=self.builder_config.kcore)
-    for user, seq in zip(data.user_ids, data.sequences):
-      attrs = [data.catalog.attributes[i] for i in seq]
-      yield user, {"user": user, "items": [data.catalog.item_ids[i] for i in seq],
-                   **{a: [x.get(a, "") for x in attrs] for a in ATTRS}}
+  def _generate_examples(self, examples):  # the splits are made in _split_generators
+    return examples
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    from calrec_jax.data.beam_pipeline import filter_counts
+    self.info.metadata["skipped"] = filter_counts(pipeline_result)
+
+
+def beam_options(flags: str):
+  """Apache Beam PipelineOptions from command-line flags ("--runner=DataflowRunner --project=P ..."); "" gives
+  Beam's local runner."""
+  import shlex
+  from apache_beam.options.pipeline_options import PipelineOptions
+  return PipelineOptions(shlex.split(flags) if flags.strip() else ["--runner=DirectRunner"])
 
 
 def load_tfds_category(builder: tfds.core.DatasetBuilder) -> CategoryData:
-  """Read a prepared builder back (random access, no TensorFlow) into a CategoryData."""
-  source = builder.as_data_source()["train"]
-  attrs: dict[str, dict[str, str]] = {}
-  users, raw_seqs = [], []
-  for i in range(len(source)):
-    ex = source[i]
-    items = [x.decode() if isinstance(x, bytes) else str(x) for x in ex["items"]]
-    for j, asin in enumerate(items):
-      attrs.setdefault(asin, {a: _s(ex[a][j]) for a in ATTRS})
-    users.append(_s(ex["user"]))
-    raw_seqs.append(items)
-  order = np.argsort(users, kind="stable")
+  """Read a prepared builder back (random access, no TensorFlow) into a CategoryData: users and items in sorted id
+  order, the `test` split's full sequences."""
+  sources = builder.as_data_source()
+  catalog = sources["catalog"]
+  attrs = {}
+  for k in range(len(catalog)):
+    ex = catalog[k]
+    attrs[_s(ex["item_id"])] = {a: _s(ex[a]) for a in ATTRS}
+  test = sources["test"]
   item_ids = sorted(attrs)
   index = {a: n for n, a in enumerate(item_ids)}
-  data = CategoryData(builder.builder_config.name, Catalog(item_ids, [attrs[a] for a in item_ids]),
-                      [users[k] for k in order], [[index[a] for a in raw_seqs[k]] for k in order], {})
+  rows = {}                                     # user -> position in `test`; sequences are then read in user order
+  for k in range(len(test)):
+    rows[_s(test[k]["user"])] = k
+  users = sorted(rows)
+  flat, offsets = array.array("i"), array.array("q", [0])
+  for u in users:
+    flat.extend(index[_s(x)] for x in test[rows[u]]["items"])
+    offsets.append(len(flat))
+  skipped = dict(builder.info.metadata.get("skipped", {})) if builder.info.metadata else {}
+  store = SequenceStore(np.frombuffer(offsets, np.int64), np.frombuffer(flat, np.int32) if flat else
+                        np.zeros(0, np.int32))
+  data = CategoryData(builder.builder_config.name, Catalog(item_ids, [attrs[a] for a in item_ids]), users, store,
+                      skipped)
   validate(data, builder.data_dir)
   return data
 

@@ -105,7 +105,8 @@ class Recommender:
     same attributes as in training. Item embeddings are cached in <workdir>/item_embeddings/ by a fingerprint of
     the params and the rendered texts, so a second call does not encode them again."""
     from calrec_jax.data.examples import ExampleEncoder
-    from calrec_jax.data.records import CategoryData, load_category
+    from calrec_jax.data.prepared_folder import load_category
+    from calrec_jax.data.records import CategoryData
     if os.path.isdir(path):
       catalog = load_category(path).catalog
     elif path.endswith(".item"):  # RecBole's item feature file
