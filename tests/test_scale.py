@@ -4,7 +4,7 @@ import pytest
 from test_train import smoke_config
 
 
-@pytest.mark.parametrize("small, large", [(15, 150)])  # items per product type: 180 and 1,800 items
+@pytest.mark.parametrize("small, large", [(420, 4200)])  # items per product type: 5,040 and 50,400 items
 def test_building_a_run_cleans_each_item_text_a_constant_number_of_times(small, large, tmp_path, monkeypatch):
   from calrec_jax.data import synthetic, text
   from calrec_jax.model.run_parts import build

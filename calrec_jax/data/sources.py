@@ -67,7 +67,8 @@ def _load(cfg) -> list[records.CategoryData]:
   import importlib.util
   if importlib.util.find_spec("apache_beam") is None:  # the builder prepares with a Beam pipeline
     raise ConfigError("data.source=tfds prepares with Apache Beam, which is not installed: "
-                      "pip install -e \".[beam]\" (or use data.source=amazon_raw on the same files)")
+                      "install it in an environment of its own (python3 -m venv .venv-beam && .venv-beam/bin/pip install -e "
+                      "\".[beam]\"; see docs/data.md), or use data.source=amazon_raw on the same files")
   import tensorflow_datasets as tfds
   from calrec_jax.data import tfds_amazon
   out = []
