@@ -168,54 +168,6 @@ def test_recbole_bad_rows(tmp_path):
     recbole.load_recbole(str(tmp_path), "X")
 
 
-def test_tfds_builder_from_manual_dir_without_tensorflow(tmp_path):
-  import sys
-  import tensorflow_datasets as tfds
-  from calrec_jax.data.tfds_amazon import AmazonReviews2018, load_tfds_category
-  raw = tmp_path / "raw"
-  raw.mkdir()
-  revs = [review(f"u{u}", i, t) for u in range(5) for t, i in enumerate("abcde")]
-  write_raw(str(raw), revs, [meta(i, title=f"Item &amp; {i}") for i in "abcde"], category="Industrial_and_Scientific")
-  b = AmazonReviews2018(config="Industrial_and_Scientific", data_dir=str(tmp_path / "tfds"), file_format="array_record")
-  b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(raw)))
-  data = load_tfds_category(b)
-  direct = amazon_raw.load_amazon_category(str(raw), "Industrial_and_Scientific")
-  assert data.sequences == direct.sequences and data.catalog.attributes == direct.catalog.attributes
-  assert data.catalog.attributes[0]["title"] == "Item & a"
-  assert "tensorflow" not in sys.modules
-
-
-def test_tfds_builder_downloads_when_no_manual_dir(tmp_path, monkeypatch):
-  """The download branch, served from a local mirror with the official directory layout."""
-  import functools
-  import http.server
-  import sys
-  import threading
-  from calrec_jax.data.tfds_amazon import MIRROR_ENV, AmazonReviews2018, load_tfds_category
-  cat = "Industrial_and_Scientific"
-  mirror = tmp_path / "mirror"
-  (mirror / "categoryFilesSmall").mkdir(parents=True)
-  (mirror / "metaFiles2").mkdir()
-  revs = [review(f"u{u}", i, t) for u in range(5) for t, i in enumerate("abcde")]
-  write_raw(str(tmp_path), revs, [meta(i) for i in "abcde"], category=cat)
-  os.rename(tmp_path / f"{cat}.json.gz", mirror / "categoryFilesSmall" / f"{cat}_5.json.gz")
-  os.rename(tmp_path / f"meta_{cat}.json.gz", mirror / "metaFiles2" / f"meta_{cat}.json.gz")
-  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  try:
-    monkeypatch.setenv(MIRROR_ENV, f"http://127.0.0.1:{server.server_address[1]}")
-    b = AmazonReviews2018(config=cat, data_dir=str(tmp_path / "tfds"), file_format="array_record")
-    b.download_and_prepare(download_dir=str(tmp_path / "downloads"))
-  finally:
-    server.shutdown()
-  fetched = [p.name for p in (tmp_path / "downloads").rglob("127.0.0.1_*.gz")]
-  assert len(fetched) == 2, fetched  # reviews and meta came over HTTP from the mirror
-  data = load_tfds_category(b)
-  assert "tensorflow" not in sys.modules
-  assert len(data.user_ids) == 5 and [data.catalog.item_ids[i] for i in data.sequences[0]] == list("abcde")
-
-
 def test_recbole_standard_item_file_is_read(tmp_path):
   """RecBole's own layout: `<name>.inter` (user, item, timestamp) + `<name>.item` features, no item2index."""
   from calrec_jax.data import recbole
