@@ -104,7 +104,7 @@ def main(argv) -> None:
 
   def action():
     import jax
-    from tqdm import tqdm
+    from calrec_jax import progress
     from calrec_jax.errors import CalrecError
     from calrec_jax.eval.recommender import Recommender
     if not os.path.isfile(FLAGS.input):
@@ -132,7 +132,7 @@ def main(argv) -> None:
       raise CalrecError(f"--output={FLAGS.output}: cannot be written ({e.strerror or e})") from None
     rec = Recommender.load(source, None if FLAGS.export else config, catalog=FLAGS.catalog)
     mine = len(range(me, users, processes))
-    bar = tqdm(total=mine, desc=f"recommend ({FLAGS.ranker})", unit="user", dynamic_ncols=True)
+    bar = progress.bar(total=mine, desc=f"recommend ({FLAGS.ranker})", unit="user")
     with out:
       batch = []
       for k, row in enumerate(read_histories(FLAGS.input)):

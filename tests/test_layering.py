@@ -3,7 +3,7 @@ layer above its own (imports inside functions included)."""
 import ast
 import pathlib
 
-LAYERS = {"errors": 0, "cli": 0, "huge_pages": 0, "compile_cache": 0, "paths": 0, "config_check": 6, "data": 1, "model": 2, "adapters": 2, "train": 3, "eval": 4, "plan": 4, "baselines": 5,
+LAYERS = {"errors": 0, "cli": 0, "huge_pages": 0, "compile_cache": 0, "paths": 0, "progress": 0, "config_check": 6, "data": 1, "model": 2, "adapters": 2, "train": 3, "eval": 4, "plan": 4, "baselines": 5,
           "runner": 6, "compare": 7, "main": 8, "evaluate": 8, "recommend": 8, "check": 8}
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "calrec_jax"
 

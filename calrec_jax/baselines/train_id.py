@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
 from calrec_jax.baselines.id_sequences import IdExamples, full_histories, id_examples
 from calrec_jax.baselines.models import build_model, item_scores
 from calrec_jax.data.records import CategoryData
 from calrec_jax.eval.metrics import ranking_metrics
 from calrec_jax.model import sharding as shd
+from calrec_jax.progress import bar as progress_bar
 from calrec_jax.train.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,8 @@ class IdModelTrainer:
     else:
       best_params = state["params"]
       meta = {"epoch": 0, "best_valid": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0}
-    bar = tqdm(total=cfg.max_epochs, initial=meta["epoch"], desc=self.name, unit="epoch", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=cfg.max_epochs, initial=meta["epoch"], desc=self.name, unit="epoch",
+                       disable=not progress)
     t0 = time.time() - meta["seconds"]
     while meta["epoch"] < cfg.max_epochs and meta["bad_epochs"] <= cfg.patience:
       epoch = meta["epoch"] + 1
@@ -153,7 +153,7 @@ class IdModelTrainer:
         meta["bad_epochs"] += 1
       meta["epoch"], meta["seconds"] = epoch, time.time() - t0
       ckptr.save(epoch, {**state, "best_params": best_params}, meta, force=True)
-      bar.set_postfix(loss=f"{loss:.3f}", valid_ndcg10=f"{ndcg:.4f}", best=meta["best_epoch"])
+      bar.set_postfix(loss=f"{loss:.3f}", valid_ndcg10=f"{ndcg:.4f}", best=meta["best_epoch"], refresh=False)
       bar.update(1)
     bar.close()
     ckptr.close()

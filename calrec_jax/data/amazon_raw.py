@@ -14,8 +14,9 @@ from typing import Container, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from calrec_jax import progress
 from calrec_jax.data.records import CategoryData
-from calrec_jax.data.sequences import (ReviewColumns, ReviewColumnsBuilder, SequenceArrays, build_sequences,
+from calrec_jax.data.sequences import (ReviewColumns, ReviewColumnsBuilder, FilteredSequences, build_sequences,
                                       to_category)
 from calrec_jax.data.text import clean_value
 from calrec_jax.errors import DataError
@@ -31,8 +32,8 @@ def _existing(path: str) -> str:
 
 def progress_bar(path: str, what: str) -> tqdm:
   """A progress bar over a file's bytes on disk (rate in MB/s and an ETA)."""
-  return tqdm(total=os.path.getsize(_existing(path)), desc=what, unit="B", unit_scale=True, unit_divisor=1024,
-              mininterval=2.0, leave=False)
+  return progress.bar(total=os.path.getsize(_existing(path)), desc=what, unit="B", unit_scale=True,
+                      unit_divisor=1024, mininterval=2.0, leave=False)
 
 
 def iter_records(path: str, skipped: dict[str, int], skip_malformed: bool,
@@ -210,7 +211,7 @@ def load_amazon_files(reviews_path: str, meta_path: str, category: str, kcore: i
 
 def prepare_arrays(reviews_path: str, meta_path: str, skipped: dict[str, int], kcore: int = 5, dedup: bool = True,
                    skip_malformed: bool = False, min_sequence_length: int = 3, require_title: bool = True,
-                   progress: bool = False) -> tuple[SequenceArrays, list[dict[str, str]]]:
+                   progress: bool = False) -> tuple[FilteredSequences, list[dict[str, str]]]:
   """Filtered sequences as arrays and the kept items' attributes (in item order), in memory linear in the reviews
   (24 bytes each) plus the distinct ids: the metadata is read twice, once to learn which reviewed items have a
   title, once for the attributes of the items the filters kept."""

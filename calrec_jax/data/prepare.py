@@ -85,9 +85,9 @@ def prepare_raw_category(cfg: ml_collections.ConfigDict, name: str, directory: s
   seqs, attributes = amazon_raw.prepare_arrays(
       reviews, meta, skipped, kcore=cfg.kcore, dedup=cfg.dedup, skip_malformed=cfg.skip_malformed,
       min_sequence_length=cfg.min_sequence_length, progress=True)
-  records.check_sequences(name, seqs.user_ids, seqs.lengths(), len(seqs.item_ids), reviews)
-  return prepared_folder.write_prepared(directory, name, seqs.item_ids, attributes, seqs.user_ids, seqs.offsets,
-                                seqs.items, skipped)
+  records.check_sequences(name, seqs.user_ids, seqs.sequences.lengths(), len(seqs.item_ids), reviews)
+  return prepared_folder.write_prepared(directory, name, seqs.item_ids, attributes, seqs.user_ids,
+                                        seqs.sequences.offsets, seqs.sequences.items, skipped)
 
 
 def run() -> None:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from calrec_jax.data.records import (Catalog, CategoryData, SequenceStore, iter_jsonl, read_catalog,
-                                     sequence_lengths, statistics_of_lengths, validate)
+from calrec_jax.data.records import (Catalog, CategoryData, SequenceStore, SequenceStoreBuilder, iter_jsonl,
+                                     read_catalog, sequence_lengths, statistics_of_lengths, validate)
 from calrec_jax.errors import DataError
 
 ARRAY_FILES = ("sequences.items.npy", "sequences.offsets.npy", "sequences.users.jsonl", "sequences.arrays.json")
@@ -104,19 +104,17 @@ def load_category(directory: str, name: str | None = None) -> CategoryData:
 
 def _read_sequences_jsonl(path: str) -> tuple[list[str], SequenceStore]:
   """Users and sequences of sequences.jsonl, the items gathered into flat arrays as they are read."""
-  import array
-  users, items, offsets = [], array.array("i"), array.array("q", [0])
+  users, store = [], SequenceStoreBuilder()
   for lineno, row in iter_jsonl(path, '{"user": ..., "items": [item index, ...]}'):
     if "user" not in row or not isinstance(row.get("items"), list):
       raise DataError("a sequence row needs \"user\" and a list \"items\"", path, lineno)
     try:
-      items.extend(int(i) for i in row["items"])
+      items = [int(i) for i in row["items"]]
     except (TypeError, ValueError):
       raise DataError("\"items\" must be item indices (integers)", path, lineno) from None
     users.append(str(row["user"]))
-    offsets.append(len(items))
-  return users, SequenceStore(np.frombuffer(offsets, np.int64) if len(offsets) else np.zeros(1, np.int64),
-                              np.frombuffer(items, np.int32) if len(items) else np.zeros(0, np.int32))
+    store.append(items)
+  return users, store.build()
 
 
 def _file_digest(path: str) -> tuple[int, str]:

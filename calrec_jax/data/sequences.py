@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from calrec_jax.data.records import Catalog, CategoryData, validate
+from calrec_jax.data.records import Catalog, CategoryData, SequenceStore, validate
 
 
 @dataclasses.dataclass
@@ -54,20 +54,11 @@ class ReviewColumnsBuilder:
 
 
 @dataclasses.dataclass
-class SequenceArrays:
-  """Filtered sequences as flat arrays: user u's items are items[offsets[u]:offsets[u + 1]], oldest first."""
-  user_ids: list[str]    # sorted
-  item_ids: list[str]    # sorted; an item's index is its position here
-  offsets: np.ndarray    # [users + 1] int64
-  items: np.ndarray      # [events] int32 item index
-
-  def lengths(self) -> np.ndarray:
-    return np.diff(self.offsets)
-
-  def as_lists(self) -> list[list[int]]:
-    flat = self.items.tolist()
-    bounds = self.offsets.tolist()
-    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+class FilteredSequences:
+  """The sequences the filters kept, as flat arrays, with the ids their indices stand for."""
+  user_ids: list[str]       # sorted; user u's sequence is sequences[u]
+  item_ids: list[str]       # sorted; an item's index is its position here
+  sequences: SequenceStore  # item indices, oldest first
 
 
 def string_ranks(strings: list[str]) -> np.ndarray:
@@ -95,7 +86,7 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
 
 def build_sequences(cols: ReviewColumns, usable_items: np.ndarray, skipped: dict[str, int], kcore: int = 5,
                     dedup: bool = True, min_sequence_length: int = 3,
-                    unusable_key: str = "events_item_without_title_or_meta") -> SequenceArrays:
+                    unusable_key: str = "events_item_without_title_or_meta") -> FilteredSequences:
   """Filter and order the reviews: drop events of unusable items ([item codes] bool), sort each user's events by
   (time, order), keep a user's first event of each item, apply the k-core filter, drop users left with fewer than
   `min_sequence_length` items. Users and items are numbered in sorted id order; the counts go to `skipped`."""
@@ -129,14 +120,14 @@ def build_sequences(cols: ReviewColumns, usable_items: np.ndarray, skipped: dict
   item_index[kept_items] = np.arange(len(kept_items), dtype=np.int32)
   starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
   offsets = np.r_[starts, len(users)].astype(np.int64)
-  return SequenceArrays([cols.user_ids[u] for u in users[starts].tolist()],
-                        [cols.item_ids[i] for i in kept_items.tolist()], offsets, item_index[items])
+  return FilteredSequences([cols.user_ids[u] for u in users[starts].tolist()],
+                           [cols.item_ids[i] for i in kept_items.tolist()], SequenceStore(offsets, item_index[items]))
 
 
-def to_category(name: str, seqs: SequenceArrays, attributes: list[dict[str, str]], skipped: dict[str, int],
+def to_category(name: str, seqs: FilteredSequences, attributes: list[dict[str, str]], skipped: dict[str, int],
                 source: str = "") -> CategoryData:
-  """SequenceArrays + the kept items' attributes (in item order) -> a validated CategoryData."""
-  data = CategoryData(name, Catalog(list(seqs.item_ids), attributes), list(seqs.user_ids), seqs.as_lists(),
+  """FilteredSequences + the kept items' attributes (in item order) -> a validated CategoryData."""
+  data = CategoryData(name, Catalog(list(seqs.item_ids), attributes), list(seqs.user_ids), seqs.sequences,
                       skipped)
   validate(data, source)
   return data

@@ -17,14 +17,12 @@ validation target); `catalog` holds one example per item with its attributes. Th
 """
 from __future__ import annotations
 
-import array
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from calrec_jax.data.amazon_raw import find_category_files
-from calrec_jax.data.records import Catalog, CategoryData, SequenceStore, validate
+from calrec_jax.data.records import Catalog, CategoryData, SequenceStoreBuilder, validate
 
 BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
 MIRROR_ENV = "CALREC_AMAZON2018_URL"
@@ -129,15 +127,12 @@ def load_tfds_category(builder: tfds.core.DatasetBuilder) -> CategoryData:
   for k in range(len(test)):
     rows[_s(test[k]["user"])] = k
   users = sorted(rows)
-  flat, offsets = array.array("i"), array.array("q", [0])
+  store = SequenceStoreBuilder()
   for u in users:
-    flat.extend(index[_s(x)] for x in test[rows[u]]["items"])
-    offsets.append(len(flat))
+    store.append(index[_s(x)] for x in test[rows[u]]["items"])
   skipped = dict(builder.info.metadata.get("skipped", {})) if builder.info.metadata else {}
-  store = SequenceStore(np.frombuffer(offsets, np.int64), np.frombuffer(flat, np.int32) if flat else
-                        np.zeros(0, np.int32))
-  data = CategoryData(builder.builder_config.name, Catalog(item_ids, [attrs[a] for a in item_ids]), users, store,
-                      skipped)
+  data = CategoryData(builder.builder_config.name, Catalog(item_ids, [attrs[a] for a in item_ids]), users,
+                      store.build(), skipped)
   validate(data, builder.data_dir)
   return data
 

@@ -8,7 +8,6 @@ import time
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from calrec_jax.data.cold_start import held_out_is_new
 from calrec_jax.data.iterators import eval_examples
@@ -22,6 +21,7 @@ from calrec_jax.eval.metrics import rank_of, ranking_metrics
 from calrec_jax.model.decoder import Decoder
 from calrec_jax.model.sharding import gather_objects, gather_to_host
 from calrec_jax.model.two_tower import TwoTower
+from calrec_jax.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, 
   order = sorted(range(len(rows)), key=lambda i: len(prompts[i])) if sort_by_length else list(range(len(rows)))
   records = [None] * len(rows)
   me, processes = jax.process_index(), jax.process_count()
-  bar = tqdm(total=len(rows), desc="evaluate", unit="user", disable=not progress, dynamic_ncols=True)
+  bar = progress_bar(total=len(rows), desc="evaluate", unit="user", disable=not progress)
   for start in range(0, len(rows), ec.batch_size):
     chunk = order[start:start + ec.batch_size]
     samples = generate(dec, params["decoder"], [prompts[i] for i in chunk], ec.num_samples, ec.max_new_tokens,
@@ -225,7 +225,7 @@ def beam_rankings(config, parts, params, rows, cat: int, mesh=None, progress: bo
   order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
   items = np.full((len(rows), ec.beams), -1, np.int64)
   scores = np.full((len(rows), ec.beams), -np.inf, np.float32)
-  bar = tqdm(total=len(rows), desc="beams", unit="user", disable=not progress, dynamic_ncols=True)
+  bar = progress_bar(total=len(rows), desc="beams", unit="user", disable=not progress)
   for start in range(0, len(rows), ec.batch_size):
     chunk = order[start:start + ec.batch_size]
     it, sc = search.search(params["decoder"], [prompts[i] for i in chunk], ec.beams,

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from calrec_jax import progress
 from calrec_jax.data.packed import PackedEncoder, training_units
 from calrec_jax.errors import CalrecError, ConfigError
 from calrec_jax.model.two_tower import TwoTower
@@ -204,7 +205,7 @@ def _write(directory: str, model: TwoTower, params, packed: PackedEncoder, units
   t0 = time.time()
   unit_store = np.memmap(os.path.join(directory, "units.bin"), raw, "w+", shape=(max(int(unit_off[-1]), 1), d))
   item_store = np.memmap(os.path.join(directory, "items.bin"), raw, "w+", shape=(max(int(item_off[-1]), 1), d))
-  with tqdm(total=len(units) + len(item_ids), unit="seq", desc="frozen-layer cache", dynamic_ncols=True) as bar:
+  with progress.bar(total=len(units) + len(item_ids), unit="seq", desc="frozen-layer cache") as bar:
     _run_rows(fn, params, unit_ids, packed.spec.max_len, rows_per_call, tok.pad_id, unit_store, unit_off, bar)
     _run_rows(fn, params, item_ids, packed.spec.item_len, rows_per_call, tok.pad_id, item_store, item_off, bar)
   unit_store.flush()

@@ -8,11 +8,11 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from calrec_jax.model import variables
 from calrec_jax.model import host_collectives
 from calrec_jax.data.iterators import MixtureIterator, PackedMixtureIterator
+from calrec_jax import progress
 from calrec_jax.errors import CalrecError, Interrupted
 from calrec_jax.train import checkpoint as ckpt_lib
 from calrec_jax.train import optim
@@ -235,8 +235,8 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     c = counters()
     return {**it.get_state(), "train_seconds": c["perf/train_seconds"], "examples_seen": examples_seen,
             "log_window": dict(acc)}
-  bar = tqdm(total=tc.num_steps, initial=start, disable=not (tc.progress and is_main), unit="step",
-             dynamic_ncols=True, desc=config.stage)
+  bar = progress.bar(total=tc.num_steps, initial=start, disable=not (tc.progress and is_main), unit="step",
+                     desc=config.stage)
   # rates: the steps, tokens and examples this process ran since t_last
   nonfinite_run, t_last, timed_steps, tokens, examples = 0, time.time(), 0, 0.0, 0.0
   last = {}
@@ -280,7 +280,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
             last["perf/mfu"] = step_flops * last["perf/steps_per_s"] / tc.peak_flops
         writer.write(done, last)
         bar.set_postfix(loss=f"{last['train/loss']:.3f}", tok_s=f"{last['perf/tokens_per_s']:.0f}",
-                        ex_s=f"{last['perf/examples_per_s']:.2f}")
+                        ex_s=f"{last['perf/examples_per_s']:.2f}", refresh=False)
         acc, tokens, examples, t_last, timed_steps = {}, 0.0, 0.0, time.time(), 0
       if validation and tc.eval_every and done % tc.eval_every == 0 and done != tc.num_steps:
         writer.write(done, {**validate(validation, config, parts, model_params(state), done), **counters()})
