@@ -65,9 +65,12 @@ def main(argv=None) -> list[dict]:
     sources.check_source(cfg)
     for name in names:
       stats.append(prepare_raw_category(cfg, name, os.path.join(args.output, name)))
-  else:                                          # one category at a time where they are named
-    for part in ([names[k:k + 1] for k in range(len(names))] if names and cfg.source != "synthetic" else [names]):
-      cfg.categories = ",".join(part)
+  elif cfg.source == "synthetic" or not names:  # the generator's categories, or every category found, at once
+    for cat in sources.load_categories(cfg):
+      stats.append(prepared_folder.save_category(cat, os.path.join(args.output, cat.name)))
+  else:                                          # one named category at a time: one in memory
+    for name in names:
+      cfg.categories = name
       for cat in sources.load_categories(cfg):
         stats.append(prepared_folder.save_category(cat, os.path.join(args.output, cat.name)))
   print(records.format_statistics(stats))
