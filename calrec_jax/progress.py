@@ -46,9 +46,9 @@ def bar(**kwargs) -> tqdm:
   kwargs.setdefault("dynamic_ncols", True)
   if _is_terminal(stream):
     return tqdm(file=stream, **kwargs)
-  if "TQDM_MININTERVAL" not in os.environ:
-    kwargs["mininterval"] = max(float(kwargs.get("mininterval", 0.1)), LOG_INTERVAL_S)
-  if "mininterval" in kwargs:  # tqdm's monitor would otherwise redraw every maxinterval (10 s)
-    kwargs["maxinterval"] = max(float(kwargs.get("maxinterval", 10.0)), float(kwargs["mininterval"]))
-  kwargs["dynamic_ncols"] = False
+  interval = (float(os.environ["TQDM_MININTERVAL"]) if "TQDM_MININTERVAL" in os.environ
+              else max(float(kwargs.get("mininterval", 0.1)), LOG_INTERVAL_S))
+  # maxinterval too: tqdm's monitor thread would otherwise redraw every 10 s
+  kwargs.update(mininterval=interval, maxinterval=max(float(kwargs.get("maxinterval", 10.0)), interval),
+                dynamic_ncols=False)
   return tqdm(file=_Lines(stream), **kwargs)

@@ -41,3 +41,11 @@ def test_a_bar_on_a_terminal_redraws_in_place():
   bar.close()
   assert term.getvalue().count("\r") >= 3  # tqdm's live redraws, untouched
   assert "3/3" in term.getvalue()
+
+
+def test_tqdm_mininterval_in_the_environment_sets_the_log_interval(monkeypatch):
+  monkeypatch.setenv("TQDM_MININTERVAL", "1000000")
+  log = io.StringIO()
+  bar = progress.bar(total=100, desc="read", file=log, mininterval=2.0)
+  assert bar.mininterval == 1e6 and bar.maxinterval == 1e6  # the environment wins; no 10 s monitor redraws
+  bar.close()

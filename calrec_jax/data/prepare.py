@@ -65,12 +65,9 @@ def main(argv=None) -> list[dict]:
     sources.check_source(cfg)
     for name in names:
       stats.append(prepare_raw_category(cfg, name, os.path.join(args.output, name)))
-  elif cfg.source == "synthetic" or not names:  # the generator's categories, or every category found, at once
-    for cat in sources.load_categories(cfg):
-      stats.append(prepared_folder.save_category(cat, os.path.join(args.output, cat.name)))
-  else:                                          # one named category at a time: one in memory
-    for name in names:
-      cfg.categories = name
+  else:  # named categories one at a time (one in memory); the generator's, or every one found, at once
+    for part in (names if names and cfg.source != "synthetic" else [cfg.categories]):
+      cfg.categories = part
       for cat in sources.load_categories(cfg):
         stats.append(prepared_folder.save_category(cat, os.path.join(args.output, cat.name)))
   print(records.format_statistics(stats))
