@@ -1,0 +1,109 @@
+"""Which extra signals would help the fused ranking? Candidate signals beside a trained workdir's dense retrieval,
+each signal set's weights fitted on one half of the VALIDATION users and measured on the other half (and the
+other way round): the test split is never read.
+
+  python benchmarks/fusion_signals.py --config=configs/compare/scientific.py:epochs --method=calrec_epochs \
+      --workdir=workdirs/compare_scientific_epochs/calrec_epochs
+
+Candidates: BM25 over the last 1, 2, 3 or 5 history texts (bm25_1 ... bm25_5), a popularity prior and its square
+and square root, the cosine of each item's item-tower vector with the user's last item's (item_last), and
+products of standardised signals (dense_x_pop, bm25_x_pop). Prints one line per signal set: the cross-fitted
+validation NDCG@10 and Recall@1 and the weights each half chose.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+SETS = ("dense,bm25_3,popularity", "dense,bm25_1,bm25_3,popularity", "dense,bm25_1,bm25_2,bm25_3,bm25_5,popularity",
+        "dense,item_last,bm25_3,popularity", "dense,bm25_3,popularity,pop_sq", "dense,bm25_3,popularity,pop_sqrt",
+        "dense,bm25_3,popularity,dense_x_pop", "dense,bm25_3,popularity,bm25_x_pop")
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, help="the comparison config (configs/compare/*.py[:arg])")
+  p.add_argument("--method", required=True, help="the CALRec variant of the config the workdir trained")
+  p.add_argument("--workdir", required=True, help="the trained variant's folder (<comparison>/<method>)")
+  p.add_argument("--sets", default=";".join(SETS), help="';'-separated signal sets, each ','-separated")
+  p.add_argument("--seed", type=int, default=0, help="of the split of the validation users into halves")
+  return p.parse_args()
+
+
+def load_config(spec: str, method: str):
+  import importlib
+  from calrec_jax.compare.methods import apply_overrides
+  path, _, arg = spec.partition(":")
+  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+  cfg = module.get_config(arg)
+  return apply_overrides(cfg.calrec, cfg.variants[method])
+
+
+def signals(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+  """Standardised [U, I] candidate signals of the validation users, their targets [U] and history mask [U, I]."""
+  import jax
+  from calrec_jax.data.iterators import eval_examples
+  from calrec_jax.data.serving import item_counts
+  from calrec_jax.eval import evaluate as ev
+  from calrec_jax.eval.bm25 import BM25Index
+  from calrec_jax.eval.fusion import exclusion_mask, standardise
+  from calrec_jax.eval.signals import history_bm25_scores, popularity_scores
+  from calrec_jax.model.run_parts import build
+  from calrec_jax.train.checkpoint import params_from_workdir
+  parts = build(config, workdir)
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params_from_workdir(workdir, None))
+  cat = ev.eval_category_index(config, parts.categories)
+  rows = eval_examples(parts.encoder, cat, "valid", config.eval.max_users, config.seed)
+  item_emb = ev.item_embeddings(parts, params, cat, config.eval.item_batch_size)     # [I, E], unit rows
+  texts, hist = ev.item_texts(parts, cat), [h for _, h, _ in rows]
+  ec = config.eval
+  index = BM25Index.from_texts(list(texts), k1=ec.bm25_k1, b=ec.bm25_b, epsilon=ec.bm25_epsilon)
+  pop = popularity_scores(item_counts(parts.categories[cat].sequences, len(texts)), len(rows))
+  raw = {"dense": ev.user_embeddings(config, parts, params, rows, cat) @ item_emb.T, "popularity": pop,
+         "pop_sq": pop ** 2, "pop_sqrt": np.sqrt(pop),
+         "item_last": np.stack([item_emb[h[-1]] for h in hist]) @ item_emb.T}
+  for k in (1, 2, 3, 5):
+    raw[f"bm25_{k}"] = history_bm25_scores(index, texts, hist, k)
+  out = {k: standardise(v) for k, v in raw.items()}
+  out["dense_x_pop"] = standardise(out["dense"] * out["popularity"])
+  out["bm25_x_pop"] = standardise(out["bm25_3"] * out["popularity"])
+  return out, np.asarray([t for _, _, t in rows], np.int64), exclusion_mask(hist, len(texts))
+
+
+def cross_fitted(sig: dict, targets: np.ndarray, excluded: np.ndarray, names: list[str], seed: int):
+  """Mean over the two halves of (NDCG@10, Recall@1) with weights chosen on the other half; the weights."""
+  from calrec_jax.eval.fusion import choose_weights, fused_scores, target_ranks
+  from calrec_jax.eval.metrics import ranking_metrics
+  perm = np.random.default_rng(seed).permutation(len(targets))
+  halves = (perm[:len(perm) // 2], perm[len(perm) // 2:])
+  scores, chosen = [], []
+  for fit, held in (halves, halves[::-1]):
+    weights = choose_weights({n: sig[n][fit] for n in names}, targets[fit], excluded[fit]).weights
+    ranks = target_ranks(fused_scores({n: sig[n][held] for n in names}, weights), targets[held], excluded[held], 20)
+    m = ranking_metrics(ranks, (1, 10))
+    scores.append((m["ndcg@10"], m["recall@1"]))
+    chosen.append(weights)
+  return np.mean(scores, axis=0), chosen
+
+
+def main():
+  args = parse_args()
+  config = load_config(args.config, args.method)
+  sig, targets, excluded = signals(config, args.workdir)
+  print(f"{len(targets)} validation users, halves fitted on each other (seed {args.seed})")
+  for spec in args.sets.split(";"):
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in sig]
+    if unknown:
+      sys.exit(f"error: --sets: unknown signal {unknown[0]!r}; choose from {sorted(sig)}")
+    (ndcg, r1), chosen = cross_fitted(sig, targets, excluded, names, args.seed)
+    print(f"NDCG@10 {ndcg:.4f}  R@1 {r1:.4f}  {','.join(names)}  weights {chosen}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
