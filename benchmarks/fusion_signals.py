@@ -35,15 +35,6 @@ def parse_args():
   return p.parse_args()
 
 
-def load_config(spec: str, method: str):
-  import importlib
-  from calrec_jax.compare.methods import apply_overrides
-  path, _, arg = spec.partition(":")
-  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-  cfg = module.get_config(arg)
-  return apply_overrides(cfg.calrec, cfg.variants[method])
-
-
 def signals(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
   """Standardised [U, I] candidate signals of the validation users, their targets [U] and history mask [U, I]."""
   import jax
@@ -93,7 +84,8 @@ def cross_fitted(sig: dict, targets: np.ndarray, excluded: np.ndarray, names: li
 
 def main():
   args = parse_args()
-  config = load_config(args.config, args.method)
+  from calrec_jax.compare.methods import variant_config
+  config = variant_config(args.config, args.method)
   sig, targets, excluded = signals(config, args.workdir)
   print(f"{len(targets)} validation users, halves fitted on each other (seed {args.seed})")
   for spec in args.sets.split(";"):

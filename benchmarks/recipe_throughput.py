@@ -90,16 +90,10 @@ def run_variant(base, name: str, extra: str, args) -> dict:
 
 def main():
   args = parse_args()
-  import importlib.util
-  from calrec_jax.compare.methods import apply_overrides
+  from calrec_jax.compare.methods import variant_config
   from calrec_jax.huge_pages import reexec_with_huge_pages
   reexec_with_huge_pages()  # as the calrec_jax commands do
-  path, _, arg = args.config.partition(":")
-  spec = importlib.util.spec_from_file_location("recipe_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config(arg)
-  base = apply_overrides(cfg.calrec, cfg.variants[args.method])
+  base = variant_config(args.config, args.method)
   names = [v for v in args.variants.split(",") if v]
   unknown = [v for v in names if v not in VARIANTS]
   if unknown:

@@ -60,7 +60,7 @@ def group_metrics(ranks: dict[str, int], groups: Sequence[Group], metrics: Seque
                   ) -> list[dict[str, float]]:
   """A row's metrics on each group's users (`ranks`: user id -> 1-based rank, 0 when outside the top list)."""
   from calrec_jax.eval.metrics import ranking_metrics
-  ks = sorted({int(m.split("@")[1]) for m in metrics if "@" in m} | {1})
+  ks = sorted({int(m.split("@")[1]) for m in metrics if "@" in m})
   out = []
   for g in groups:
     missing = [u for u in g.users if u not in ranks]

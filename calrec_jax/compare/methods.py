@@ -72,6 +72,18 @@ def apply_overrides(config, text: str):
   return config
 
 
+def variant_config(config_spec: str, method: str):
+  """The CALRec config of comparison variant `method` of the comparison config file `config_spec`
+  ('configs/compare/x.py[:arg]'), its overrides applied (what the scripts under benchmarks/ run)."""
+  import importlib.util
+  path, _, arg = config_spec.partition(":")
+  spec = importlib.util.spec_from_file_location("comparison_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config(arg)
+  return apply_overrides(cfg.calrec, cfg.variants[method])
+
+
 # ----------------------------------------------------------------------------- shared data
 def evaluation_data(calrec_config):
   """(categories, eval category index, eval rows) shared by every method: the CALRec config's data and eval."""
