@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.attention = "einsum"             # training attention: einsum (reference) | xla (jax.nn.dot_product_attention)
   #                                    | cudnn (fused flash attention on NVIDIA GPUs; needs compute_dtype bfloat16)
   m.projection_dim = 0               # optional linear head on tower embeddings (0: none)
+  m.item_id_offsets = False          # a learned vector per catalog item added to its text embedding (ID + text;
+  #                                    an item never trained on keeps its text vector; docs/results.md measures it)
   m.lora_rank = 0                    # > 0: train LoRA adapters of this rank on frozen weights (0: full finetuning)
   m.lora_alpha = 16.0                # LoRA scale = lora_alpha / lora_rank
   m.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # projections with adapters

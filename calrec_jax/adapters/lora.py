@@ -101,10 +101,10 @@ def merge(decoder_params, adapters: dict, lc: LoraConfig):
 
 
 def trainable_to_params(base_decoder, trainable: dict, lc: LoraConfig) -> dict:
-  """The two-tower params tree from frozen decoder weights and the trainable tree {'lora', ['proj']}."""
+  """The two-tower params tree from frozen decoder weights and the trainable tree {'lora', ['proj'],
+  ['item_offsets']} (the projection head and the learned item identities pass through)."""
   params = {"decoder": merge(base_decoder, trainable["lora"], lc)}
-  if "proj" in trainable:
-    params["proj"] = trainable["proj"]
+  params.update({k: v for k, v in trainable.items() if k != "lora"})
   return params
 
 

@@ -3,7 +3,8 @@
   <export>/run_config.json   the run's config (data, eval and fusion settings)
   <export>/catalog.jsonl     the evaluated category's items: {"id": ..., <attributes>} per line
   <export>/serving.json      {"category", "attributes" (the rendered ones, in order), "popularity" (training
-                             interactions per catalog item), "fusion_weights" (once an evaluation chose them)}
+                             interactions per catalog item), "item_id_row" (its first item's row in the learned
+                             item identities), "fusion_weights" (once an evaluation chose them)}
 
 Training writes them before model_config.json (which marks a complete export); `python -m calrec_jax.recommend
 --export=DIR` and `Recommender.load(DIR)` read them, so an export folder copied alone is enough: no data folder,
@@ -43,8 +44,11 @@ def is_export(folder: str) -> bool:
   return all(os.path.exists(os.path.join(folder, f)) for f in FILES + ("model_config.json", "params"))
 
 
-def write_serving_files(folder: str, run_config_json: str, category: CategoryData, attributes: Sequence[str]) -> None:
-  """The serving files of `category` (the evaluated one) into `folder`, each written atomically."""
+def write_serving_files(folder: str, run_config_json: str, category: CategoryData, attributes: Sequence[str],
+                        item_id_row: int = 0) -> None:
+  """The serving files of `category` (the evaluated one) into `folder`, each written atomically; `item_id_row`:
+  the row of its first item in the learned item identities (model/item_ids.py; the run's categories share one
+  table)."""
   from calrec_jax.paths import write_atomically
   os.makedirs(folder, exist_ok=True)
   write_atomically(os.path.join(folder, "run_config.json"), run_config_json)
@@ -53,7 +57,8 @@ def write_serving_files(folder: str, run_config_json: str, category: CategoryDat
       for i, a in zip(category.catalog.item_ids, category.catalog.attributes)))
   counts = item_counts(category.sequences, len(category.catalog))
   write_atomically(os.path.join(folder, "serving.json"), json.dumps(
-      {"category": category.name, "attributes": list(attributes), "popularity": counts.astype(int).tolist()}))
+      {"category": category.name, "attributes": list(attributes), "popularity": counts.astype(int).tolist(),
+       "item_id_row": int(item_id_row)}))
 
 
 def record_fusion_weights(folder: str, weights: dict[str, float]) -> None:
@@ -80,9 +85,10 @@ def read_serving_json(path: str) -> dict:
   return doc
 
 
-def read_serving_files(folder: str) -> tuple[dict, CategoryData, list[str], np.ndarray, dict | None]:
+def read_serving_files(folder: str) -> tuple[dict, CategoryData, list[str], np.ndarray, dict | None, int]:
   """(run config dict, the category (catalog only, no users), rendered attributes, popularity [I], fusion
-  weights or None) of an export folder; a missing or damaged file is a DataError naming it."""
+  weights or None, the category's first row in the learned item identities) of an export folder; a missing or
+  damaged file is a DataError naming it."""
   missing = [f for f in FILES if not os.path.exists(os.path.join(folder, f))]
   if missing:
     raise DataError(f"not an export with serving files (missing {', '.join(missing)}); give a run's export/ "
@@ -100,4 +106,8 @@ def read_serving_files(folder: str) -> tuple[dict, CategoryData, list[str], np.n
     raise DataError(f"popularity has {len(counts)} entries for {len(catalog)} catalog items; export the run again",
                     os.path.join(folder, "serving.json"))
   category = CategoryData(str(doc["category"]), catalog, [], [], {})
-  return config, category, list(doc["attributes"]), counts, doc.get("fusion_weights")
+  row = doc.get("item_id_row", 0)
+  if not isinstance(row, int) or row < 0:
+    raise DataError(f"item_id_row must be a non-negative integer, not {row!r}; export the run again",
+                    os.path.join(folder, "serving.json"))
+  return config, category, list(doc["attributes"]), counts, doc.get("fusion_weights"), row

@@ -18,6 +18,7 @@ from calrec_jax.eval.bm25 import BM25Index, tokenize
 from calrec_jax.eval.generate import generate
 from calrec_jax.eval.merge import merge_generations
 from calrec_jax.eval.metrics import rank_of, ranking_metrics
+from calrec_jax.model import item_ids
 from calrec_jax.model.decoder import Decoder
 from calrec_jax.model.sharding import gather_objects, gather_to_host
 from calrec_jax.model.two_tower import TwoTower
@@ -109,8 +110,11 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, 
   return metrics, records
 
 
-def item_embeddings(parts, params, cat: int, batch_size: int = 64, items: np.ndarray | None = None) -> np.ndarray:
-  """v_T of every catalog item [I, E] (item tower on the item text alone), or of `items` only [len(items), E]."""
+def item_embeddings(parts, params, cat: int, batch_size: int = 64, items: np.ndarray | None = None,
+                    table_ids: np.ndarray | None = None) -> np.ndarray:
+  """v_T of every catalog item [I, E] (item tower on the item text), or of `items` only [len(items), E]; with
+  learned item identities in `params` (model/item_ids.py), each item's offset added: item i of category `cat` is
+  row table_ids[i] of the table (default: its global id; -1: an item the table does not hold)."""
   enc, tok = parts.encoder, parts.tokenizer
   li = enc.spec.item_len
   wanted = np.arange(len(parts.categories[cat].catalog)) if items is None else np.asarray(items, np.int64)
@@ -130,7 +134,9 @@ def item_embeddings(parts, params, cat: int, batch_size: int = 64, items: np.nda
   took = time.time() - t0
   log.info("item tower: embedded %d items in %.1fs (%.0f items/s, batches of %d)", n, took, n / max(took, 1e-9),
            batch_size)
-  return np.concatenate(out)
+  if table_ids is None:
+    table_ids = parts.encoder.item_offsets[cat] + np.arange(len(parts.categories[cat].catalog))
+  return item_ids.apply_to_catalog(np.concatenate(out), params, np.asarray(table_ids)[wanted])
 
 
 _TOWER_FNS: dict[tuple[int, str], tuple[TwoTower, object]] = {}  # (id(model), tower) -> (model, jitted fn)

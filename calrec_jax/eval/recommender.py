@@ -45,6 +45,8 @@ class Recommender:
 
   workdir: str = ""
   popularity: np.ndarray | None = None  # training interactions per item (an export's); None: from the data
+  table_ids: np.ndarray | None = None   # each catalog item's row in the learned item identities (-1: none);
+  #                                       None: the run's own global ids (model/item_ids.py)
 
   @classmethod
   def load(cls, workdir: str, config=None, fusion_weights: dict | None = None, catalog: str | None = None
@@ -88,7 +90,7 @@ class Recommender:
     from calrec_jax.data.serving import read_serving_files
     from calrec_jax.model.params_io import load_params
     from calrec_jax.model.run_parts import build
-    recorded, category, attributes, counts, weights = read_serving_files(folder)
+    recorded, category, attributes, counts, weights, item_id_row = read_serving_files(folder)
     config = ml_collections.ConfigDict(recorded)
     with config.unlocked():  # the export's own tokenizer and weights, not the run's sources
       config.model.pretrained, config.ckpt.init_from, config.tokenizer.path = "", "", ""
@@ -96,7 +98,7 @@ class Recommender:
     parts = build(config, folder, [category])
     params = load_params(os.path.join(folder, "params"))
     return cls(config, parts, params, 0, fusion_weights if fusion_weights is not None else weights,
-               workdir=folder, popularity=counts)
+               workdir=folder, popularity=counts, table_ids=item_id_row + np.arange(len(category.catalog)))
 
   def with_catalog(self, path: str) -> "Recommender":
     """This model over another catalog (`{"id": ..., "title": ..., ...}` per line, RecBole's `<name>.item`
@@ -135,7 +137,17 @@ class Recommender:
     parts = dataclasses.replace(self.parts, categories=[data], encoder=encoder)
     new = sum(1 for item_id in catalog.item_ids if item_id not in set(trained.catalog.item_ids))
     log.info("catalog %s: %d items, %d of them not in training", path, len(catalog), new)
-    return dataclasses.replace(self, parts=parts, category=0, _item_emb=None, _names=None, popularity=popularity)
+    trained_rows = dict(zip(trained.catalog.item_ids, self._table_ids()))
+    table_ids = np.asarray([trained_rows.get(item_id, -1) for item_id in catalog.item_ids], np.int64)  # new: -1
+    return dataclasses.replace(self, parts=parts, category=0, _item_emb=None, _names=None, popularity=popularity,
+                               table_ids=table_ids)
+
+  def _table_ids(self) -> np.ndarray:
+    """Each catalog item's row in the learned item identities (model/item_ids.py); -1: none (a new item)."""
+    if self.table_ids is not None:
+      return self.table_ids
+    n = len(self.parts.categories[self.category].catalog)
+    return self.parts.encoder.item_offsets[self.category] + np.arange(n)
 
   def item_embeddings(self) -> np.ndarray:
     """v_T of every catalog item [I, E], from the cache when this model already encoded these texts."""
@@ -149,7 +161,8 @@ class Recommender:
       export = os.path.join(self.workdir, "export", "params")
       export = export if os.path.exists(export) else os.path.join(self.workdir, "params")  # an export folder
       stamp = os.path.getmtime(export) if os.path.exists(export) else 0.0
-      digest.update(json.dumps([os.path.abspath(self.workdir), stamp, texts]).encode("utf-8"))
+      digest.update(json.dumps([os.path.abspath(self.workdir), stamp, texts,
+                                self._table_ids().tolist()]).encode("utf-8"))
       path = os.path.join(self.workdir, "item_embeddings", digest.hexdigest()[:20] + ".npy")
       if os.path.exists(path):
         try:
@@ -159,7 +172,7 @@ class Recommender:
             return emb
         except (OSError, ValueError):
           log.warning("%s is unreadable; encoding the items again", path)
-    emb = ev.item_embeddings(self.parts, self.params, self.category)
+    emb = ev.item_embeddings(self.parts, self.params, self.category, table_ids=self._table_ids())
     if path:
       try:
         os.makedirs(os.path.dirname(path), exist_ok=True)

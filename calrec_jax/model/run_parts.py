@@ -110,8 +110,9 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   if tok.vocab_size > cfg.vocab_size:
     raise ConfigError(f"tokenizer has {tok.vocab_size} pieces but the model vocabulary is {cfg.vocab_size}")
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.compute_dtype]
+  num_item_ids = sum(len(c.catalog) for c in cats) if config.model.get("item_id_offsets", False) else 0
   model = TwoTower(cfg, config.model.projection_dim, dtype, jnp.float32, config.model.remat,
-                   config.model.scan_layers, config.model.attention)
+                   config.model.scan_layers, config.model.attention, num_item_ids=num_item_ids)
   return RunParts(cats, tok, cfg, model, ExampleEncoder(tok, cats, spec), pretrained)
 
 

@@ -22,6 +22,8 @@ class TwoTower(nn.Module):
   scan_layers: bool = False
   attention: str = "einsum"
   cached_layers: int = 0  # packed batches with cached lower-block outputs start at this block
+  num_item_ids: int = 0   # > 0: learned item identities (model/item_ids.py), params['item_offsets'] [I, E], which
+  #                         the towers never read (the loss and the item vectors of evaluation do); init_boxed adds it
 
   def setup(self):
     self.decoder = Decoder(self.cfg, self.dtype, self.param_dtype, self.remat, self.scan_layers, self.attention)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from calrec_jax.model import sharding as shd
+from calrec_jax.model import item_ids, sharding as shd
 from calrec_jax.model.two_tower import TwoTower
 
 
@@ -48,7 +48,11 @@ def init_boxed(model: TwoTower, rng, batch_shapes):
   """The model's params initialised on zeros shaped like `batch_shapes`, leaves boxed with their logical axes
   (nn.LogicallyPartitioned; eval_shape of this gives the shardings)."""
   dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
-  return model.init(rng, dummy)["params"]
+  params = model.init(rng, dummy)["params"]
+  if model.num_item_ids:  # learned item identities beside the towers (model/item_ids.py), zeros, replicated
+    table = jnp.zeros((model.num_item_ids, model.projection_dim or model.cfg.d_model), model.param_dtype)
+    params = {**params, item_ids.PARAM: nn.LogicallyPartitioned(table, (None, None))}
+  return params
 
 
 def init_params(model: TwoTower, rng, batch_shapes):

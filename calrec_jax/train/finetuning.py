@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from calrec_jax.model import sharding as shd
-from calrec_jax.model import variables
+from calrec_jax.model import item_ids, variables
 from calrec_jax.train import checkpoint as ckpt_lib
 from calrec_jax.train import step as step_lib
 from calrec_jax.model.run_parts import RunParts
@@ -37,6 +37,12 @@ def given_params(config, parts: RunParts, abstract_params, shapes) -> tuple[Any 
     return None, f"random init ({config.model.preset})"
   if "proj" in abstract_params and "proj" not in params:  # new projection head on pretrained weights
     params = dict(params, proj=_fresh_params(config, parts, shapes)["proj"])
+  if item_ids.PARAM in abstract_params:  # learned item identities: the source's for this catalog, else zeros
+    params = dict(params, **{item_ids.PARAM: item_ids.carried_table(params, *abstract_params[item_ids.PARAM].shape,
+                                                                    log)})
+  elif item_ids.PARAM in params:
+    log.info("%s holds learned item identities; model.item_id_offsets is off, so they are not used", how)
+    params = {k: v for k, v in params.items() if k != item_ids.PARAM}
   ckpt_lib.check_params(params, abstract_params, how)
   return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), how
 
@@ -71,7 +77,7 @@ def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr, ban
 
 def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc, bank_shape=None):
   """LoRA: frozen weights by restore steps 2-4 (every start, also a resume), and a train state of the trainable
-  tree {'lora', ['proj']} only, restored from the workdir's checkpoint when there is one.
+  tree {'lora', ['proj'], ['item_offsets']} only, restored from the workdir's checkpoint when there is one.
   Returns (state, state shardings, iterator state, how, frozen decoder weights, their shardings)."""
   from calrec_jax.adapters.lora import count, init_adapters
   p_sh, p_abstract = variables.params_shardings(parts.model, mesh, shapes)
@@ -79,8 +85,9 @@ def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc, ban
   if params is None:  # the frozen weights are needed on the host either way
     params = _fresh_params(config, parts, shapes)
   trainable = {"lora": init_adapters(params["decoder"], lc, config.seed)}
-  if "proj" in params:
-    trainable["proj"] = params["proj"]
+  for key in ("proj", item_ids.PARAM):  # trained beside the adapters
+    if key in params:
+      trainable[key] = params[key]
   frozen = jax.device_put(params["decoder"], p_sh["decoder"])
   rep = step_lib.NamedSharding(mesh, step_lib.P())
   abstract = jax.eval_shape(lambda t: {"step": jax.numpy.zeros((), jax.numpy.int32), "params": t,

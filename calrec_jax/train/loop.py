@@ -69,8 +69,8 @@ class StopSignals:
 
 
 # keys that must not change when a workdir with checkpoints is started again (shapes, tokenizer, data stream)
-RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_dim", "model.lora_rank",
-                "model.lora_targets", "model.lora_layers", "model.scan_layers", "tokenizer.path",
+RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_dim", "model.item_id_offsets",
+                "model.lora_rank", "model.lora_targets", "model.lora_layers", "model.scan_layers", "tokenizer.path",
                 "tokenizer.vocab_size", "data.source", "data.path", "data.categories", "data.synthetic_users",
                 "data.synthetic_seed", "data.kcore",
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
@@ -384,5 +384,6 @@ def export(workdir: str, config, parts: RunParts, host_params) -> None:
   if jax.process_index() == 0:  # before model_config.json, which marks the export complete
     names = [c.name for c in parts.categories]
     cat = names.index(config.data.eval_category) if config.data.eval_category in names else 0
-    write_serving_files(out, config.to_json_best_effort(indent=1), parts.categories[cat], parts.encoder.attributes[cat])
+    write_serving_files(out, config.to_json_best_effort(indent=1), parts.categories[cat],
+                        parts.encoder.attributes[cat], int(parts.encoder.item_offsets[cat]))
   save_converted(out, parts.model_cfg, host_params, parts.tokenizer)

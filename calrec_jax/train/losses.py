@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from calrec_jax.model.linear import dense
+from calrec_jax.model.pooling import l2_normalize
 
 Array = jax.Array
 
@@ -113,7 +114,7 @@ def info_nce(query: Array, key: Array, target_ids: Array, valid: Array, temperat
 
 
 def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, bank: Array, temperature: float,
-                  excluded: tuple[int, ...] = ()) -> tuple[Array, Array]:
+                  excluded: tuple[int, ...] = (), offsets: Array | None = None) -> tuple[Array, Array]:
   """InfoNCE of each row against EVERY catalog item: row i's positive is its target; the negatives are all other
   items. Every item is scored with its `bank` vector, and the batch's targets pass their gradient through their
   fresh `key` rows (a straight-through key: bank value, fresh gradient). Scoring the positives with fresh vectors
@@ -121,7 +122,9 @@ def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, ban
   this is the full-catalog softmax, values and gradients.
 
   query, key: [N, E] L2-normalised; target_ids [N] global item ids (-1 for padding); valid [N]; bank [I, E];
-  `excluded`: item ids that are no negatives (items the training catalog lacks; never a target).
+  `excluded`: item ids that are no negatives (items the training catalog lacks; never a target); `offsets` [I, E]:
+  learned item identities (model/item_ids.py), every item's key then being normalize(key + offsets[item]), so that
+  every row of the table gets its gradient from every query.
   """
   q, k = query.astype(jnp.float32), key.astype(jnp.float32)
   bank = jax.lax.stop_gradient(bank.astype(jnp.float32))
@@ -131,6 +134,8 @@ def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, ban
   first = valid & ~jnp.any(same & jnp.tril(jnp.ones((n, n), bool), k=-1), axis=1)  # one key per distinct item
   through = jnp.where(first[:, None], k - jax.lax.stop_gradient(k), 0.0)                     # [N, E] zeros
   keys = bank.at[ids].add(through, mode="drop")                                              # [I, E]
+  if offsets is not None:
+    keys = l2_normalize(keys + offsets.astype(jnp.float32))
   logits = jnp.einsum("NE,IE->NI", q, keys) / temperature                                    # [N, I]
   if excluded:
     logits = logits.at[:, jnp.asarray(excluded, jnp.int32)].set(-jnp.inf)

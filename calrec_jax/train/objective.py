@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from calrec_jax.errors import ConfigError
+from calrec_jax.model.item_ids import with_offsets
 from calrec_jax.train.losses import bank_info_nce, chunked_lm_loss, info_nce
 
 Array = jax.Array
@@ -52,11 +53,13 @@ class TokenInputs:
 @dataclasses.dataclass(frozen=True)
 class EmbeddingInputs:
   """What an embedding term reads: the whole batch's embeddings ({name: [R, E]}, L2-normalised), target ids [R],
-  which rows are real [R], and the item bank [I, E] (loss.negatives='catalog') or None."""
+  which rows are real [R], the item bank [I, E] (loss.negatives='catalog') or None, and the learned item
+  identities [I, E] (model.item_id_offsets, model/item_ids.py) or None."""
   embeddings: dict[str, Array]
   target_id: Array
   valid: Array
   bank: Array | None
+  item_offsets: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +92,15 @@ def _next_item_generation(x: TokenInputs, lc: LossConfig) -> tuple[Array, Array]
 
 def info_nce_term(query: str, key: str) -> Callable[[EmbeddingInputs, LossConfig], tuple[Array, Array]]:
   """InfoNCE(query, key) between two tower outputs: against the other rows' targets, or, with a bank, against
-  every item of the catalog."""
+  every item of the catalog. With learned item identities, the item tower's vectors (`v_t`, fresh or banked) carry
+  their item's offset."""
   def term(x: EmbeddingInputs, lc: LossConfig) -> tuple[Array, Array]:
     q, k = x.embeddings[query], x.embeddings[key]
+    offsets = x.item_offsets if key == "v_t" else None
     if x.bank is not None:
-      return bank_info_nce(q, k, x.target_id, x.valid, x.bank, lc.temperature, lc.bank_excluded)
+      return bank_info_nce(q, k, x.target_id, x.valid, x.bank, lc.temperature, lc.bank_excluded, offsets)
+    if offsets is not None:
+      k = with_offsets(k, offsets, x.target_id)
     return info_nce(q, k, x.target_id, x.valid, lc.temperature, lc.symmetric)
   return term
 

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from calrec_jax.model.layer_stack import stack_layers, unstack_layers
 from calrec_jax.model.partitioning import activation_sharding, constrain
 from calrec_jax.model import sharding as shd
+from calrec_jax.model import item_ids
 from calrec_jax.train.objective import EMBEDDINGS, EmbeddingInputs, LossConfig, Objective, TokenInputs
 from calrec_jax.model.two_tower import TwoTower
 from calrec_jax.model.variables import init_boxed
@@ -68,7 +69,8 @@ def calrec_loss(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossCo
   out, rows = tower_outputs(model, params, batch)
   tok, tok_metrics = objective.token_loss(token_inputs(model, params, out, rows))
   emb, emb_metrics = objective.embedding_loss(EmbeddingInputs({k: out[k] for k in EMBEDDINGS}, rows["target_id"],
-                                                              rows["example_weight"] > 0, bank))
+                                                              rows["example_weight"] > 0, bank,
+                                                              params.get(item_ids.PARAM)))
   loss = tok + emb
   return loss, {"loss": loss, **tok_metrics, **emb_metrics, "tokens": _tokens(batch),
                 "examples": rows["example_weight"].sum()}
@@ -104,9 +106,10 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
   _, (embs, target_ids, row_weights) = jax.lax.scan(embed, None, micro)  # [n, R/n, ...] (R rows: examples or slots)
   flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [n, R/n, ...] -> [R, ...] in microbatch order
   valid = flat(row_weights) > 0
-  (emb, emb_metrics), d_embs = jax.value_and_grad(
-      lambda e: objective.embedding_loss(EmbeddingInputs({k: flat(v) for k, v in e.items()}, flat(target_ids),
-                                                         valid, bank)), has_aux=True)(embs)
+  offsets = full.get(item_ids.PARAM)  # learned item identities [I, E] or None
+  (emb, emb_metrics), (d_embs, d_offsets) = jax.value_and_grad(
+      lambda e, o: objective.embedding_loss(EmbeddingInputs({k: flat(v) for k, v in e.items()}, flat(target_ids),
+                                                            valid, bank, o)), argnums=(0, 1), has_aux=True)(embs, offsets)
   lm_total = _lm_weight_total(batch)
 
   def surrogate(t, mb, d_emb):
@@ -114,6 +117,8 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
     out, rows = tower_outputs(model, p, mb)
     tok, tok_metrics = objective.token_loss(token_inputs(model, p, out, rows, lm_total))  # this microbatch's share
     dot = sum((out[k] * d_emb[k]).sum() for k in d_emb)
+    if d_offsets is not None:  # the table's gradient, an n-th per microbatch (the table passes through to_params)
+      dot = dot + (p[item_ids.PARAM] * d_offsets).sum() / n
     return tok + dot, (tok, tok_metrics)
 
   def body(acc, xs):

