@@ -163,27 +163,47 @@ def test_a_new_catalog_item_is_ranked_by_its_text_and_known_items_keep_their_ide
   assert not np.allclose(emb[0], known[3], atol=1e-4)                    # item 3 itself: text + identity
 
 
-def test_identities_start_from_zero_on_another_catalog_and_carry_over_on_the_same(trained, tmp_path, caplog):
+def test_a_stage_carries_the_identities_of_the_items_both_catalogs_hold(trained, tmp_path, caplog):
   import logging
+  import shutil
+  from calrec_jax.errors import DataError
   from calrec_jax.train.checkpoint import load_params
   from calrec_jax.train.loop import train
   wd, _ = trained
   source = np.asarray(load_params(os.path.join(wd, "export", "params"))[item_ids.PARAM])
+  layout = json.loads(open(os.path.join(wd, item_ids.LAYOUT_FILE)).read())["categories"]
+  assert [c["name"] for c in layout] == ["Office"] and len(layout[0]["item_ids"]) == source.shape[0]
   same = identity_config(1, 1)
   same.ckpt.init_from = wd
   same.optim.learning_rate = 0.0
   train(same, str(tmp_path / "same"))
   carried = np.asarray(load_params(str(tmp_path / "same" / "export" / "params"))[item_ids.PARAM])
-  np.testing.assert_allclose(carried, source)  # a zero rate: the stage-1 identities unchanged
+  np.testing.assert_allclose(carried, source)  # a zero rate: the source's identities unchanged
+  # a mixture holding the source's category: its items keep their rows (found by category and id), Garden's are 0
   other = identity_config(1, 1)
-  other.data.categories, other.data.synthetic_users = "Garden,Office", "40,40"  # two categories: another table
+  other.data.categories, other.data.synthetic_users = "Garden,Office", "40,40"
   other.ckpt.init_from = wd
   other.optim.learning_rate = 0.0
-  with caplog.at_level(logging.INFO):
-    train(other, str(tmp_path / "other"))
-  fresh = np.asarray(load_params(str(tmp_path / "other" / "export" / "params"))[item_ids.PARAM])
-  assert fresh.shape[0] > source.shape[0] and np.abs(fresh).sum() == 0
+  caplog.set_level(logging.INFO)
+  train(other, str(tmp_path / "other"))
+  mixed = np.asarray(load_params(str(tmp_path / "other" / "export" / "params"))[item_ids.PARAM])
+  rows = json.loads(open(tmp_path / "other" / item_ids.LAYOUT_FILE).read())["categories"]
+  n_garden = len(rows[0]["item_ids"])
+  assert [c["name"] for c in rows] == ["Garden", "Office"] and rows[1] == layout[0]
+  assert np.abs(mixed[:n_garden]).sum() == 0
+  np.testing.assert_allclose(mixed[n_garden:], source)
+  assert f"carried {source.shape[0]} of {mixed.shape[0]} items' identities" in caplog.text
+  # a source without its layout file: another shape starts from zeros; a damaged one is named
+  bare = tmp_path / "bare"
+  shutil.copytree(wd, bare)
+  os.remove(bare / item_ids.LAYOUT_FILE)
+  other.ckpt.init_from = str(bare)
+  train(other, str(tmp_path / "other_bare"))
+  assert np.abs(np.asarray(load_params(str(tmp_path / "other_bare" / "export" / "params"))[item_ids.PARAM])).sum() == 0
   assert "starting from zeros" in caplog.text
+  (bare / item_ids.LAYOUT_FILE).write_text("{not json")
+  with pytest.raises(DataError, match=f"{bare / item_ids.LAYOUT_FILE}.*unreadable"):
+    train(other, str(tmp_path / "other_damaged"))
   plain = smoke_config(1, 1)  # a run without identities from one with: the table is left out
   plain.ckpt.init_from = wd
   train(plain, str(tmp_path / "plain"))

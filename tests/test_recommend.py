@@ -38,7 +38,11 @@ def test_the_api_ranks_as_the_evaluation_does_and_names_items(trained):
   assert scores == sorted(scores, reverse=True)
   # the same history named by texts (titles, other case and spacing) gives the same items
   titles = [["  " + data.catalog.attributes[i]["title"].upper() + " " for i in h] for _, h, _ in rows[:2]]
-  assert [r["items"] for r in rec.recommend(titles, k=20)] == [r["items"] for r in got[:2]]
+  # (another number of users is another batch shape: the scores may differ in the last bits, the items may not)
+  by_title = rec.recommend(titles, k=20)
+  assert [[x["id"] for x in r["items"]] for r in by_title] == [[x["id"] for x in r["items"]] for r in got[:2]]
+  assert [[x["score"] for x in r["items"]] for r in by_title] == [
+      pytest.approx([x["score"] for x in r["items"]], abs=1e-5) for r in got[:2]]
   # unknown names are reported and left out; a history with nothing known gets no items
   mixed = rec.recommend([by_id[0] + ["no such item"], ["nothing known"]], k=5)
   assert mixed[0]["unknown"] == ["no such item"] and [x["id"] for x in mixed[0]["items"]] == [

@@ -3,17 +3,24 @@ becomes normalize(v_T(text) + offsets[g]) with a trained table offsets [I, E] th
 
 The text half still carries what items share (words, brands, categories) and is all a new item has: its row stays
 zero, so an item training never saw as a target is ranked by its text alone. The table is the params entry
-'item_offsets', indexed by the encoder's global item ids (data/examples.py: categories in config order)."""
+'item_offsets', indexed by the encoder's global item ids (data/examples.py: categories in config order); a run
+writes which item each row is to <workdir>/item_identities.json, so that a stage started from it carries the
+identities of the items both catalogs hold."""
 from __future__ import annotations
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from calrec_jax.errors import DataError
 from calrec_jax.model.pooling import l2_normalize
 
 Array = jax.Array
 PARAM = "item_offsets"
+LAYOUT_FILE = "item_identities.json"
 
 
 def with_offsets(vectors: Array, table: Array, ids: Array) -> Array:
@@ -34,14 +41,55 @@ def apply_to_catalog(vectors: np.ndarray, params, ids: np.ndarray) -> np.ndarray
   return np.asarray(with_offsets(jnp.asarray(vectors), jnp.asarray(table), jnp.asarray(ids, jnp.int32)))
 
 
-def carried_table(source, rows: int, dim: int, log) -> np.ndarray:
-  """The table a run starts with from a source's params: the source's own when its shape is [rows, dim], else
-  zeros (the source holds none, or was trained on another catalog: a stage 2 on one category of stage 1's
-  mixture starts its identities afresh)."""
+def catalog_layout(categories) -> list[dict]:
+  """The table's rows in order: [{'name': category, 'item_ids': [...]}] for the run's categories."""
+  return [{"name": c.name, "item_ids": [str(i) for i in c.catalog.item_ids]} for c in categories]
+
+
+def write_layout(folder: str, categories) -> None:
+  """<folder>/item_identities.json: which item each row of the table is (read by a stage started from this run)."""
+  from calrec_jax.paths import write_atomically
+  write_atomically(os.path.join(folder, LAYOUT_FILE), json.dumps({"categories": catalog_layout(categories)}))
+
+
+def read_layout(folder: str) -> list[dict] | None:
+  """The layout a run wrote (`write_layout`), None when it wrote none; a damaged file is a DataError naming it."""
+  path = os.path.join(folder, LAYOUT_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      cats = json.load(f)["categories"]
+    return [{"name": str(c["name"]), "item_ids": [str(i) for i in c["item_ids"]]} for c in cats]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataError(f"unreadable ({type(e).__name__}: {e}); delete it to start the item identities from zeros, "
+                    "or train the source run again", path) from None
+
+
+def carried_table(source, rows: int, dim: int, log, source_layout: list[dict] | None = None,
+                  target_layout: list[dict] | None = None) -> np.ndarray:
+  """The table a run starts with from a source's params [rows, dim]. With both layouts, each item's row is
+  carried over by (category, item id) (a stage 2 on one category of stage 1's mixture keeps that category's
+  identities) and the rest start at zero; without them, the source's table when its shape is [rows, dim], else
+  zeros (the source holds none, or was trained on another catalog)."""
   table = source.get(PARAM) if hasattr(source, "get") else None
-  if table is not None and tuple(np.shape(table)) == (rows, dim):
-    return np.asarray(table, np.float32)
-  if table is not None:
-    log.info("item_offsets: the source's table is %s, this catalog needs [%d, %d]; starting from zeros",
-             list(np.shape(table)), rows, dim)
-  return np.zeros((rows, dim), np.float32)
+  out = np.zeros((rows, dim), np.float32)
+  if table is None:
+    return out
+  table = np.asarray(table, np.float32)
+  if source_layout is not None and target_layout is not None and table.shape[1] == dim:
+    where = {(c["name"], i): r for r, (c, i) in enumerate((c, i) for c in source_layout for i in c["item_ids"])}
+    if len(where) == sum(len(c["item_ids"]) for c in source_layout) == table.shape[0]:
+      mine = [(c["name"], i) for c in target_layout for i in c["item_ids"]]
+      hits = [(r, where[key]) for r, key in enumerate(mine) if key in where]
+      if hits:
+        to, fro = np.asarray(hits).T
+        out[to] = table[fro]
+      log.info("item_offsets: carried %d of %d items' identities over from the source run (the rest start at zero)",
+               len(hits), rows)
+      return out
+  if table.shape == (rows, dim):
+    return table
+  log.info("item_offsets: the source's table is %s, this catalog needs [%d, %d]; starting from zeros",
+           list(table.shape), rows, dim)
+  return out

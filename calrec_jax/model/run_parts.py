@@ -124,6 +124,9 @@ def save_run_files(workdir: str, parts: RunParts, config) -> None:
     json.dump(parts.model_cfg.to_dict(), f, indent=1)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=1))
+  if parts.model.num_item_ids:  # which item each row of the learned identities is (model/item_ids.py)
+    from calrec_jax.model.item_ids import write_layout
+    write_layout(workdir, parts.categories)
 
 
 def _check_same_model(config, init_dir: str) -> None:

@@ -37,9 +37,11 @@ def given_params(config, parts: RunParts, abstract_params, shapes) -> tuple[Any 
     return None, f"random init ({config.model.preset})"
   if "proj" in abstract_params and "proj" not in params:  # new projection head on pretrained weights
     params = dict(params, proj=_fresh_params(config, parts, shapes)["proj"])
-  if item_ids.PARAM in abstract_params:  # learned item identities: the source's for this catalog, else zeros
-    params = dict(params, **{item_ids.PARAM: item_ids.carried_table(params, *abstract_params[item_ids.PARAM].shape,
-                                                                    log)})
+  if item_ids.PARAM in abstract_params:  # learned item identities: the source's items', the rest zeros
+    source_layout = item_ids.read_layout(config.ckpt.init_from) if config.ckpt.init_from else None
+    params = dict(params, **{item_ids.PARAM: item_ids.carried_table(
+        params, *abstract_params[item_ids.PARAM].shape, log, source_layout,
+        item_ids.catalog_layout(parts.categories))})
   elif item_ids.PARAM in params:
     log.info("%s holds learned item identities; model.item_id_offsets is off, so they are not used", how)
     params = {k: v for k, v in params.items() if k != item_ids.PARAM}

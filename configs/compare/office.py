@@ -7,7 +7,8 @@ The second real category, as stage 2 with the Scientific recipe unchanged: the `
 against every item (bank refreshed every 60 steps), dense and fused rows (fusion weights chosen on validation),
 beside popularity, BM25 over the last history texts, their fusion and SASRec, on the same fixed 1,000 test
 users. Office has 38,543 training prefixes (4,905 users, 53,258 interactions), 3.5x Scientific's, so the same
-5 epochs are 12,045 steps: about 4 hours on two CPU cores. `:epochs2` stops at 2 epochs.
+5 epochs are 12,045 steps: about 4 hours on two CPU cores. `:epochs2` stops at 2 epochs; `:ids` (`:ids2`) adds
+learned item identities (model.item_id_offsets).
 """
 from configs.compare import scientific
 
@@ -16,11 +17,13 @@ PREFIXES = 38_543  # Office's training (history -> next item) pairs
 
 
 def get_config(arg: str = ""):
-  if arg not in ("", "epochs2"):
-    raise ValueError(f"unknown variant {arg!r}; use '' or 'epochs2'")
-  epochs = 2 if arg == "epochs2" else 5
+  if arg not in ("", "epochs2", "ids", "ids2"):
+    raise ValueError(f"unknown variant {arg!r}; use '', 'epochs2', 'ids' or 'ids2'")
+  epochs = 2 if arg.endswith("2") else 5
+  identities = arg.startswith("ids")
   c = scientific.get_config("epochs")
-  c.title = f"Amazon 2014 Office: the small decoder, {epochs} epochs, whole-catalog negatives, against baselines"
+  c.title = (f"Amazon 2014 Office: the small decoder, {epochs} epochs, whole-catalog negatives"
+             f"{', learned item identities' if identities else ''}, against baselines")
   c.calrec.data.path = OFFICE
   c.calrec.data.categories = "Office"
   c.calrec.data.eval_category = "Office"
@@ -28,9 +31,14 @@ def get_config(arg: str = ""):
   c.calrec.pipeline.stage2_category = "Office"
   per_epoch = -(-PREFIXES // c.calrec.data.batch_size)
   steps = per_epoch * epochs
-  c.variants.calrec_epochs = (
+  overrides = (
       f"loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps={steps}; "
       f"train.eval_every={per_epoch // 2}; ckpt.every={per_epoch // 4}; ckpt.keep=2; optim.warmup_steps=100; "
       "eval.retrieval=dense")
-  c.labels.calrec_epochs = f"CALRec (stage 2), {epochs} epochs, whole-catalog negatives"
+  label = f"CALRec (stage 2), {epochs} epochs, whole-catalog negatives"
+  c.variants.calrec_epochs, c.labels.calrec_epochs = overrides, label
+  c.variants.calrec_ids = overrides + "; model.item_id_offsets=True"
+  c.labels.calrec_ids = label + ", learned item identities"
+  if identities:
+    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_ids"
   return c
