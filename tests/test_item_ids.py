@@ -17,6 +17,7 @@ from calrec_jax.train import objective
 from calrec_jax.train import step as step_lib
 from calrec_jax.train.losses import bank_info_nce, info_nce
 from tests.test_item_bank import _case
+from tests.test_recommend import train_and_evaluate
 from tests.test_train import smoke_config
 
 
@@ -108,14 +109,8 @@ def identity_config(steps, every):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  from calrec_jax.runner import evaluate_workdir
-  from calrec_jax.train.loop import train
-  wd = str(tmp_path_factory.mktemp("identities") / "run")
   c = identity_config(4, 2)
-  train(c, wd)
-  c.eval.retrieval, c.eval.max_users, c.eval.fusion = "dense", 8, ""
-  evaluate_workdir(c, wd, announce=False)
-  return wd, c
+  return train_and_evaluate(c, str(tmp_path_factory.mktemp("identities") / "run"), ""), c
 
 
 def test_a_run_trains_exports_and_serves_the_table(trained, tmp_path):

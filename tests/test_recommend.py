@@ -12,16 +12,21 @@ from test_train import smoke_config
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def train_and_evaluate(c, wd: str, fusion: str) -> str:
+  """Trains config `c` in `wd` and evaluates it (dense, 8 users, `fusion`'s signals); returns wd."""
   from calrec_jax.runner import evaluate_workdir
   from calrec_jax.train.loop import train
-  wd = str(tmp_path_factory.mktemp("recommend") / "run")
-  c = smoke_config(2, 2)
   train(c, wd)
-  c.eval.retrieval, c.eval.max_users, c.eval.fusion = "dense", 8, "dense,bm25_history,popularity"
-  evaluate_workdir(c, wd, announce=False)  # its fused weights are what ranker 'fused' uses
+  c.eval.retrieval, c.eval.max_users, c.eval.fusion = "dense", 8, fusion
+  evaluate_workdir(c, wd, announce=False)
   return wd
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  # its fused weights are what ranker 'fused' uses
+  return train_and_evaluate(smoke_config(2, 2), str(tmp_path_factory.mktemp("recommend") / "run"),
+                            "dense,bm25_history,popularity")
 
 
 def test_the_api_ranks_as_the_evaluation_does_and_names_items(trained):

@@ -135,9 +135,9 @@ class Recommender:
     except DataError as e:  # e.g. no item with a text: name the catalog given
       raise DataError(f"--catalog={path}: {e}") from None
     parts = dataclasses.replace(self.parts, categories=[data], encoder=encoder)
-    new = sum(1 for item_id in catalog.item_ids if item_id not in set(trained.catalog.item_ids))
+    trained_rows = dict(zip(trained.catalog.item_ids, self._table_ids()))  # item id -> its row in the identities
+    new = sum(1 for item_id in catalog.item_ids if item_id not in trained_rows)
     log.info("catalog %s: %d items, %d of them not in training", path, len(catalog), new)
-    trained_rows = dict(zip(trained.catalog.item_ids, self._table_ids()))
     table_ids = np.asarray([trained_rows.get(item_id, -1) for item_id in catalog.item_ids], np.int64)  # new: -1
     return dataclasses.replace(self, parts=parts, category=0, _item_emb=None, _names=None, popularity=popularity,
                                table_ids=table_ids)

@@ -35,7 +35,7 @@ def with_offsets(vectors: Array, table: Array, ids: Array) -> Array:
 def apply_to_catalog(vectors: np.ndarray, params, ids: np.ndarray) -> np.ndarray:
   """Host version for evaluation and serving: `vectors` [N, E] of items whose global ids are `ids` [N] (-1: an
   item the trained table does not hold), unchanged when the params hold no table."""
-  table = params.get(PARAM) if hasattr(params, "get") else None
+  table = params.get(PARAM)
   if table is None:
     return vectors
   return np.asarray(with_offsets(jnp.asarray(vectors), jnp.asarray(table), jnp.asarray(ids, jnp.int32)))
@@ -72,7 +72,7 @@ def carried_table(source, rows: int, dim: int, log, source_layout: list[dict] | 
   carried over by (category, item id) (a stage 2 on one category of stage 1's mixture keeps that category's
   identities) and the rest start at zero; without them, the source's table when its shape is [rows, dim], else
   zeros (the source holds none, or was trained on another catalog)."""
-  table = source.get(PARAM) if hasattr(source, "get") else None
+  table = source.get(PARAM)
   out = np.zeros((rows, dim), np.float32)
   if table is None:
     return out
