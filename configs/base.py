@@ -98,6 +98,9 @@ def get_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8
   o.weight_decay = 0.01
   o.grad_clip_norm = 1.0             # 0: off
+  o.item_id_sgd_rate = 0.0           # > 0: the item identity table (model.item_id_offsets) takes plain SGD steps at
+  #                                    this peak rate (same schedule) instead of the optimizer's, so that each row
+  #                                    moves in proportion to its gradient (0: the run's optimizer)
   o.grad_accum = 1                   # microbatches per step: same gradient, less memory (batch_size must divide)
 
   c.train = tr = ml_collections.ConfigDict()

@@ -216,3 +216,31 @@ def test_lora_trains_the_table_beside_the_adapters(trained, tmp_path):
   before = np.asarray(load_params(os.path.join(wd, "export", "params"))[item_ids.PARAM])
   after = np.asarray(load_params(str(tmp_path / "lora" / "export" / "params"))[item_ids.PARAM])
   assert after.shape == before.shape and not np.allclose(after, before)
+
+
+def test_sgd_rate_moves_the_table_by_its_clipped_gradient_and_the_rest_by_adamw():
+  """optim.item_id_sgd_rate > 0: the table's update is -rate(step) x the (globally clipped) gradient, the other
+  params get exactly the AdamW update they get without the option; 0 leaves the optimizer as it was."""
+  import ml_collections
+  from calrec_jax.train import optim
+  c = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=2,
+                                     final_lr_fraction=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
+                                     grad_clip_norm=1.0, item_id_sgd_rate=0.5))
+  rng = np.random.default_rng(3)
+  params = {item_ids.PARAM: jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
+            "decoder": {"w": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)}}
+  grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+           for _ in range(3)]
+  plain_c = ml_collections.ConfigDict(dict(c.to_dict(), item_id_sgd_rate=0.0))
+  ours, plain = optim.make_optimizer(c, 10), optim.make_optimizer(plain_c, 10)
+  s_ours, s_plain = ours.init(params), plain.init(params)
+  rate = optim.schedule(c, 10, 0.5)
+  for step, g in enumerate(grads):
+    u_ours, s_ours = ours.update(g, s_ours, params)
+    u_plain, s_plain = plain.update(g, s_plain, params)
+    clip = min(1.0, 1.0 / float(optax.global_norm(g)))
+    np.testing.assert_allclose(u_ours[item_ids.PARAM], -float(rate(step)) * clip * np.asarray(g[item_ids.PARAM]),
+                               rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(u_ours["decoder"]["w"], u_plain["decoder"]["w"], rtol=1e-6)
+    if step:  # (the warmup's first rate is 0) AdamW would move the table otherwise
+      assert not np.allclose(u_plain[item_ids.PARAM], u_ours[item_ids.PARAM])

@@ -75,7 +75,7 @@ RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_di
                 "data.synthetic_seed", "data.kcore",
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
                 "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "data.cold_start_items",
-                "data.cold_start_seed", "loss.negatives")
+                "data.cold_start_seed", "loss.negatives", "optim.item_id_sgd_rate")
 
 
 def check_same_run(config, workdir: str) -> None:

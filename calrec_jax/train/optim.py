@@ -6,21 +6,24 @@ import jax.numpy as jnp
 import optax
 
 from calrec_jax.errors import ConfigError
+from calrec_jax.model import item_ids
 
 
-def schedule(cfg, num_steps: int) -> optax.Schedule:
+def schedule(cfg, num_steps: int, peak: float | None = None) -> optax.Schedule:
+  """Linear warmup to `peak` (default optim.learning_rate), then optim.schedule's decay."""
+  peak = cfg.learning_rate if peak is None else peak
   warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
   if cfg.schedule == "constant":
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
-                                 optax.constant_schedule(cfg.learning_rate)], [max(warmup, 1)])
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)),
+                                 optax.constant_schedule(peak)], [max(warmup, 1)])
   if cfg.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, max(warmup, 1),
+    return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1),
                                               max(num_steps, max(warmup, 1) + 1),  # a 1-step run too
-                                              cfg.learning_rate * cfg.final_lr_fraction)
+                                              peak * cfg.final_lr_fraction)
   if cfg.schedule == "linear":
     return optax.join_schedules([
-        optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
-        optax.linear_schedule(cfg.learning_rate, cfg.learning_rate * cfg.final_lr_fraction,
+        optax.linear_schedule(0.0, peak, max(warmup, 1)),
+        optax.linear_schedule(peak, peak * cfg.final_lr_fraction,
                               max(num_steps - warmup, 1))], [max(warmup, 1)])
   raise ConfigError(f"optim.schedule={cfg.schedule!r}; choose 'cosine', 'linear' or 'constant'")
 
@@ -47,14 +50,33 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
+ITEM_TABLE = item_ids.PARAM  # the learned item identities' params entry
+
+
+def _table_label(params):
+  """'table' for the learned item identities (a top-level params entry), 'model' for everything else."""
+  return {k: jax.tree_util.tree_map(lambda _: "table" if k == ITEM_TABLE else "model", v) for k, v in params.items()}
+
+
 def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
-  lr = schedule(cfg, num_steps)
+  """The run's optimizer; with optim.item_id_sgd_rate > 0, the item identity table (model.item_id_offsets) takes
+  plain SGD steps at that peak rate on the same schedule instead. Adam scales each parameter's step to its own
+  gradient's size, so the small, steady push a rarely bought item gets as a negative of every query becomes
+  full-size steps; SGD moves each row in proportion to its gradient, as the full-catalog softmax asks."""
+  opt = _base_optimizer(cfg, schedule(cfg, num_steps))
+  rate = float(cfg.get("item_id_sgd_rate", 0.0))
+  if rate > 0:
+    opt = optax.multi_transform({"model": opt, "table": optax.sgd(schedule(cfg, num_steps, rate))}, _table_label)
+  if cfg.grad_clip_norm:
+    opt = optax.chain(clip_by_global_norm(cfg.grad_clip_norm), opt)
+  return opt
+
+
+def _base_optimizer(cfg, lr) -> optax.GradientTransformation:
   if cfg.name == "adamw":
     opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
   elif cfg.name == "adafactor":
     opt = optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None)
   else:
     raise ConfigError(f"optim.name={cfg.name!r}; choose 'adamw' or 'adafactor'")
-  if cfg.grad_clip_norm:
-    opt = optax.chain(clip_by_global_norm(cfg.grad_clip_norm), opt)
   return opt

@@ -1,0 +1,88 @@
+"""What a trained item-identity table learned (model.item_id_offsets): for items grouped by how often the training
+sequences hold them, the mean norm of their rows E[item] and the mean cosine of each row with its item's own text
+vector v_T; then the dense ranking of the VALIDATION users (the test split is never read) with the table scaled by
+0 (the text vectors alone), 0.5 and 1 (as trained).
+
+  python benchmarks/item_identity_rows.py --workdir=workdirs/compare_scientific_ids/calrec_ids
+
+Reads the workdir's recorded config (<workdir>/config.json), export and tokenizer; data paths in it are relative to
+the current folder, as when the run was started.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+BUCKETS = ((0, 1), (1, 2), (2, 5), (5, 10), (10, 30), (30, None))
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", required=True, help="a run trained with model.item_id_offsets=True")
+  p.add_argument("--scales", default="0,0.5,1", help="','-separated factors of the table for the ranking lines")
+  return p.parse_args()
+
+
+def row_statistics(table: np.ndarray, text: np.ndarray, counts: np.ndarray) -> list[dict]:
+  """Per count bucket: items, mean row norm, mean cosine(row, text vector). table, text [I, E]; counts [I]."""
+  norms = np.linalg.norm(table, axis=1)
+  cos = np.sum(table * text, axis=1) / np.maximum(norms * np.linalg.norm(text, axis=1), 1e-12)
+  out = []
+  for lo, hi in BUCKETS:
+    m = counts >= lo if hi is None else (counts >= lo) & (counts < hi)
+    label = f"{lo}+" if hi is None else str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}"
+    if m.any():
+      out.append({"counts": label, "items": int(m.sum()), "norm": float(norms[m].mean()),
+                  "cos_text": float(cos[m].mean())})
+  return out
+
+
+def main() -> None:
+  args = parse_args()
+  import jax
+  import ml_collections
+  from calrec_jax.data.iterators import eval_examples
+  from calrec_jax.data.serving import item_counts
+  from calrec_jax.errors import ConfigError
+  from calrec_jax.eval import evaluate as ev
+  from calrec_jax.eval.fusion import exclusion_mask, target_ranks
+  from calrec_jax.eval.metrics import ranking_metrics
+  from calrec_jax.model import item_ids
+  from calrec_jax.model.pooling import l2_normalize
+  from calrec_jax.model.run_parts import build
+  from calrec_jax.train.checkpoint import params_from_workdir
+  with open(os.path.join(args.workdir, "config.json"), encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params_from_workdir(args.workdir, None))
+  if item_ids.PARAM not in params:
+    raise ConfigError(f"{args.workdir}: its params hold no item identities (train with model.item_id_offsets=True)")
+  parts = build(config, args.workdir)
+  cat = ev.eval_category_index(config, parts.categories)
+  n = len(parts.categories[cat].catalog)
+  first = int(parts.encoder.item_offsets[cat])
+  table = params[item_ids.PARAM][first:first + n]                                          # [I, E]
+  text_only = {k: v for k, v in params.items() if k != item_ids.PARAM}
+  text = ev.item_embeddings(parts, text_only, cat, config.eval.item_batch_size)              # [I, E], unit rows
+  counts = item_counts(parts.categories[cat].sequences, n)
+  print("items by training count | items | mean |E[item]| | mean cos(E[item], v_T(item))")
+  for r in row_statistics(table, text, counts):
+    print(f"{r['counts']:>8} | {r['items']:5d} | {r['norm']:.3f} | {r['cos_text']:+.3f}")
+  rows = eval_examples(parts.encoder, cat, "valid", config.eval.max_users, config.seed)
+  users = ev.user_embeddings(config, parts, params, rows, cat)                                # [U, E]
+  excluded = exclusion_mask([h for _, h, _ in rows], n)
+  targets = np.asarray([t for _, _, t in rows], np.int64)
+  print(f"dense ranking of {len(rows)} validation users (history excluded) with the table scaled:")
+  for scale in (float(s) for s in args.scales.split(",")):
+    items = np.asarray(l2_normalize(text + scale * table))
+    m = ranking_metrics(target_ranks(users @ items.T, targets, excluded, 10).tolist(), (1, 10))
+    print(f"  x{scale:g}: NDCG@10 {m['ndcg@10']:.4f}, Recall@10 {m['recall@10']:.4f}, Recall@1 {m['recall@1']:.4f}")
+
+
+if __name__ == "__main__":
+  main()
