@@ -110,6 +110,7 @@ def identity_config(steps, every):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   c = identity_config(4, 2)
+  c.optim.item_id_sgd_rate = 1.0  # the table by SGD: its state rides in the checkpoints like the optimizer's
   return train_and_evaluate(c, str(tmp_path_factory.mktemp("identities") / "run"), ""), c
 
 

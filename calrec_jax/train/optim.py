@@ -1,6 +1,8 @@
 """Optimizers (AdamW, Adafactor) with warmup + decay schedules and gradient clipping."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -50,12 +52,28 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
-ITEM_TABLE = item_ids.PARAM  # the learned item identities' params entry
+class TableSgdState(NamedTuple):
+  inner: optax.OptState       # the run's optimizer's state (its moments of the table are kept and unused)
+  count: jax.Array            # int32 [] steps taken, for the table's schedule
 
 
-def _table_label(params):
-  """'table' for the learned item identities (a top-level params entry), 'model' for everything else."""
-  return {k: jax.tree_util.tree_map(lambda _: "table" if k == ITEM_TABLE else "model", v) for k, v in params.items()}
+def sgd_for_table(inner: optax.GradientTransformation, rate: optax.Schedule) -> optax.GradientTransformation:
+  """`inner` for every param but the item identity table (params entry model/item_ids.PARAM), which moves by
+  -rate(step) x its gradient. (optax.multi_transform would do this with masked states, whose placeholder nodes
+  the train state's sharding and checkpoint trees cannot hold.)"""
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params):
+    return TableSgdState(inner.init(params), jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None, **extra_args):
+    new, inner_state = inner.update(updates, state.inner, params, **extra_args)
+    if item_ids.PARAM in updates:
+      g = updates[item_ids.PARAM]
+      new = dict(new, **{item_ids.PARAM: (-rate(state.count) * g).astype(g.dtype)})
+    return new, TableSgdState(inner_state, optax.safe_int32_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
@@ -66,7 +84,7 @@ def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
   opt = _base_optimizer(cfg, schedule(cfg, num_steps))
   rate = float(cfg.get("item_id_sgd_rate", 0.0))
   if rate > 0:
-    opt = optax.multi_transform({"model": opt, "table": optax.sgd(schedule(cfg, num_steps, rate))}, _table_label)
+    opt = sgd_for_table(opt, schedule(cfg, num_steps, rate))
   if cfg.grad_clip_norm:
     opt = optax.chain(clip_by_global_norm(cfg.grad_clip_norm), opt)
   return opt
