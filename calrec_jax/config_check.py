@@ -106,6 +106,9 @@ def validate_config(config) -> None:
   if config.loss.negatives == "catalog" and config.loss.symmetric:
     raise ConfigError("loss.symmetric is not available with loss.negatives='catalog' (the bank has no gradient "
                       "to give the item->user direction); set loss.symmetric=False or loss.negatives='batch'")
+  if config.optim.item_id_sgd_rate and not config.model.item_id_offsets:
+    raise ConfigError(f"optim.item_id_sgd_rate={config.optim.item_id_sgd_rate} trains the item identity table, which "
+                      "model.item_id_offsets=False leaves out; set model.item_id_offsets=True or the rate to 0")
   if not 0 < config.loss.temperature:
     raise ConfigError("loss.temperature must be > 0")
   if not 0 <= config.data.min_attribute_coverage <= 1:

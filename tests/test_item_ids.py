@@ -245,3 +245,14 @@ def test_sgd_rate_moves_the_table_by_its_clipped_gradient_and_the_rest_by_adamw(
     np.testing.assert_allclose(u_ours["decoder"]["w"], u_plain["decoder"]["w"], rtol=1e-6)
     if step:  # (the warmup's first rate is 0) AdamW would move the table otherwise
       assert not np.allclose(u_plain[item_ids.PARAM], u_ours[item_ids.PARAM])
+
+
+def test_an_sgd_rate_without_the_table_is_a_config_error():
+  from calrec_jax.config_check import validate_config
+  from calrec_jax.errors import ConfigError
+  c = smoke_config(2, 2)
+  c.optim.item_id_sgd_rate = 0.1
+  with pytest.raises(ConfigError, match="optim.item_id_sgd_rate=0.1 trains the item identity table"):
+    validate_config(c)
+  c.model.item_id_offsets = True
+  validate_config(c)
