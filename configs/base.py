@@ -101,6 +101,8 @@ def get_config() -> ml_collections.ConfigDict:
   o.item_id_sgd_rate = 0.0           # > 0: the item identity table (model.item_id_offsets) takes plain SGD steps at
   #                                    this peak rate (same schedule) instead of the optimizer's, so that each row
   #                                    moves in proportion to its gradient (0: the run's optimizer)
+  o.item_id_min_count = 0            # > 0: only the identity rows of items the training sequences hold at least this
+  #                                    often train; the others keep their start (zero: text alone) (0: every row)
   o.grad_accum = 1                   # microbatches per step: same gradient, less memory (batch_size must divide)
 
   c.train = tr = ml_collections.ConfigDict()

@@ -247,12 +247,68 @@ def test_sgd_rate_moves_the_table_by_its_clipped_gradient_and_the_rest_by_adamw(
       assert not np.allclose(u_plain[item_ids.PARAM], u_ours[item_ids.PARAM])
 
 
-def test_an_sgd_rate_without_the_table_is_a_config_error():
+@pytest.mark.parametrize("key,value,message", [
+    ("item_id_sgd_rate", 0.1, "optim.item_id_sgd_rate=0.1 trains the item identity table"),
+    ("item_id_min_count", 5, "optim.item_id_min_count=5 chooses which rows of the item identity table train")])
+def test_a_table_option_without_the_table_is_a_config_error(key, value, message):
   from calrec_jax.config_check import validate_config
   from calrec_jax.errors import ConfigError
   c = smoke_config(2, 2)
-  c.optim.item_id_sgd_rate = 0.1
-  with pytest.raises(ConfigError, match="optim.item_id_sgd_rate=0.1 trains the item identity table"):
+  c.optim[key] = value
+  with pytest.raises(ConfigError, match=message):
     validate_config(c)
   c.model.item_id_offsets = True
   validate_config(c)
+
+
+def test_min_count_freezes_the_rows_of_rarer_items_and_leaves_the_rest_to_adamw():
+  """optim.item_id_min_count: the frozen rows' update is exactly zero (no moment, no weight decay moves them, even
+  from a non-zero start); the trained rows and every other param get exactly AdamW's update."""
+  import ml_collections
+  from calrec_jax.train import optim
+  c = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=2,
+                                     final_lr_fraction=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
+                                     grad_clip_norm=1.0, item_id_sgd_rate=0.0, item_id_min_count=3))
+  rng = np.random.default_rng(5)
+  params = {item_ids.PARAM: jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
+            "decoder": {"w": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)}}
+  counts = np.asarray([0, 3, 1, 7, 2, 3])
+  trained = optim.table_rows_trained(counts, 3)
+  np.testing.assert_array_equal(trained, [False, True, False, True, False, True])
+  assert optim.table_rows_trained(counts, 0) is None
+  ours, plain = optim.make_optimizer(c, 10, trained), optim.make_optimizer(c, 10)
+  s_ours, s_plain = ours.init(params), plain.init(params)
+  p_ours = p_plain = params
+  for _ in range(4):
+    g = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    u_ours, s_ours = ours.update(g, s_ours, p_ours)
+    u_plain, s_plain = plain.update(g, s_plain, p_plain)
+    np.testing.assert_array_equal(np.asarray(u_ours[item_ids.PARAM])[~trained], 0.0)
+    np.testing.assert_allclose(np.asarray(u_ours[item_ids.PARAM])[trained],
+                               np.asarray(u_plain[item_ids.PARAM])[trained], rtol=1e-6)
+    np.testing.assert_allclose(u_ours["decoder"]["w"], u_plain["decoder"]["w"], rtol=1e-6)
+    p_ours, p_plain = optax.apply_updates(p_ours, u_ours), optax.apply_updates(p_plain, u_plain)
+  np.testing.assert_array_equal(np.asarray(p_ours[item_ids.PARAM])[~trained],
+                                np.asarray(params[item_ids.PARAM])[~trained])
+  assert not np.allclose(np.asarray(p_plain[item_ids.PARAM])[~trained], np.asarray(params[item_ids.PARAM])[~trained])
+
+
+def test_a_run_with_min_count_trains_only_the_rows_of_frequent_items(tmp_path):
+  """Through the training loop: the exported table is zero exactly in the rows of the items training holds fewer
+  than optim.item_id_min_count times (their vectors are their texts'), and moved in the others."""
+  from calrec_jax.data.serving import item_counts
+  from calrec_jax.model.run_parts import build
+  from calrec_jax.train.checkpoint import load_params
+  from calrec_jax.train.loop import train
+  c = identity_config(3, 3)
+  c.loss.negatives = "catalog"  # every row is a negative of every query: each trained row moves
+  parts = build(c, str(tmp_path / "probe"))
+  counts = np.concatenate([item_counts(d.sequences, len(d.catalog)) for d in parts.categories])
+  c.optim.item_id_min_count = int(np.median(counts[counts > 0])) + 1
+  frequent = counts >= c.optim.item_id_min_count
+  assert 0 < frequent.sum() < len(frequent)
+  train(c, str(tmp_path / "run"))
+  table = np.asarray(load_params(str(tmp_path / "run" / "export" / "params"))[item_ids.PARAM])
+  assert table.shape[0] == len(counts)
+  np.testing.assert_array_equal(table[~frequent], 0.0)
+  assert (np.abs(table[frequent]).sum(1) > 0).all()

@@ -75,7 +75,7 @@ RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_di
                 "data.synthetic_seed", "data.kcore",
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
                 "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "data.cold_start_items",
-                "data.cold_start_seed", "loss.negatives", "optim.item_id_sgd_rate")
+                "data.cold_start_seed", "loss.negatives", "optim.item_id_sgd_rate", "optim.item_id_min_count")
 
 
 def check_same_run(config, workdir: str) -> None:
@@ -150,7 +150,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   if dc.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"] * config.optim.grad_accum):
     raise CalrecError(f"data.batch_size={dc.batch_size} must be divisible by data x fsdp devices "
                       f"({mesh.shape['data'] * mesh.shape['fsdp']}) x optim.grad_accum ({config.optim.grad_accum})")
-  tx = optim.make_optimizer(config.optim, tc.num_steps)
+  tx = optim.make_optimizer(config.optim, tc.num_steps, trained_identity_rows(config, parts))
   learning_rate = optim.schedule(config.optim, tc.num_steps)
   spec = parts.encoder.spec
   shapes = variables.example_batch(dc.batch_size, parts.encoder.buckets[-1], spec.target_len, spec.item_len)
@@ -352,6 +352,20 @@ def training_packer(config, parts: RunParts):
 def new_item_ids(encoder) -> tuple[int, ...]:
   """Global ids of the items a cold-start split keeps out of training (never bank negatives)."""
   return tuple(int(encoder.item_offsets[c] + i) for c, cat in enumerate(encoder.categories) for i in cat.new_items)
+
+
+def trained_identity_rows(config, parts: RunParts) -> np.ndarray | None:
+  """[I] bool over the item identity table's rows (the run's categories' items in order): the items the training
+  sequences hold at least optim.item_id_min_count times; None when that is 0 or there is no table."""
+  min_count = int(config.optim.get("item_id_min_count", 0))
+  if not parts.model.num_item_ids or min_count <= 0:
+    return None
+  from calrec_jax.data.serving import item_counts
+  counts = np.concatenate([item_counts(c.sequences, len(c.catalog)) for c in parts.categories])
+  trained = optim.table_rows_trained(counts, min_count)
+  log.info("item identities: the rows of %d of %d items (seen at least %d times in training) train; the rest keep "
+           "their start (text alone)", int(trained.sum()), len(trained), min_count)
+  return trained
 
 
 def lm_vocabulary(config, parts: RunParts) -> tuple[int, ...]:

@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from calrec_jax.errors import ConfigError
@@ -76,18 +77,43 @@ def sgd_for_table(inner: optax.GradientTransformation, rate: optax.Schedule) -> 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
+def freeze_table_rows(trained: np.ndarray) -> optax.GradientTransformation:
+  """Zero the item identity table's update (params entry model/item_ids.PARAM) in the rows where `trained` [I]
+  is False: those rows keep their starting values (zeros, or a source run's rows), whatever the optimizer
+  before it (moments, weight decay) would have done. Last in the chain; stateless."""
+  keep = jnp.asarray(np.asarray(trained, bool))[:, None]                                   # [I, 1]
+
+  def update(updates, state, params=None, **extra_args):
+    del params, extra_args
+    if item_ids.PARAM in updates:
+      u = updates[item_ids.PARAM]
+      updates = dict(updates, **{item_ids.PARAM: jnp.where(keep, u, jnp.zeros_like(u))})
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
+
+
+def make_optimizer(cfg, num_steps: int, trained_rows: np.ndarray | None = None) -> optax.GradientTransformation:
   """The run's optimizer; with optim.item_id_sgd_rate > 0, the item identity table (model.item_id_offsets) takes
   plain SGD steps at that peak rate on the same schedule instead. Adam scales each parameter's step to its own
   gradient's size, so the small, steady push a rarely bought item gets as a negative of every query becomes
-  full-size steps; SGD moves each row in proportion to its gradient, as the full-catalog softmax asks."""
+  full-size steps; SGD moves each row in proportion to its gradient, as the full-catalog softmax asks.
+  `trained_rows` [I] bool (optim.item_id_min_count): only those rows of the table move (freeze_table_rows)."""
   opt = _base_optimizer(cfg, schedule(cfg, num_steps))
   rate = float(cfg.get("item_id_sgd_rate", 0.0))
   if rate > 0:
     opt = sgd_for_table(opt, schedule(cfg, num_steps, rate))
+  if trained_rows is not None:
+    opt = optax.chain(opt, freeze_table_rows(trained_rows))
   if cfg.grad_clip_norm:
     opt = optax.chain(clip_by_global_norm(cfg.grad_clip_norm), opt)
   return opt
+
+
+def table_rows_trained(counts: np.ndarray, min_count: int) -> np.ndarray | None:
+  """[I] bool: the items whose training interactions `counts` [I] reach optim.item_id_min_count (None when it is
+  0: every row trains)."""
+  return None if min_count <= 0 else np.asarray(counts) >= min_count
 
 
 def _base_optimizer(cfg, lr) -> optax.GradientTransformation:
