@@ -1,7 +1,9 @@
 """What a trained item-identity table learned (model.item_id_offsets): for items grouped by how often the training
 sequences hold them, the mean norm of their rows E[item] and the mean cosine of each row with its item's own text
 vector v_T; then the dense ranking of the VALIDATION users (the test split is never read) with the table scaled by
-0 (the text vectors alone), 0.5 and 1 (as trained).
+0 (the text vectors alone), 0.5 and 1 (as trained), and where its top-10 slots go: the share of them held by items
+of each count bucket, beside the share of the validation targets in that bucket (a bucket far above its targets'
+share holds items that sit near every user).
 
   python benchmarks/item_identity_rows.py --workdir=workdirs/compare_scientific_ids/calrec_ids
 
@@ -43,6 +45,18 @@ def row_statistics(table: np.ndarray, text: np.ndarray, counts: np.ndarray) -> l
   return out
 
 
+def bucket_of(counts: np.ndarray) -> np.ndarray:
+  """[I] index into BUCKETS of each item's training count."""
+  edges = np.asarray([lo for lo, _ in BUCKETS[1:]])
+  return np.searchsorted(edges, counts, side="right")
+
+
+def slot_shares(top: np.ndarray, counts: np.ndarray) -> np.ndarray:
+  """[len(BUCKETS)] share of the slots of `top` [U, k] (item ids) held by items of each count bucket."""
+  b = bucket_of(counts)[top.reshape(-1)]
+  return np.bincount(b, minlength=len(BUCKETS)) / max(b.size, 1)
+
+
 def main() -> None:
   args = parse_args()
   import jax
@@ -51,7 +65,7 @@ def main() -> None:
   from calrec_jax.data.serving import item_counts
   from calrec_jax.errors import ConfigError
   from calrec_jax.eval import evaluate as ev
-  from calrec_jax.eval.fusion import exclusion_mask, target_ranks
+  from calrec_jax.eval.fusion import exclusion_mask, target_ranks, top_items
   from calrec_jax.eval.metrics import ranking_metrics
   from calrec_jax.model import item_ids
   from calrec_jax.model.pooling import l2_normalize
@@ -78,10 +92,18 @@ def main() -> None:
   excluded = exclusion_mask([h for _, h, _ in rows], n)
   targets = np.asarray([t for _, _, t in rows], np.int64)
   print(f"dense ranking of {len(rows)} validation users (history excluded) with the table scaled:")
+  labels = [r["counts"] for r in row_statistics(np.ones((len(BUCKETS), 1)), np.ones((len(BUCKETS), 1)),
+                                                 np.asarray([lo for lo, _ in BUCKETS]))]
+  shares = {"targets": np.bincount(bucket_of(counts)[targets], minlength=len(BUCKETS)) / len(targets)}
   for scale in (float(s) for s in args.scales.split(",")):
     items = np.asarray(l2_normalize(text + scale * table))
-    m = ranking_metrics(target_ranks(users @ items.T, targets, excluded, 10).tolist(), (1, 10))
+    scores = users @ items.T                                                                  # [U, I]
+    m = ranking_metrics(target_ranks(scores, targets, excluded, 10).tolist(), (1, 10))
     print(f"  x{scale:g}: NDCG@10 {m['ndcg@10']:.4f}, Recall@10 {m['recall@10']:.4f}, Recall@1 {m['recall@1']:.4f}")
+    shares[f"top-10 slots, x{scale:g}"] = slot_shares(top_items(scores, excluded, 10), counts)
+  print("share by training count of the item | " + " | ".join(labels))
+  for name, share in shares.items():
+    print(f"{name} | " + " | ".join(f"{v:.3f}" for v in share))
 
 
 if __name__ == "__main__":
