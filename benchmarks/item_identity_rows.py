@@ -3,7 +3,7 @@ sequences hold them, the mean norm of their rows E[item] and the mean cosine of 
 vector v_T; then the dense ranking of the VALIDATION users (the test split is never read) with the table scaled by
 0 (the text vectors alone), 0.5 and 1 (as trained), and where its top-10 slots go: the share of them held by items
 of each count bucket, beside the share of the validation targets in that bucket (a bucket far above its targets'
-share holds items that sit near every user).
+share holds items that sit near every user). A run without a table gets the text vectors' lines only.
 
   python benchmarks/item_identity_rows.py --workdir=workdirs/compare_scientific_ids/calrec_ids
 
@@ -26,7 +26,8 @@ BUCKETS = ((0, 1), (1, 2), (2, 5), (5, 10), (10, 30), (30, None))
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", required=True, help="a run trained with model.item_id_offsets=True")
+  p.add_argument("--workdir", required=True, help="a trained run (with model.item_id_offsets=True, or without: "
+                 "then only the text vectors' ranking and slot shares)")
   p.add_argument("--scales", default="0,0.5,1", help="','-separated factors of the table for the ranking lines")
   return p.parse_args()
 
@@ -63,7 +64,6 @@ def main() -> None:
   import ml_collections
   from calrec_jax.data.iterators import eval_examples
   from calrec_jax.data.serving import item_counts
-  from calrec_jax.errors import ConfigError
   from calrec_jax.eval import evaluate as ev
   from calrec_jax.eval.fusion import exclusion_mask, target_ranks, top_items
   from calrec_jax.eval.metrics import ranking_metrics
@@ -74,28 +74,32 @@ def main() -> None:
   with open(os.path.join(args.workdir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params_from_workdir(args.workdir, None))
-  if item_ids.PARAM not in params:
-    raise ConfigError(f"{args.workdir}: its params hold no item identities (train with model.item_id_offsets=True)")
   parts = build(config, args.workdir)
   cat = ev.eval_category_index(config, parts.categories)
   n = len(parts.categories[cat].catalog)
-  first = int(parts.encoder.item_offsets[cat])
-  table = params[item_ids.PARAM][first:first + n]                                          # [I, E]
   text_only = {k: v for k, v in params.items() if k != item_ids.PARAM}
   text = ev.item_embeddings(parts, text_only, cat, config.eval.item_batch_size)              # [I, E], unit rows
   counts = item_counts(parts.categories[cat].sequences, n)
-  print("items by training count | items | mean |E[item]| | mean cos(E[item], v_T(item))")
-  for r in row_statistics(table, text, counts):
-    print(f"{r['counts']:>8} | {r['items']:5d} | {r['norm']:.3f} | {r['cos_text']:+.3f}")
+  scales = [float(s) for s in args.scales.split(",")]
+  if item_ids.PARAM in params:
+    first = int(parts.encoder.item_offsets[cat])
+    table = params[item_ids.PARAM][first:first + n]                                        # [I, E]
+    print("items by training count | items | mean |E[item]| | mean cos(E[item], v_T(item))")
+    for r in row_statistics(table, text, counts):
+      print(f"{r['counts']:>8} | {r['items']:5d} | {r['norm']:.3f} | {r['cos_text']:+.3f}")
+  else:
+    print(f"{args.workdir}: no item identity table; the text vectors alone")
+    table, scales = np.zeros_like(text), [0.0]
   rows = eval_examples(parts.encoder, cat, "valid", config.eval.max_users, config.seed)
   users = ev.user_embeddings(config, parts, params, rows, cat)                                # [U, E]
   excluded = exclusion_mask([h for _, h, _ in rows], n)
   targets = np.asarray([t for _, _, t in rows], np.int64)
-  print(f"dense ranking of {len(rows)} validation users (history excluded) with the table scaled:")
+  print(f"dense ranking of {len(rows)} validation users (history excluded)"
+        + (" with the table scaled:" if item_ids.PARAM in params else ":"))
   labels = [r["counts"] for r in row_statistics(np.ones((len(BUCKETS), 1)), np.ones((len(BUCKETS), 1)),
                                                  np.asarray([lo for lo, _ in BUCKETS]))]
   shares = {"targets": np.bincount(bucket_of(counts)[targets], minlength=len(BUCKETS)) / len(targets)}
-  for scale in (float(s) for s in args.scales.split(",")):
+  for scale in scales:
     items = np.asarray(l2_normalize(text + scale * table))
     scores = users @ items.T                                                                  # [U, I]
     m = ranking_metrics(target_ranks(scores, targets, excluded, 10).tolist(), (1, 10))
