@@ -7,9 +7,7 @@ other way round): the test split is never read.
 
 Candidates: BM25 over the last 1, 2, 3 or 5 history texts (bm25_1 ... bm25_5), a popularity prior and its square
 and square root, the cosine of each item's item-tower vector with the user's last item's (item_last), and
-products of standardised signals (dense_x_pop, bm25_x_pop), and per-user gates: a signal times the user's
-standardised history popularity (the mean log-count of the history's items; pop_x_user, and dense_x_niche with
-the sign flipped), so that users who buy popular items lean on the prior and the others on the model. Prints one line per signal set: the cross-fitted
+products of standardised signals (dense_x_pop, bm25_x_pop). Prints one line per signal set: the cross-fitted
 validation NDCG@10 and Recall@1 and the weights each half chose.
 """
 from __future__ import annotations
@@ -24,9 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 SETS = ("dense,bm25_3,popularity", "dense,bm25_1,bm25_3,popularity", "dense,bm25_1,bm25_2,bm25_3,bm25_5,popularity",
         "dense,item_last,bm25_3,popularity", "dense,bm25_3,popularity,pop_sq", "dense,bm25_3,popularity,pop_sqrt",
-        "dense,bm25_3,popularity,dense_x_pop", "dense,bm25_3,popularity,bm25_x_pop",
-        "dense,bm25_3,popularity,pop_x_user", "dense,bm25_3,popularity,dense_x_niche",
-        "dense,bm25_3,popularity,pop_x_user,dense_x_niche")
+        "dense,bm25_3,popularity,dense_x_pop", "dense,bm25_3,popularity,bm25_x_pop")
 
 
 def parse_args():
@@ -67,11 +63,6 @@ def signals(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np
   out = {k: standardise(v) for k, v in raw.items()}
   out["dense_x_pop"] = standardise(out["dense"] * out["popularity"])
   out["bm25_x_pop"] = standardise(out["bm25_3"] * out["popularity"])
-  # per-user gates: not re-standardised (that would cancel the user's factor up to its sign)
-  user_pop = np.asarray([pop[0, h].mean() for h in hist], np.float32)                 # [U]
-  user_z = ((user_pop - user_pop.mean()) / max(float(user_pop.std()), 1e-6))[:, None]  # [U, 1]
-  out["pop_x_user"] = out["popularity"] * user_z
-  out["dense_x_niche"] = out["dense"] * -user_z
   return out, np.asarray([t for _, _, t in rows], np.int64), exclusion_mask(hist, len(texts))
 
 
