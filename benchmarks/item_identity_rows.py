@@ -37,13 +37,17 @@ def row_statistics(table: np.ndarray, text: np.ndarray, counts: np.ndarray) -> l
   norms = np.linalg.norm(table, axis=1)
   cos = np.sum(table * text, axis=1) / np.maximum(norms * np.linalg.norm(text, axis=1), 1e-12)
   out = []
-  for lo, hi in BUCKETS:
+  for (lo, hi), label in zip(BUCKETS, bucket_labels()):
     m = counts >= lo if hi is None else (counts >= lo) & (counts < hi)
-    label = f"{lo}+" if hi is None else str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}"
     if m.any():
       out.append({"counts": label, "items": int(m.sum()), "norm": float(norms[m].mean()),
                   "cos_text": float(cos[m].mean())})
   return out
+
+
+def bucket_labels() -> list[str]:
+  """The BUCKETS as printed: '0', '2-4', '30+'."""
+  return [f"{lo}+" if hi is None else str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}" for lo, hi in BUCKETS]
 
 
 def bucket_of(counts: np.ndarray) -> np.ndarray:
@@ -96,8 +100,6 @@ def main() -> None:
   targets = np.asarray([t for _, _, t in rows], np.int64)
   print(f"dense ranking of {len(rows)} validation users (history excluded)"
         + (" with the table scaled:" if item_ids.PARAM in params else ":"))
-  labels = [r["counts"] for r in row_statistics(np.ones((len(BUCKETS), 1)), np.ones((len(BUCKETS), 1)),
-                                                 np.asarray([lo for lo, _ in BUCKETS]))]
   shares = {"targets": np.bincount(bucket_of(counts)[targets], minlength=len(BUCKETS)) / len(targets)}
   for scale in scales:
     items = np.asarray(l2_normalize(text + scale * table))
@@ -105,7 +107,7 @@ def main() -> None:
     m = ranking_metrics(target_ranks(scores, targets, excluded, 10).tolist(), (1, 10))
     print(f"  x{scale:g}: NDCG@10 {m['ndcg@10']:.4f}, Recall@10 {m['recall@10']:.4f}, Recall@1 {m['recall@1']:.4f}")
     shares[f"top-10 slots, x{scale:g}"] = slot_shares(top_items(scores, excluded, 10), counts)
-  print("share by training count of the item | " + " | ".join(labels))
+  print("share by training count of the item | " + " | ".join(bucket_labels()))
   for name, share in shares.items():
     print(f"{name} | " + " | ".join(f"{v:.3f}" for v in share))
 

@@ -22,6 +22,15 @@ from configs.compare import common
 SCIENTIFIC = "../shared/data/amazon2018-scientific"
 OFFICE = "../shared/data/amazon2014-office"
 
+# :ids* variants: (overrides added to :epochs with the identity table, title part, label part). ids_sgd trains the
+# table by plain SGD (optim.item_id_sgd_rate) instead of AdamW; ids_frequent trains only the rows of the items
+# training holds at least 15 times (optim.item_id_min_count; 199 of the 1,585 items)
+IDENTITY_VARIANTS = {
+    "ids": ("", "", ""),
+    "ids_sgd": ("; optim.item_id_sgd_rate=0.05", " trained by SGD", " (SGD)"),
+    "ids_frequent": ("; optim.item_id_min_count=15", " of the items seen 15+ times", " (items seen 15+ times)"),
+}
+
 
 def get_config(arg: str = ""):
   calrec = scientific.get_config()
@@ -77,22 +86,18 @@ def get_config(arg: str = ""):
         f"loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps={steps}; train.eval_every=342; "
         f"ckpt.every=342; ckpt.keep=2; optim.warmup_steps=100; eval.retrieval=dense")
     c.labels.calrec_epochs = f"CALRec (stage 2), {epochs} epochs, whole-catalog negatives"
-  elif arg in ("ids", "ids_sgd", "ids_frequent"):  # :epochs with learned item identities (model.item_id_offsets)
-    # ids_sgd: the table by plain SGD (optim.item_id_sgd_rate) instead of AdamW; ids_frequent: AdamW, only the rows
-    # of the items training holds at least 15 times train (optim.item_id_min_count; 199 of the 1,585 items)
+  elif arg in IDENTITY_VARIANTS:  # :epochs with learned item identities (model.item_id_offsets)
+    overrides, title, label = IDENTITY_VARIANTS[arg]
     name = f"calrec_{arg}"
-    extra = {"ids": "", "ids_sgd": "; optim.item_id_sgd_rate=0.05", "ids_frequent": "; optim.item_id_min_count=15"}
-    how = {"ids": "", "ids_sgd": " trained by SGD", "ids_frequent": " of the items seen 15+ times"}
     c.title = ("Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives, learned item "
-               f"identities{how[arg]}, against baselines")
+               f"identities{title}, against baselines")
     c.methods = f"popularity,bm25_history,text_fused,sasrec,{name}"
     c.calrec.eval.fusion = "dense,bm25_history,popularity"
     c.variants[name] = (
         "loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps=3420; train.eval_every=342; "
         "ckpt.every=342; ckpt.keep=2; optim.warmup_steps=100; eval.retrieval=dense; model.item_id_offsets=True"
-        + extra[arg])
-    c.labels[name] = ("CALRec (stage 2), 5 epochs, whole-catalog negatives, learned item identities"
-                      + {"ids": "", "ids_sgd": " (SGD)", "ids_frequent": " (items seen 15+ times)"}[arg])
+        + overrides)
+    c.labels[name] = f"CALRec (stage 2), 5 epochs, whole-catalog negatives, learned item identities{label}"
   elif arg == "cold":  # a cold-start split: 20% of the items never in training; users whose test item is one
     c.title = "Amazon 2018 Scientific, cold start: test items that training never saw"
     c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_epochs"
