@@ -21,7 +21,7 @@ POSITIVE = ("data.max_len", "data.max_item_tokens", "data.max_history", "data.ba
             "data.pack_window", "data.pack_context", "data.pack_max_len", "data.pack_slots", "data.pack_item_len",
             "loss.bank_refresh_steps", "pipeline.stage1_steps", "pipeline.stage2_steps")
 NON_NEGATIVE = ("optim.learning_rate", "optim.weight_decay", "optim.item_id_sgd_rate", "optim.item_id_min_count",
-                "train.eval_every", "eval.max_users", "eval.valid_items", "eval.temperature", "data.mixture_alpha", "model.lora_rank",
+                "loss.sampled_negatives", "train.eval_every", "eval.max_users", "eval.valid_items", "eval.temperature", "data.mixture_alpha", "model.lora_rank",
                 "compile_cache.min_compile_secs", "train.peak_flops", "pipeline.stage2_learning_rate")
 
 
@@ -106,6 +106,17 @@ def validate_config(config) -> None:
   if config.loss.negatives == "catalog" and config.loss.symmetric:
     raise ConfigError("loss.symmetric is not available with loss.negatives='catalog' (the bank has no gradient "
                       "to give the item->user direction); set loss.symmetric=False or loss.negatives='batch'")
+  if config.loss.sampled_negatives:
+    m = config.loss.sampled_negatives
+    if config.loss.negatives != "catalog":
+      raise ConfigError(f"loss.sampled_negatives={m} adds catalog items to the item bank's keys, which "
+                        "loss.negatives='batch' has none of; set loss.negatives='catalog' or the count to 0")
+    if config.optim.grad_accum > 1:
+      raise ConfigError(f"loss.sampled_negatives={m} is not available with optim.grad_accum="
+                        f"{config.optim.grad_accum}; set optim.grad_accum=1 or loss.sampled_negatives=0")
+    if config.model.cache_frozen_layers:
+      raise ConfigError(f"loss.sampled_negatives={m} encodes token rows, which model.cache_frozen_layers replaces "
+                        "by cached states; set model.cache_frozen_layers=0 or loss.sampled_negatives=0")
   if config.optim.item_id_sgd_rate and not config.model.item_id_offsets:
     raise ConfigError(f"optim.item_id_sgd_rate={config.optim.item_id_sgd_rate} trains the item identity table, which "
                       "model.item_id_offsets=False leaves out; set model.item_id_offsets=True or the rate to 0")

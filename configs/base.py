@@ -86,6 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
   ls.negatives = "batch"             # batch: the other rows' targets | catalog: every item of the run's categories
   #                                    (an item bank in the train state, fresh vectors for the batch's targets)
   ls.bank_refresh_steps = 100        # catalog: steps between re-encodings of the item bank
+  ls.sampled_negatives = 0           # catalog: M catalog items drawn uniformly per step and encoded fresh, so that
+  #                                    items outside the batch get a gradient as negatives (mixed negative sampling)
 
   c.optim = o = ml_collections.ConfigDict()
   o.name = "adamw"                   # adamw | adafactor

@@ -147,3 +147,108 @@ SHARDED = textwrap.dedent("""
 def test_bank_loss_sharded_over_8_devices_equals_one_device():
   out = subprocess.run([sys.executable, "-c", SHARDED, ROOT], capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_sampled_keys_pass_their_gradient_through_the_bank_and_leave_the_loss_unchanged():
+  """Mixed negative sampling: fresh vectors of sampled items are straight-through keys like the targets' (bank
+  value, fresh gradient); a sampled item that is also a target keeps the target's key; -1 samples nothing."""
+  q, k, bank, ids, valid = _case(5)
+  t = 0.07
+  rng = np.random.default_rng(9)
+  s_ids = np.asarray([7, int(ids[0]), 7, -1, 21], np.int32)   # a repeat, a batch target, an empty slot
+  s_key = l2_normalize(jnp.asarray(rng.normal(size=(len(s_ids), q.shape[1])), jnp.float32))
+
+  def ours(q, k, s_key):
+    return bank_info_nce(q, k, ids, valid, bank, t, sampled_key=s_key, sampled_ids=jnp.asarray(s_ids))[0]
+
+  def reference(q, k, s_key):
+    keys = jax.lax.stop_gradient(bank)
+    np_ids, np_valid = np.asarray(ids), np.asarray(valid)
+    seen = set()
+    for j in range(len(np_ids)):
+      if np_valid[j] and np_ids[j] not in seen:
+        seen.add(int(np_ids[j]))
+        keys = keys.at[np_ids[j]].set(k[j] + jax.lax.stop_gradient(bank[np_ids[j]] - k[j]))
+    for j, g in enumerate(s_ids):
+      if g >= 0 and int(g) not in seen:
+        seen.add(int(g))
+        keys = keys.at[g].set(s_key[j] + jax.lax.stop_gradient(bank[g] - s_key[j]))
+    logp = jax.nn.log_softmax(q @ keys.T / t, axis=-1)
+    rows = [-logp[r, np_ids[r]] for r in range(len(np_ids)) if np_valid[r]]
+    return sum(rows) / len(rows)
+
+  got = jax.value_and_grad(ours, argnums=(0, 1, 2))(q, k, s_key)
+  want = jax.value_and_grad(reference, argnums=(0, 1, 2))(q, k, s_key)
+  plain = bank_info_nce(q, k, ids, valid, bank, t)[0]
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  np.testing.assert_allclose(got[0], plain, rtol=1e-6)  # the value is the bank loss's
+  for a, b in zip(got[1], want[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  g_sampled = np.abs(np.asarray(got[1][2])).sum(1)
+  assert g_sampled[0] > 0 and g_sampled[4] > 0          # sampled items outside the batch get a gradient
+  assert g_sampled[1] == 0 and g_sampled[2] == 0 and g_sampled[3] == 0  # target, repeat, empty slot: none
+
+
+def test_sampled_negatives_are_drawn_from_the_step_alone_and_never_excluded_items(tiny):
+  """loss.sampled_negatives: each step's items depend on (seed, step) only (a resumed run draws the same), are
+  distinct, never a cold-start item, and their rows are the item tower's inputs the bank encodes; processes split
+  the same draw."""
+  from calrec_jax.train.item_bank import SampledNegatives
+  _, enc, _, _ = tiny
+  rows = catalog_rows(enc)
+  excluded = tuple(range(0, len(rows), 3))
+  s = SampledNegatives(enc, 16, seed=5, excluded=excluded)
+  a, b = s.arrays(7), SampledNegatives(enc, 16, seed=5, excluded=excluded).arrays(7)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(s.ids(7), s.ids(8)) and not np.array_equal(s.ids(7), SampledNegatives(enc, 16, 6).ids(7))
+  drawn = np.concatenate([s.ids(t) for t in range(20)])
+  assert not set(drawn.tolist()) & set(excluded) and all(len(set(s.ids(t))) == 16 for t in range(20))
+  for r, i in enumerate(a["negative_id"]):
+    n = len(rows[i])
+    assert a["negative_tokens"][r, :n].tolist() == rows[i] and a["negative_mask"][r].sum() == n
+    assert a["negative_text_mask"][r].tolist() == [0 < j < n - 1 for j in range(a["negative_tokens"].shape[1])]
+  halves = [SampledNegatives(enc, 16, 5, excluded, p, 2).arrays(7)["negative_id"] for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate(halves), a["negative_id"])
+  with pytest.raises(ValueError, match="loss.sampled_negatives=1000 is more than"):
+    SampledNegatives(enc, 1000, 5)
+
+
+def test_the_step_encodes_sampled_negatives_fresh_and_keeps_the_loss_value(tiny):
+  """With sampled negatives in the batch the contrastive losses keep their values (the keys are the bank's) while
+  the gradient changes: the sampled items' fresh vectors pass it into the params."""
+  from calrec_jax.train.item_bank import SampledNegatives
+  cats, enc, model, params = tiny
+  bank = ItemBank(model, enc, batch_size=16).encode(params)
+  seqs = cats[1].sequences
+  batch = {k: jnp.asarray(v) for k, v in enc.collate([enc.encode(1, s[:2], s[2]) for s in seqs[:4]]).items()}
+  with_neg = {**batch, **{k: jnp.asarray(v) for k, v in SampledNegatives(enc, 8, 0).arrays(0).items()}}
+  lc = objective.LossConfig()
+  f = lambda p, b: step_lib.calrec_loss(model, p, b, lc, bank)  # noqa: E731
+  (l0, m0), g0 = jax.value_and_grad(f, has_aux=True)(params, batch)
+  (l1, m1), g1 = jax.value_and_grad(f, has_aux=True)(params, with_neg)
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  for k in ("loss_ut", "loss_tt", "loss_nig"):
+    np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5)
+  diff = sum(float(jnp.abs(a - b).sum()) for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)))
+  assert diff > 1e-3
+  key, ids = step_lib.sampled_negatives(model, params, with_neg)
+  np.testing.assert_allclose(key, bank[np.asarray(ids)], rtol=1e-4, atol=1e-5)  # fresh = the item tower's vectors
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"loss.negatives": "batch"}, "loss.sampled_negatives=4 adds catalog items"),
+    ({"optim.grad_accum": 2}, "loss.sampled_negatives=4 is not available with optim.grad_accum=2"),
+    ({"model.cache_frozen_layers": True}, "loss.sampled_negatives=4 encodes token rows"),
+    ({"loss.sampled_negatives": -1}, "loss.sampled_negatives=-1 must be >= 0")])
+def test_sampled_negatives_config_errors_name_the_keys(override, message):
+  from calrec_jax.config_check import validate_config
+  from calrec_jax.errors import ConfigError
+  from configs import base
+  c = base.get_config()
+  c.loss.negatives, c.loss.sampled_negatives = "catalog", 4
+  for key, value in override.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    validate_config(c)

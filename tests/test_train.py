@@ -209,7 +209,7 @@ def test_blocked_max_and_first_argmax_equal_jnp_on_ties(width):
 
 def test_packed_training_with_the_item_bank_resumes_exactly_and_plots_time_to_quality(tmp_path):
   """The packed recipe's options (packed rows, catalog-vocabulary L_NIG, item-bank negatives refreshed every 2
-  steps, LoRA on the top block): stopped at step 3 and resumed, the losses, the bank and the exported params are
+  steps with 4 sampled catalog items per step, LoRA on the top block): stopped at step 3 and resumed, the losses, the bank and the exported params are
   the uninterrupted run's; examples seen and training time carry across the resume into the validation rows."""
   import orbax.checkpoint as ocp
   from calrec_jax.train.checkpoint import load_params
@@ -219,6 +219,7 @@ def test_packed_training_with_the_item_bank_resumes_exactly_and_plots_time_to_qu
   def packed(num_steps, every):
     c = smoke_config(num_steps, every)
     c.data.packing, c.loss.lm_vocab, c.loss.negatives, c.loss.bank_refresh_steps = "sequence", "catalog", "catalog", 2
+    c.loss.sampled_negatives = 4  # catalog items drawn per step: a resume draws what the uninterrupted run drew
     c.data.batch_size, c.data.pack_max_len, c.data.pack_item_len = 2, 256, 256
     c.model.lora_rank, c.model.lora_layers = 4, 1
     c.train.eval_every, c.eval.reference_valid_ndcg = 2, "SASRec=0.05"

@@ -4,6 +4,10 @@ The bank is part of the train state (state['bank'], float32 [I, E], replicated; 
 categories, in the encoder's global item order), so a resumed run has the bank the uninterrupted one had. It is
 refreshed from the current params every `loss.bank_refresh_steps` steps (and at step 0) by the item tower, in
 fixed-size batches of items of similar length (two compiled shapes).
+
+`SampledNegatives` (loss.sampled_negatives, mixed negative sampling, Yang et al., WWW 2020) adds M catalog items
+drawn uniformly per step to the batch; the step encodes them fresh, so that items outside the batch get a gradient
+as negatives too, not only the batch's targets.
 """
 from __future__ import annotations
 
@@ -76,3 +80,46 @@ class ItemBank:
     out = jnp.take(emb, jnp.asarray(inverse), axis=0).block_until_ready()  # [I, E] in item order
     log.info("item bank: encoded %d items in %.1fs", len(self.rows), time.time() - t0)
     return out
+
+
+NEGATIVE_KEYS = ("negative_tokens", "negative_positions", "negative_mask", "negative_text_mask", "negative_id")
+
+
+class SampledNegatives:
+  """M catalog items per step, uniform without replacement over the items that may be negatives, drawn from
+  (seed, step) alone, so a resumed run samples what the uninterrupted one did. `arrays(step)` gives this
+  process's share of them as batch fields ([M / processes, Li] item-tower rows and their global ids [M / P])."""
+
+  def __init__(self, encoder: ExampleEncoder, count: int, seed: int, excluded=(), process_index: int = 0,
+               process_count: int = 1):
+    self.rows = catalog_rows(encoder)
+    self.count, self.seed, self.item_len, self.pad = count, seed, encoder.spec.item_len, encoder.tok.pad_id
+    self.candidates = np.setdiff1d(np.arange(len(self.rows)), np.asarray(excluded, np.int64))  # [I']
+    if count > len(self.candidates):
+      raise ValueError(f"loss.sampled_negatives={count} is more than the {len(self.candidates)} catalog items "
+                       "that can be negatives; lower it")
+    per = count // process_count
+    self.share = slice(process_index * per, (process_index + 1) * per)
+
+  def ids(self, step: int) -> np.ndarray:
+    """[M] global item ids of this step's sampled negatives (every process draws the same)."""
+    rng = np.random.default_rng((self.seed, 0x5A3E, step))
+    return self.candidates[rng.choice(len(self.candidates), self.count, replace=False)].astype(np.int32)
+
+  def arrays(self, step: int) -> dict[str, np.ndarray]:
+    ids = self.ids(step)[self.share]
+    m, t = len(ids), self.item_len
+    toks = np.full((m, t), self.pad, np.int32)
+    mask, tmask = np.zeros((m, t), bool), np.zeros((m, t), bool)
+    for r, i in enumerate(ids):
+      seq = self.rows[i]
+      toks[r, :len(seq)], mask[r, :len(seq)], tmask[r, 1:len(seq) - 1] = seq, True, True
+    pos = np.broadcast_to(np.arange(t, dtype=np.int32), (m, t)).copy()
+    return dict(zip(NEGATIVE_KEYS, (toks, pos, mask, tmask, ids)))
+
+  def shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """The abstract global fields (ahead-of-time compilation)."""
+    m, t = self.count, self.item_len
+    return dict(zip(NEGATIVE_KEYS, (jax.ShapeDtypeStruct((m, t), jnp.int32), jax.ShapeDtypeStruct((m, t), jnp.int32),
+                                    jax.ShapeDtypeStruct((m, t), jnp.bool_), jax.ShapeDtypeStruct((m, t), jnp.bool_),
+                                    jax.ShapeDtypeStruct((m,), jnp.int32))))

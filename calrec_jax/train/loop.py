@@ -20,7 +20,7 @@ from calrec_jax.model import sharding as shd
 from calrec_jax.train import objective
 from calrec_jax.train import step as step_lib
 from calrec_jax.train.finetuning import finetuning_mode
-from calrec_jax.train.item_bank import ItemBank
+from calrec_jax.train.item_bank import ItemBank, SampledNegatives
 from calrec_jax.train.metrics_writer import MetricsWriter, parse_references, plot_curves, plot_time_to_quality
 from calrec_jax.train.resources import release_host_memory
 from calrec_jax.model.run_parts import RunParts, build, save_run_files
@@ -75,7 +75,7 @@ RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_di
                 "data.synthetic_seed", "data.kcore",
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
                 "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "data.cold_start_items",
-                "data.cold_start_seed", "loss.negatives", "optim.item_id_sgd_rate", "optim.item_id_min_count")
+                "data.cold_start_seed", "loss.negatives", "loss.sampled_negatives", "optim.item_id_sgd_rate", "optim.item_id_min_count")
 
 
 def check_same_run(config, workdir: str) -> None:
@@ -176,6 +176,9 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     step_shapes = variables.packed_batch(dc.batch_size, packed.spec.slots, packed.spec.max_len, spec.target_len,
                                          packed.spec.item_len, (hidden.d_model, hidden.dtype))
   bank = ItemBank(step_model, parts.encoder, hidden=hidden) if config.loss.negatives == "catalog" else None
+  sampler = sampled_negatives(config, parts, mesh)
+  if sampler is not None:
+    step_shapes = {**step_shapes, **sampler.shapes()}
   if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(
       os.path.join(workdir, "export", "model_config.json")):
     ckptr.close()
@@ -245,7 +248,10 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     for step in range(start, tc.num_steps):
       if bank is not None and step % config.loss.bank_refresh_steps == 0:  # the negatives of this step onwards
         state = dict(state, bank=jax.device_put(bank.encode(model_params(state)), state_sh["bank"]))
-      batch = shd.global_batch(next(it), mesh)
+      host = next(it)
+      if sampler is not None:
+        host = {**host, **sampler.arrays(step)}
+      batch = shd.global_batch(host, mesh)
       state, m = train_step(state, batch, *mode.step_args())
       m = jax.device_get(m)
       nonfinite_run = nonfinite_run + 1 if m["skipped"] else 0
@@ -352,6 +358,23 @@ def training_packer(config, parts: RunParts):
 def new_item_ids(encoder) -> tuple[int, ...]:
   """Global ids of the items a cold-start split keeps out of training (never bank negatives)."""
   return tuple(int(encoder.item_offsets[c] + i) for c, cat in enumerate(encoder.categories) for i in cat.new_items)
+
+
+def sampled_negatives(config, parts: RunParts, mesh) -> SampledNegatives | None:
+  """The per-step sampled catalog negatives of loss.sampled_negatives (None when 0)."""
+  count = int(config.loss.get("sampled_negatives", 0))
+  if not count:
+    return None
+  devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if count % devices:
+    raise CalrecError(f"loss.sampled_negatives={count} must be divisible by data x fsdp devices ({devices})")
+  try:
+    sampler = SampledNegatives(parts.encoder, count, config.seed, new_item_ids(parts.encoder), jax.process_index(),
+                               jax.process_count())
+  except ValueError as e:
+    raise CalrecError(str(e)) from None
+  log.info("sampled negatives: %d of %d catalog items per step, encoded fresh", count, len(sampler.candidates))
+  return sampler
 
 
 def trained_identity_rows(config, parts: RunParts) -> np.ndarray | None:

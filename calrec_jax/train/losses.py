@@ -114,7 +114,8 @@ def info_nce(query: Array, key: Array, target_ids: Array, valid: Array, temperat
 
 
 def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, bank: Array, temperature: float,
-                  excluded: tuple[int, ...] = (), offsets: Array | None = None) -> tuple[Array, Array]:
+                  excluded: tuple[int, ...] = (), offsets: Array | None = None, sampled_key: Array | None = None,
+                  sampled_ids: Array | None = None) -> tuple[Array, Array]:
   """InfoNCE of each row against EVERY catalog item: row i's positive is its target; the negatives are all other
   items. Every item is scored with its `bank` vector, and the batch's targets pass their gradient through their
   fresh `key` rows (a straight-through key: bank value, fresh gradient). Scoring the positives with fresh vectors
@@ -124,16 +125,24 @@ def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, ban
   query, key: [N, E] L2-normalised; target_ids [N] global item ids (-1 for padding); valid [N]; bank [I, E];
   `excluded`: item ids that are no negatives (items the training catalog lacks; never a target); `offsets` [I, E]:
   learned item identities (model/item_ids.py), every item's key then being normalize(key + offsets[item]), so that
-  every row of the table gets its gradient from every query.
+  every row of the table gets its gradient from every query. `sampled_key` [M, E] / `sampled_ids` [M] (-1: none):
+  fresh vectors of more catalog items (mixed negative sampling), straight-through like the targets' keys, so that
+  items outside the batch get a gradient as negatives too; the loss value is unchanged.
   """
   q, k = query.astype(jnp.float32), key.astype(jnp.float32)
   bank = jax.lax.stop_gradient(bank.astype(jnp.float32))
-  n, i = q.shape[0], bank.shape[0]
+  i = bank.shape[0]
   ids = jnp.where(valid, target_ids, i)                       # padding points past the bank (dropped below)
-  same = (ids[:, None] == ids[None, :]) & valid[:, None] & valid[None, :]                     # [N, N]
-  first = valid & ~jnp.any(same & jnp.tril(jnp.ones((n, n), bool), k=-1), axis=1)  # one key per distinct item
-  through = jnp.where(first[:, None], k - jax.lax.stop_gradient(k), 0.0)                     # [N, E] zeros
-  keys = bank.at[ids].add(through, mode="drop")                                              # [I, E]
+  key_ids, key_valid = ids, valid
+  if sampled_key is not None:  # the targets first: an item that is both keeps its target's key
+    k = jnp.concatenate([k, sampled_key.astype(jnp.float32)])                                # [N + M, E]
+    key_valid = jnp.concatenate([valid, sampled_ids >= 0])
+    key_ids = jnp.concatenate([ids, jnp.where(sampled_ids >= 0, sampled_ids, i)])
+  m_keys = key_ids.shape[0]
+  same = (key_ids[:, None] == key_ids[None, :]) & key_valid[:, None] & key_valid[None, :]   # [N+M, N+M]
+  first = key_valid & ~jnp.any(same & jnp.tril(jnp.ones((m_keys, m_keys), bool), k=-1), axis=1)  # one key per item
+  through = jnp.where(first[:, None], k - jax.lax.stop_gradient(k), 0.0)                     # [N+M, E] zeros
+  keys = bank.at[key_ids].add(through, mode="drop")                                          # [I, E]
   if offsets is not None:
     keys = l2_normalize(keys + offsets.astype(jnp.float32))
   logits = jnp.einsum("NE,IE->NI", q, keys) / temperature                                    # [N, I]

@@ -53,13 +53,16 @@ class TokenInputs:
 @dataclasses.dataclass(frozen=True)
 class EmbeddingInputs:
   """What an embedding term reads: the whole batch's embeddings ({name: [R, E]}, L2-normalised), target ids [R],
-  which rows are real [R], the item bank [I, E] (loss.negatives='catalog') or None, and the learned item
-  identities [I, E] (model.item_id_offsets, model/item_ids.py) or None."""
+  which rows are real [R], the item bank [I, E] (loss.negatives='catalog') or None, the learned item
+  identities [I, E] (model.item_id_offsets, model/item_ids.py) or None, and the fresh item-tower vectors of
+  the step's sampled catalog items [M, E] with their global ids [M] (loss.sampled_negatives) or None."""
   embeddings: dict[str, Array]
   target_id: Array
   valid: Array
   bank: Array | None
   item_offsets: Array | None = None
+  sampled_key: Array | None = None
+  sampled_ids: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,12 +96,14 @@ def _next_item_generation(x: TokenInputs, lc: LossConfig) -> tuple[Array, Array]
 def info_nce_term(query: str, key: str) -> Callable[[EmbeddingInputs, LossConfig], tuple[Array, Array]]:
   """InfoNCE(query, key) between two tower outputs: against the other rows' targets, or, with a bank, against
   every item of the catalog. With learned item identities, the item tower's vectors (`v_t`, fresh or banked) carry
-  their item's offset."""
+  their item's offset; the step's sampled items (fresh item-tower vectors) join the bank's straight-through keys."""
   def term(x: EmbeddingInputs, lc: LossConfig) -> tuple[Array, Array]:
     q, k = x.embeddings[query], x.embeddings[key]
-    offsets = x.item_offsets if key == "v_t" else None
+    item_keyed = key == "v_t"
+    offsets = x.item_offsets if item_keyed else None
     if x.bank is not None:
-      return bank_info_nce(q, k, x.target_id, x.valid, x.bank, lc.temperature, lc.bank_excluded, offsets)
+      sampled = (x.sampled_key, x.sampled_ids) if item_keyed else (None, None)
+      return bank_info_nce(q, k, x.target_id, x.valid, x.bank, lc.temperature, lc.bank_excluded, offsets, *sampled)
     if offsets is not None:
       k = with_offsets(k, offsets, x.target_id)
     return info_nce(q, k, x.target_id, x.valid, lc.temperature, lc.symmetric)

@@ -62,6 +62,16 @@ def _lm_weight_total(batch: dict[str, jax.Array]) -> jax.Array:
   return (batch["lm_weights"] * row_weight).sum()
 
 
+def sampled_negatives(model: TwoTower, params, batch: dict[str, jax.Array]) -> tuple[jax.Array | None, ...]:
+  """(fresh item-tower vectors [M, E], global ids [M]) of the batch's sampled catalog items
+  (loss.sampled_negatives, train/item_bank.py SampledNegatives), or (None, None) when it carries none."""
+  if "negative_tokens" not in batch:
+    return None, None
+  key = model.apply({"params": params}, batch["negative_tokens"], batch["negative_positions"],
+                    batch["negative_mask"], batch["negative_text_mask"], method=TwoTower.item_embedding)
+  return key, batch["negative_id"]
+
+
 def calrec_loss(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossConfig, bank: jax.Array | None = None
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Fused loss of one batch (per-prefix or packed) and its metrics; `bank`: whole-catalog negatives."""
@@ -70,7 +80,8 @@ def calrec_loss(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossCo
   tok, tok_metrics = objective.token_loss(token_inputs(model, params, out, rows))
   emb, emb_metrics = objective.embedding_loss(EmbeddingInputs({k: out[k] for k in EMBEDDINGS}, rows["target_id"],
                                                               rows["example_weight"] > 0, bank,
-                                                              params.get(item_ids.PARAM)))
+                                                              params.get(item_ids.PARAM),
+                                                              *sampled_negatives(model, params, batch)))
   loss = tok + emb
   return loss, {"loss": loss, **tok_metrics, **emb_metrics, "tokens": _tokens(batch),
                 "examples": rows["example_weight"].sum()}

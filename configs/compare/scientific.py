@@ -12,7 +12,8 @@ validation), beside BM25 + popularity fused without a model. `:packed` trains Ge
 `:epochs` (`:epochs10`) trains the small decoder for 5 (10) epochs against the whole catalog (dense and fused rows); `:ids`
 is `:epochs` with learned item identities beside the item texts (model.item_id_offsets), `:ids_sgd` the same with the
 table trained by plain SGD (optim.item_id_sgd_rate), `:ids_frequent` with only the rows of the items training holds
-15+ times trained (optim.item_id_min_count); `:cold` is a
+15+ times trained (optim.item_id_min_count); `:epochs_mns` is `:epochs` with 32 catalog items drawn per step and
+encoded fresh beside the batch's targets (loss.sampled_negatives, mixed negative sampling); `:cold` is a
 cold-start split (20% of the items never in training, the users whose test item is one of them). For the paper's setting set
 --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
 """
@@ -30,6 +31,13 @@ IDENTITY_VARIANTS = {
     "ids_sgd": ("; optim.item_id_sgd_rate=0.05", " trained by SGD", " (SGD)"),
     "ids_frequent": ("; optim.item_id_min_count=15", " of the items seen 15+ times", " (items seen 15+ times)"),
 }
+
+
+def epochs_variant(epochs: int) -> str:
+  """The overrides of the small decoder trained `epochs` epochs against the whole catalog (dense retrieval)."""
+  steps = 684 * epochs  # epochs of the 10,928 training prefixes at batch 16
+  return (f"loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps={steps}; train.eval_every=342; "
+          f"ckpt.every=342; ckpt.keep=2; optim.warmup_steps=100; eval.retrieval=dense")
 
 
 def get_config(arg: str = ""):
@@ -81,11 +89,15 @@ def get_config(arg: str = ""):
                "against baselines")
     c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_epochs"
     c.calrec.eval.fusion = "dense,bm25_history,popularity"
-    steps = 684 * epochs  # epochs of the 10,928 training prefixes at batch 16
-    c.variants.calrec_epochs = (
-        f"loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps={steps}; train.eval_every=342; "
-        f"ckpt.every=342; ckpt.keep=2; optim.warmup_steps=100; eval.retrieval=dense")
+    c.variants.calrec_epochs = epochs_variant(epochs)
     c.labels.calrec_epochs = f"CALRec (stage 2), {epochs} epochs, whole-catalog negatives"
+  elif arg == "epochs_mns":  # :epochs with 32 catalog items per step encoded fresh (mixed negative sampling)
+    c.title = ("Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives with 32 sampled items "
+               "per step encoded fresh, against baselines")
+    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_mns"
+    c.calrec.eval.fusion = "dense,bm25_history,popularity"
+    c.variants.calrec_mns = epochs_variant(5) + "; loss.sampled_negatives=32"
+    c.labels.calrec_mns = "CALRec (stage 2), 5 epochs, whole-catalog negatives, 32 sampled items per step"
   elif arg in IDENTITY_VARIANTS:  # :epochs with learned item identities (model.item_id_offsets)
     overrides, title, label = IDENTITY_VARIANTS[arg]
     name = f"calrec_{arg}"
@@ -93,10 +105,7 @@ def get_config(arg: str = ""):
                f"identities{title}, against baselines")
     c.methods = f"popularity,bm25_history,text_fused,sasrec,{name}"
     c.calrec.eval.fusion = "dense,bm25_history,popularity"
-    c.variants[name] = (
-        "loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps=3420; train.eval_every=342; "
-        "ckpt.every=342; ckpt.keep=2; optim.warmup_steps=100; eval.retrieval=dense; model.item_id_offsets=True"
-        + overrides)
+    c.variants[name] = epochs_variant(5) + "; model.item_id_offsets=True" + overrides
     c.labels[name] = f"CALRec (stage 2), 5 epochs, whole-catalog negatives, learned item identities{label}"
   elif arg == "cold":  # a cold-start split: 20% of the items never in training; users whose test item is one
     c.title = "Amazon 2018 Scientific, cold start: test items that training never saw"
@@ -110,5 +119,5 @@ def get_config(arg: str = ""):
         "eval.retrieval=dense")
     c.labels.calrec_epochs = "CALRec (stage 2), 2 epochs"
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'packed2', 'fused', 'epochs', 'epochs10', 'ids', 'ids_sgd', 'ids_frequent' or 'cold'")
+    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'packed2', 'fused', 'epochs', 'epochs10', 'epochs_mns', 'ids', 'ids_sgd', 'ids_frequent' or 'cold'")
   return c
