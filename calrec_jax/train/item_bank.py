@@ -31,6 +31,18 @@ def catalog_rows(encoder: ExampleEncoder) -> list[list[int]]:
           for c, cat in enumerate(encoder.categories) for i in range(len(cat.catalog))]
 
 
+def item_tower_rows(rows: list[list[int]], ids, n: int, t: int, pad: int) -> tuple[np.ndarray, ...]:
+  """The item tower's inputs for the items `ids` of `rows` (catalog_rows), padded to [n, t]: tokens, positions,
+  input mask and text mask (the item's tokens without BOS and EOS: what v_T averages)."""
+  toks = np.full((n, t), pad, np.int32)
+  mask, tmask = np.zeros((n, t), bool), np.zeros((n, t), bool)
+  for r, i in enumerate(ids):
+    seq = rows[i]
+    toks[r, :len(seq)], mask[r, :len(seq)], tmask[r, 1:len(seq) - 1] = seq, True, True
+  pos = np.broadcast_to(np.arange(t, dtype=np.int32), (n, t)).copy()
+  return toks, pos, mask, tmask
+
+
 class ItemBank:
   """Encodes the catalog with the item tower: `encode(params) -> [I, E]` float32 (jax array, replicated)."""
 
@@ -53,13 +65,7 @@ class ItemBank:
 
   def _arrays(self, ids: np.ndarray):
     t = next(n for n in self.lengths if n >= max(len(self.rows[i]) for i in ids))
-    toks = np.full((self.batch_size, t), self.pad, np.int32)
-    mask = np.zeros((self.batch_size, t), bool)
-    tmask = np.zeros((self.batch_size, t), bool)
-    for r, i in enumerate(ids):
-      seq = self.rows[i]
-      toks[r, :len(seq)], mask[r, :len(seq)], tmask[r, 1:len(seq) - 1] = seq, True, True
-    pos = np.broadcast_to(np.arange(t, dtype=np.int32), (self.batch_size, t))
+    toks, pos, mask, tmask = item_tower_rows(self.rows, ids, self.batch_size, t, self.pad)
     if self.hidden is not None:  # the cached lower-block states instead of the tokens: [batch, t, D]
       states = np.zeros((self.batch_size, t, self.hidden.d_model), self.hidden.dtype)
       for r, i in enumerate(ids):
@@ -108,14 +114,7 @@ class SampledNegatives:
 
   def arrays(self, step: int) -> dict[str, np.ndarray]:
     ids = self.ids(step)[self.share]
-    m, t = len(ids), self.item_len
-    toks = np.full((m, t), self.pad, np.int32)
-    mask, tmask = np.zeros((m, t), bool), np.zeros((m, t), bool)
-    for r, i in enumerate(ids):
-      seq = self.rows[i]
-      toks[r, :len(seq)], mask[r, :len(seq)], tmask[r, 1:len(seq) - 1] = seq, True, True
-    pos = np.broadcast_to(np.arange(t, dtype=np.int32), (m, t)).copy()
-    return dict(zip(NEGATIVE_KEYS, (toks, pos, mask, tmask, ids)))
+    return dict(zip(NEGATIVE_KEYS, (*item_tower_rows(self.rows, ids, len(ids), self.item_len, self.pad), ids)))
 
   def shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
     """The abstract global fields (ahead-of-time compilation)."""
