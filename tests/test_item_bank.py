@@ -230,6 +230,7 @@ def test_the_step_encodes_sampled_negatives_fresh_and_keeps_the_loss_value(tiny)
   np.testing.assert_allclose(l1, l0, rtol=1e-5)
   for k in ("loss_ut", "loss_tt", "loss_nig"):
     np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5)
+  assert int(m1["tokens"]) == int(m0["tokens"]) + int(with_neg["negative_mask"].sum())  # tok_s counts their rows
   diff = sum(float(jnp.abs(a - b).sum()) for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)))
   assert diff > 1e-3
   key, ids = step_lib.sampled_negatives(model, params, with_neg)

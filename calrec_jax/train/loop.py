@@ -164,6 +164,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   if config.model.cache_frozen_layers:
     from calrec_jax.train import layer_cache
     step_model = parts.model.clone(cached_layers=layer_cache.frozen_block_count(config, parts.model_cfg.n_layers))
+  sampler = sampled_negatives(config, parts, mesh)  # its errors before the state is built
   bank_shape = None if config.loss.negatives != "catalog" else (
       sum(len(c.catalog) for c in parts.categories), config.model.projection_dim or parts.model_cfg.d_model)
   state, state_sh, it_state, how = mode.start(config, workdir, parts, tx, mesh, shapes, ckptr, bank_shape)
@@ -176,7 +177,6 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     step_shapes = variables.packed_batch(dc.batch_size, packed.spec.slots, packed.spec.max_len, spec.target_len,
                                          packed.spec.item_len, (hidden.d_model, hidden.dtype))
   bank = ItemBank(step_model, parts.encoder, hidden=hidden) if config.loss.negatives == "catalog" else None
-  sampler = sampled_negatives(config, parts, mesh)
   if sampler is not None:
     step_shapes = {**step_shapes, **sampler.shapes()}
   if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(

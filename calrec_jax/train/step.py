@@ -44,7 +44,9 @@ def tower_outputs(model: TwoTower, params, batch: dict[str, jax.Array]) -> tuple
 
 
 def _tokens(batch: dict[str, jax.Array]) -> jax.Array:
-  return batch["input_mask"].sum() + batch["item_mask"].sum()
+  """The tokens the step's towers ran on: joint rows, item rows and sampled negatives' rows."""
+  sampled = batch["negative_mask"].sum() if "negative_mask" in batch else 0
+  return batch["input_mask"].sum() + batch["item_mask"].sum() + sampled
 
 
 def token_inputs(model: TwoTower, params, out: dict, rows: dict, denominator: jax.Array | None = None
