@@ -235,6 +235,8 @@ def test_the_step_encodes_sampled_negatives_fresh_and_keeps_the_loss_value(tiny)
   assert diff > 1e-3
   key, ids = step_lib.sampled_negatives(model, params, with_neg)
   np.testing.assert_allclose(key, bank[np.asarray(ids)], rtol=1e-4, atol=1e-5)  # fresh = the item tower's vectors
+  with pytest.raises(ValueError, match="not available with gradient accumulation"):  # never dropped silently
+    step_lib.accumulated_loss_grads(model, params, with_neg, lc, 2, bank=bank)
 
 
 @pytest.mark.parametrize("override, message", [

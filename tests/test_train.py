@@ -209,8 +209,8 @@ def test_blocked_max_and_first_argmax_equal_jnp_on_ties(width):
 
 def test_packed_training_with_the_item_bank_resumes_exactly_and_plots_time_to_quality(tmp_path):
   """The packed recipe's options (packed rows, catalog-vocabulary L_NIG, item-bank negatives refreshed every 2
-  steps with 4 sampled catalog items per step, LoRA on the top block): stopped at step 3 and resumed, the losses, the bank and the exported params are
-  the uninterrupted run's; examples seen and training time carry across the resume into the validation rows."""
+  steps with 4 sampled catalog items per step, LoRA on the top block): stopped at step 3 and resumed, the losses,
+  the bank and the exported params are the uninterrupted run's; examples seen and training time carry across the resume into the validation rows."""
   import orbax.checkpoint as ocp
   from calrec_jax.train.checkpoint import load_params
   from calrec_jax.train.loop import train

@@ -118,7 +118,4 @@ class SampledNegatives:
 
   def shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
     """The abstract global fields (ahead-of-time compilation)."""
-    m, t = self.count, self.item_len
-    return dict(zip(NEGATIVE_KEYS, (jax.ShapeDtypeStruct((m, t), jnp.int32), jax.ShapeDtypeStruct((m, t), jnp.int32),
-                                    jax.ShapeDtypeStruct((m, t), jnp.bool_), jax.ShapeDtypeStruct((m, t), jnp.bool_),
-                                    jax.ShapeDtypeStruct((m,), jnp.int32))))
+    return {k: jax.ShapeDtypeStruct((self.count,) + v.shape[1:], v.dtype) for k, v in self.arrays(0).items()}

@@ -75,7 +75,8 @@ RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_di
                 "data.synthetic_seed", "data.kcore",
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
                 "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "data.cold_start_items",
-                "data.cold_start_seed", "loss.negatives", "loss.sampled_negatives", "optim.item_id_sgd_rate", "optim.item_id_min_count")
+                "data.cold_start_seed", "loss.negatives", "loss.sampled_negatives", "optim.item_id_sgd_rate",
+                "optim.item_id_min_count")
 
 
 def check_same_run(config, workdir: str) -> None:

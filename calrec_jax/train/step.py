@@ -107,6 +107,9 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
   activation memory of one microbatch. `params` are the trainable params; `to_params` maps them to the model's
   params tree (identity, or LoRA adapters merged into frozen weights).
   """
+  if "negative_tokens" in batch:
+    raise ValueError("sampled negatives (loss.sampled_negatives) are not available with gradient accumulation; "
+                     "set optim.grad_accum=1 or loss.sampled_negatives=0")
   micro = jax.tree_util.tree_map(lambda x: constrain(x, (None, "activation_batch") + (None,) * (x.ndim - 2)),
                                  split_microbatches(batch, n))  # [n, B/n, ...]
 
