@@ -7,7 +7,10 @@ other way round): the test split is never read.
 
 Candidates: BM25 over the last 1, 2, 3 or 5 history texts (bm25_1 ... bm25_5), a popularity prior and its square
 and square root, the cosine of each item's item-tower vector with the user's last item's (item_last), and
-products of standardised signals (dense_x_pop, bm25_x_pop). Prints one line per signal set: the cross-fitted
+products of standardised signals (dense_x_pop, bm25_x_pop), and the popularity and dense signals scaled by how
+popular each user's history is (pop_x_user, dense_x_user: the user's mean log(1 + count) over their history
+items, standardised over the users), which lets one set of weights lean on popularity for users who buy popular
+items and on the model for the rest. Prints one line per signal set: the cross-fitted
 validation NDCG@10 and Recall@1 and the weights each half chose.
 """
 from __future__ import annotations
@@ -22,7 +25,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 SETS = ("dense,bm25_3,popularity", "dense,bm25_1,bm25_3,popularity", "dense,bm25_1,bm25_2,bm25_3,bm25_5,popularity",
         "dense,item_last,bm25_3,popularity", "dense,bm25_3,popularity,pop_sq", "dense,bm25_3,popularity,pop_sqrt",
-        "dense,bm25_3,popularity,dense_x_pop", "dense,bm25_3,popularity,bm25_x_pop")
+        "dense,bm25_3,popularity,dense_x_pop", "dense,bm25_3,popularity,bm25_x_pop",
+        "dense,bm25_3,popularity,pop_x_user", "dense,bm25_3,popularity,dense_x_user",
+        "dense,bm25_3,popularity,pop_x_user,dense_x_user")
 
 
 def parse_args():
@@ -54,7 +59,8 @@ def signals(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np
   texts, hist = ev.item_texts(parts, cat), [h for _, h, _ in rows]
   ec = config.eval
   index = BM25Index.from_texts(list(texts), k1=ec.bm25_k1, b=ec.bm25_b, epsilon=ec.bm25_epsilon)
-  pop = popularity_scores(item_counts(parts.categories[cat].sequences, len(texts)), len(rows))
+  counts = item_counts(parts.categories[cat].sequences, len(texts))                           # [I]
+  pop = popularity_scores(counts, len(rows))
   raw = {"dense": ev.user_embeddings(config, parts, params, rows, cat) @ item_emb.T, "popularity": pop,
          "pop_sq": pop ** 2, "pop_sqrt": np.sqrt(pop),
          "item_last": np.stack([item_emb[h[-1]] for h in hist]) @ item_emb.T}
@@ -63,6 +69,10 @@ def signals(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np
   out = {k: standardise(v) for k, v in raw.items()}
   out["dense_x_pop"] = standardise(out["dense"] * out["popularity"])
   out["bm25_x_pop"] = standardise(out["bm25_3"] * out["popularity"])
+  user = np.asarray([np.log1p(counts[list(h)]).mean() for h in hist], np.float32)             # [U]
+  user = ((user - user.mean()) / max(float(user.std()), 1e-6))[:, None]                          # [U, 1]
+  out["pop_x_user"] = out["popularity"] * user
+  out["dense_x_user"] = out["dense"] * user
   return out, np.asarray([t for _, _, t in rows], np.int64), exclusion_mask(hist, len(texts))
 
 

@@ -20,7 +20,8 @@ POSITIVE = ("data.max_len", "data.max_item_tokens", "data.max_history", "data.ba
             "loss.vocab_chunk", "eval.batch_size", "eval.item_batch_size", "eval.num_samples", "eval.max_new_tokens", "tokenizer.vocab_size",
             "data.pack_window", "data.pack_context", "data.pack_max_len", "data.pack_slots", "data.pack_item_len",
             "loss.bank_refresh_steps", "pipeline.stage1_steps", "pipeline.stage2_steps")
-NON_NEGATIVE = ("optim.learning_rate", "optim.weight_decay", "optim.item_id_sgd_rate", "optim.item_id_min_count",
+NON_NEGATIVE = ("optim.learning_rate", "optim.weight_decay", "optim.item_id_sgd_rate", "optim.item_bias_rate",
+                "optim.item_id_min_count",
                 "loss.sampled_negatives", "train.eval_every", "eval.max_users", "eval.valid_items", "eval.temperature", "data.mixture_alpha", "model.lora_rank",
                 "compile_cache.min_compile_secs", "train.peak_flops", "pipeline.stage2_learning_rate")
 
@@ -120,10 +121,13 @@ def validate_config(config) -> None:
   if config.optim.item_id_sgd_rate and not config.model.item_id_offsets:
     raise ConfigError(f"optim.item_id_sgd_rate={config.optim.item_id_sgd_rate} trains the item identity table, which "
                       "model.item_id_offsets=False leaves out; set model.item_id_offsets=True or the rate to 0")
-  if config.optim.item_id_min_count and not config.model.item_id_offsets:
-    raise ConfigError(f"optim.item_id_min_count={config.optim.item_id_min_count} chooses which rows of the item "
-                      "identity table train, which model.item_id_offsets=False leaves out; set "
-                      "model.item_id_offsets=True or the count to 0")
+  if config.optim.item_id_min_count and not (config.model.item_id_offsets or config.model.item_bias):
+    raise ConfigError(f"optim.item_id_min_count={config.optim.item_id_min_count} chooses which rows of the per-item "
+                      "tables train, which model.item_id_offsets=False and model.item_bias=False leave out; set "
+                      "one of them True or the count to 0")
+  if config.model.item_bias and not config.optim.item_bias_rate:
+    raise ConfigError("model.item_bias=True with optim.item_bias_rate=0 would keep every item's bias at zero; set "
+                      "optim.item_bias_rate > 0 (e.g. 0.05) or model.item_bias=False")
   if not 0 < config.loss.temperature:
     raise ConfigError("loss.temperature must be > 0")
   if not 0 <= config.data.min_attribute_coverage <= 1:

@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.projection_dim = 0               # optional linear head on tower embeddings (0: none)
   m.item_id_offsets = False          # a learned vector per catalog item added to its text embedding (ID + text;
   #                                    an item never trained on keeps its text vector; docs/results.md measures it)
+  m.item_bias = False                # a learned bias per catalog item added to its dense score (v_U . v_T + b_item),
+  #                                    trained by SGD at optim.item_bias_rate; an item never trained on keeps 0
   m.lora_rank = 0                    # > 0: train LoRA adapters of this rank on frozen weights (0: full finetuning)
   m.lora_alpha = 16.0                # LoRA scale = lora_alpha / lora_rank
   m.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # projections with adapters
@@ -103,8 +105,12 @@ def get_config() -> ml_collections.ConfigDict:
   o.item_id_sgd_rate = 0.0           # > 0: the item identity table (model.item_id_offsets) takes plain SGD steps at
   #                                    this peak rate (same schedule) instead of the optimizer's, so that each row
   #                                    moves in proportion to its gradient (0: the run's optimizer)
-  o.item_id_min_count = 0            # > 0: only the identity rows of items the training sequences hold at least this
-  #                                    often train; the others keep their start (zero: text alone) (0: every row)
+  o.item_bias_rate = 0.05            # peak SGD rate of the item bias (model.item_bias), same schedule as the run's
+  #                                    (SGD, not the optimizer: Adam would turn every rare item's steady push as a
+  #                                    negative into full-size steps instead of steps as large as its gradient)
+  o.item_id_min_count = 0            # > 0: only the per-item rows (identities, bias) of items the training
+  #                                    sequences hold at least this often train; the others keep their start
+  #                                    (zero: text alone) (0: every row)
   o.grad_accum = 1                   # microbatches per step: same gradient, less memory (batch_size must divide)
 
   c.train = tr = ml_collections.ConfigDict()

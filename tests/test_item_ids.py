@@ -188,7 +188,7 @@ def test_a_stage_carries_the_identities_of_the_items_both_catalogs_hold(trained,
   assert [c["name"] for c in rows] == ["Garden", "Office"] and rows[1] == layout[0]
   assert np.abs(mixed[:n_garden]).sum() == 0
   np.testing.assert_allclose(mixed[n_garden:], source)
-  assert f"carried {source.shape[0]} of {mixed.shape[0]} items' identities" in caplog.text
+  assert f"item_offsets: carried {source.shape[0]} of {mixed.shape[0]} items' rows" in caplog.text
   # a source without its layout file: another shape starts from zeros; a damaged one is named
   bare = tmp_path / "bare"
   shutil.copytree(wd, bare)
@@ -249,7 +249,7 @@ def test_sgd_rate_moves_the_table_by_its_clipped_gradient_and_the_rest_by_adamw(
 
 @pytest.mark.parametrize("key,value,message", [
     ("item_id_sgd_rate", 0.1, "optim.item_id_sgd_rate=0.1 trains the item identity table"),
-    ("item_id_min_count", 5, "optim.item_id_min_count=5 chooses which rows of the item identity table train")])
+    ("item_id_min_count", 5, "optim.item_id_min_count=5 chooses which rows of the per-item tables train")])
 def test_a_table_option_without_the_table_is_a_config_error(key, value, message):
   from calrec_jax.config_check import validate_config
   from calrec_jax.errors import ConfigError

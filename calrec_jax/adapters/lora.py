@@ -102,7 +102,7 @@ def merge(decoder_params, adapters: dict, lc: LoraConfig):
 
 def trainable_to_params(base_decoder, trainable: dict, lc: LoraConfig) -> dict:
   """The two-tower params tree from frozen decoder weights and the trainable tree {'lora', ['proj'],
-  ['item_offsets']} (the projection head and the learned item identities pass through)."""
+  ['item_offsets'], ['item_bias']} (the projection head and the learned per-item tables pass through)."""
   params = {"decoder": merge(base_decoder, trainable["lora"], lc)}
   params.update({k: v for k, v in trainable.items() if k != "lora"})
   return params

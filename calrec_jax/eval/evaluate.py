@@ -113,8 +113,9 @@ def evaluate_bm25(config, parts, params, rows, cat: int, progress: bool = True, 
 def item_embeddings(parts, params, cat: int, batch_size: int = 64, items: np.ndarray | None = None,
                     table_ids: np.ndarray | None = None) -> np.ndarray:
   """v_T of every catalog item [I, E] (item tower on the item text), or of `items` only [len(items), E]; with
-  learned item identities in `params` (model/item_ids.py), each item's offset added: item i of category `cat` is
-  row table_ids[i] of the table (default: its global id; -1: an item the table does not hold)."""
+  learned item identities in `params` (model/item_ids.py), each item's offset added, and with a learned item bias
+  its bias appended ([..., E + 1]): item i of category `cat` is row table_ids[i] of the tables (default: its
+  global id; -1: an item the tables do not hold)."""
   enc, tok = parts.encoder, parts.tokenizer
   li = enc.spec.item_len
   wanted = np.arange(len(parts.categories[cat].catalog)) if items is None else np.asarray(items, np.int64)
@@ -159,7 +160,8 @@ def _tower_fn(model: TwoTower, tower: str):
 
 def user_embeddings(config, parts, params, rows, cat: int) -> np.ndarray:
   """v_U of each (user, history, target) row [U, E], from the prompt alone (the target is not read: causal
-  attention keeps it out of the hidden states over the history)."""
+  attention keeps it out of the hidden states over the history); [U, E + 1] with a 1 appended when the params
+  hold a learned item bias, matching `item_embeddings` (model/item_ids.py)."""
   fn = _tower_fn(parts.model, "user")
   enc, bs = parts.encoder, config.eval.batch_size
   prompts = [enc.prompt_tokens(cat, h)[0] for _, h, _ in rows]
@@ -176,7 +178,7 @@ def user_embeddings(config, parts, params, rows, cat: int) -> np.ndarray:
   emb = np.concatenate(out)                                                  # [U, E] in length order
   result = np.empty_like(emb)
   result[order] = emb
-  return result                                                              # [U, E] in row order
+  return item_ids.user_side(result, params)                                  # [U, E(+1)] in row order
 
 
 def ranked_records(config, data, rows, scores: np.ndarray, ks: list[int]) -> tuple[list[int], list[dict]]:

@@ -110,9 +110,11 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
   if tok.vocab_size > cfg.vocab_size:
     raise ConfigError(f"tokenizer has {tok.vocab_size} pieces but the model vocabulary is {cfg.vocab_size}")
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.compute_dtype]
-  num_item_ids = sum(len(c.catalog) for c in cats) if config.model.get("item_id_offsets", False) else 0
+  offsets, bias = bool(config.model.get("item_id_offsets", False)), bool(config.model.get("item_bias", False))
+  num_item_ids = sum(len(c.catalog) for c in cats) if offsets or bias else 0
   model = TwoTower(cfg, config.model.projection_dim, dtype, jnp.float32, config.model.remat,
-                   config.model.scan_layers, config.model.attention, num_item_ids=num_item_ids)
+                   config.model.scan_layers, config.model.attention, num_item_ids=num_item_ids,
+                   id_offsets=offsets, id_bias=bias)
   return RunParts(cats, tok, cfg, model, ExampleEncoder(tok, cats, spec), pretrained)
 
 
@@ -124,7 +126,7 @@ def save_run_files(workdir: str, parts: RunParts, config) -> None:
     json.dump(parts.model_cfg.to_dict(), f, indent=1)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=1))
-  if parts.model.num_item_ids:  # which item each row of the learned identities is (model/item_ids.py)
+  if parts.model.num_item_ids:  # which item each row of the learned per-item tables is (model/item_ids.py)
     from calrec_jax.model.item_ids import write_layout
     write_layout(workdir, parts.categories)
 

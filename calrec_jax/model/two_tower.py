@@ -22,8 +22,10 @@ class TwoTower(nn.Module):
   scan_layers: bool = False
   attention: str = "einsum"
   cached_layers: int = 0  # packed batches with cached lower-block outputs start at this block
-  num_item_ids: int = 0   # > 0: learned item identities (model/item_ids.py), params['item_offsets'] [I, E], which
-  #                         the towers never read (the loss and the item vectors of evaluation do); init_boxed adds it
+  num_item_ids: int = 0   # > 0: learned per-item tables (model/item_ids.py) of this many rows, which the towers
+  #                         never read (the loss and the item vectors of evaluation do); init_boxed adds them:
+  id_offsets: bool = True  # params['item_offsets'] [I, E] (model.item_id_offsets)
+  id_bias: bool = False    # params['item_bias'] [I] (model.item_bias)
 
   def setup(self):
     self.decoder = Decoder(self.cfg, self.dtype, self.param_dtype, self.remat, self.scan_layers, self.attention)

@@ -49,9 +49,12 @@ def init_boxed(model: TwoTower, rng, batch_shapes):
   (nn.LogicallyPartitioned; eval_shape of this gives the shardings)."""
   dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
   params = model.init(rng, dummy)["params"]
-  if model.num_item_ids:  # learned item identities beside the towers (model/item_ids.py), zeros, replicated
+  if model.num_item_ids and model.id_offsets:  # learned item identities (model/item_ids.py), zeros, replicated
     table = jnp.zeros((model.num_item_ids, model.projection_dim or model.cfg.d_model), model.param_dtype)
     params = {**params, item_ids.PARAM: nn.LogicallyPartitioned(table, (None, None))}
+  if model.num_item_ids and model.id_bias:  # a learned bias per item (model/item_ids.py), zeros, replicated
+    bias = jnp.zeros((model.num_item_ids,), model.param_dtype)
+    params = {**params, item_ids.BIAS: nn.LogicallyPartitioned(bias, (None,))}
   return params
 
 

@@ -37,14 +37,17 @@ def given_params(config, parts: RunParts, abstract_params, shapes) -> tuple[Any 
     return None, f"random init ({config.model.preset})"
   if "proj" in abstract_params and "proj" not in params:  # new projection head on pretrained weights
     params = dict(params, proj=_fresh_params(config, parts, shapes)["proj"])
-  if item_ids.PARAM in abstract_params:  # learned item identities: the source's items', the rest zeros
-    source_layout = item_ids.read_layout(config.ckpt.init_from) if config.ckpt.init_from else None
-    params = dict(params, **{item_ids.PARAM: item_ids.carried_table(
-        params, *abstract_params[item_ids.PARAM].shape, log, source_layout,
-        item_ids.catalog_layout(parts.categories))})
-  elif item_ids.PARAM in params:
-    log.info("%s holds learned item identities; model.item_id_offsets is off, so they are not used", how)
-    params = {k: v for k, v in params.items() if k != item_ids.PARAM}
+  source_layout = None
+  for name, key in ((item_ids.PARAM, "model.item_id_offsets"), (item_ids.BIAS, "model.item_bias")):
+    if name in abstract_params:  # a learned per-item table: the source's items' rows, the rest zeros
+      if source_layout is None and config.ckpt.init_from:
+        source_layout = item_ids.read_layout(config.ckpt.init_from)
+      params = dict(params, **{name: item_ids.carried_table(
+          params, tuple(abstract_params[name].shape), log, source_layout,
+          item_ids.catalog_layout(parts.categories), name)})
+    elif name in params:
+      log.info("%s holds a learned %s; %s is off, so it is not used", how, name, key)
+      params = {k: v for k, v in params.items() if k != name}
   ckpt_lib.check_params(params, abstract_params, how)
   return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), how
 
@@ -79,7 +82,7 @@ def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr, ban
 
 def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc, bank_shape=None):
   """LoRA: frozen weights by restore steps 2-4 (every start, also a resume), and a train state of the trainable
-  tree {'lora', ['proj'], ['item_offsets']} only, restored from the workdir's checkpoint when there is one.
+  tree {'lora', ['proj'], ['item_offsets'], ['item_bias']} only, restored from the workdir's checkpoint when there is one.
   Returns (state, state shardings, iterator state, how, frozen decoder weights, their shardings)."""
   from calrec_jax.adapters.lora import count, init_adapters
   p_sh, p_abstract = variables.params_shardings(parts.model, mesh, shapes)
@@ -87,7 +90,7 @@ def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc, ban
   if params is None:  # the frozen weights are needed on the host either way
     params = _fresh_params(config, parts, shapes)
   trainable = {"lora": init_adapters(params["decoder"], lc, config.seed)}
-  for key in ("proj", item_ids.PARAM):  # trained beside the adapters
+  for key in ("proj", *item_ids.TABLES):  # trained beside the adapters
     if key in params:
       trainable[key] = params[key]
   frozen = jax.device_put(params["decoder"], p_sh["decoder"])

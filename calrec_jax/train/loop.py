@@ -76,7 +76,7 @@ RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_di
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
                 "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "data.cold_start_items",
                 "data.cold_start_seed", "loss.negatives", "loss.sampled_negatives", "optim.item_id_sgd_rate",
-                "optim.item_id_min_count")
+                "optim.item_id_min_count", "model.item_bias", "optim.item_bias_rate")
 
 
 def check_same_run(config, workdir: str) -> None:
@@ -151,7 +151,8 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   if dc.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"] * config.optim.grad_accum):
     raise CalrecError(f"data.batch_size={dc.batch_size} must be divisible by data x fsdp devices "
                       f"({mesh.shape['data'] * mesh.shape['fsdp']}) x optim.grad_accum ({config.optim.grad_accum})")
-  tx = optim.make_optimizer(config.optim, tc.num_steps, trained_identity_rows(config, parts))
+  tx = optim.make_optimizer(config.optim, tc.num_steps, trained_identity_rows(config, parts),
+                            bool(parts.model.num_item_ids and parts.model.id_bias))
   learning_rate = optim.schedule(config.optim, tc.num_steps)
   spec = parts.encoder.spec
   shapes = variables.example_batch(dc.batch_size, parts.encoder.buckets[-1], spec.target_len, spec.item_len)

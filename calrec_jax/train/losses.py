@@ -86,14 +86,18 @@ def _max_and_first_argmax(z: Array, block: int = 128) -> tuple[Array, Array]:
 
 
 def info_nce(query: Array, key: Array, target_ids: Array, valid: Array, temperature: float,
-             symmetric: bool = False) -> tuple[Array, Array]:
+             symmetric: bool = False, key_bias: Array | None = None) -> tuple[Array, Array]:
   """InfoNCE over the GLOBAL batch: row i's positive is key i; other rows with the same target are not negatives.
 
-  query, key: [B, E] L2-normalised; target_ids, valid: [B]. Under jit with batch-sharded inputs, the [B, B]
-  similarity spans all devices and hosts (XLA inserts the all-gather).
+  query, key: [B, E] L2-normalised; target_ids, valid: [B]; `key_bias` [B]: a score added to every logit of key
+  j, (q_i . k_j + key_bias_j) / temperature (a learned item bias, model/item_ids.py). Under jit with
+  batch-sharded inputs, the [B, B] similarity spans all devices and hosts (XLA inserts the all-gather).
   """
   q, k = query.astype(jnp.float32), key.astype(jnp.float32)
-  logits = jnp.einsum("IE,JE->IJ", q, k) / temperature  # [B, B]
+  sim = jnp.einsum("IE,JE->IJ", q, k)                                                   # [B, B]
+  if key_bias is not None:
+    sim = sim + key_bias.astype(jnp.float32)[None, :]
+  logits = sim / temperature
   same = target_ids[:, None] == target_ids[None, :]
   eye = jnp.eye(q.shape[0], dtype=bool)
   allowed = (~same | eye) & valid[None, :]
@@ -115,7 +119,7 @@ def info_nce(query: Array, key: Array, target_ids: Array, valid: Array, temperat
 
 def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, bank: Array, temperature: float,
                   excluded: tuple[int, ...] = (), offsets: Array | None = None, sampled_key: Array | None = None,
-                  sampled_ids: Array | None = None) -> tuple[Array, Array]:
+                  sampled_ids: Array | None = None, bias: Array | None = None) -> tuple[Array, Array]:
   """InfoNCE of each row against EVERY catalog item: row i's positive is its target; the negatives are all other
   items. Every item is scored with its `bank` vector, and the batch's targets pass their gradient through their
   fresh `key` rows (a straight-through key: bank value, fresh gradient). Scoring the positives with fresh vectors
@@ -127,7 +131,8 @@ def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, ban
   learned item identities (model/item_ids.py), every item's key then being normalize(key + offsets[item]), so that
   every row of the table gets its gradient from every query. `sampled_key` [M, E] / `sampled_ids` [M] (-1: none):
   fresh vectors of more catalog items (mixed negative sampling), straight-through like the targets' keys, so that
-  items outside the batch get a gradient as negatives too; the loss value is unchanged.
+  items outside the batch get a gradient as negatives too; the loss value is unchanged. `bias` [I]: a learned score
+  per item (model/item_ids.py), the logits being (q . key_item + bias_item) / temperature.
   """
   q, k = query.astype(jnp.float32), key.astype(jnp.float32)
   bank = jax.lax.stop_gradient(bank.astype(jnp.float32))
@@ -145,7 +150,10 @@ def bank_info_nce(query: Array, key: Array, target_ids: Array, valid: Array, ban
   keys = bank.at[key_ids].add(through, mode="drop")                                          # [I, E]
   if offsets is not None:
     keys = l2_normalize(keys + offsets.astype(jnp.float32))
-  logits = jnp.einsum("NE,IE->NI", q, keys) / temperature                                    # [N, I]
+  sim = jnp.einsum("NE,IE->NI", q, keys)                                                     # [N, I]
+  if bias is not None:
+    sim = sim + bias.astype(jnp.float32)[None, :]
+  logits = sim / temperature
   if excluded:
     logits = logits.at[:, jnp.asarray(excluded, jnp.int32)].set(-jnp.inf)
   safe = jnp.minimum(ids, i - 1)

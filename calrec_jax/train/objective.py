@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from calrec_jax.errors import ConfigError
-from calrec_jax.model.item_ids import with_offsets
+from calrec_jax.model.item_ids import rows_of, with_offsets
 from calrec_jax.train.losses import bank_info_nce, chunked_lm_loss, info_nce
 
 Array = jax.Array
@@ -54,8 +54,9 @@ class TokenInputs:
 class EmbeddingInputs:
   """What an embedding term reads: the whole batch's embeddings ({name: [R, E]}, L2-normalised), target ids [R],
   which rows are real [R], the item bank [I, E] (loss.negatives='catalog') or None, the learned item
-  identities [I, E] (model.item_id_offsets, model/item_ids.py) or None, and the fresh item-tower vectors of
-  the step's sampled catalog items [M, E] with their global ids [M] (loss.sampled_negatives) or None."""
+  identities [I, E] (model.item_id_offsets, model/item_ids.py) or None, the fresh item-tower vectors of
+  the step's sampled catalog items [M, E] with their global ids [M] (loss.sampled_negatives) or None, and the
+  learned item bias [I] (model.item_bias) or None."""
   embeddings: dict[str, Array]
   target_id: Array
   valid: Array
@@ -63,6 +64,7 @@ class EmbeddingInputs:
   item_offsets: Array | None = None
   sampled_key: Array | None = None
   sampled_ids: Array | None = None
+  item_bias: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,17 +98,21 @@ def _next_item_generation(x: TokenInputs, lc: LossConfig) -> tuple[Array, Array]
 def info_nce_term(query: str, key: str) -> Callable[[EmbeddingInputs, LossConfig], tuple[Array, Array]]:
   """InfoNCE(query, key) between two tower outputs: against the other rows' targets, or, with a bank, against
   every item of the catalog. With learned item identities, the item tower's vectors (`v_t`, fresh or banked) carry
-  their item's offset; the step's sampled items (fresh item-tower vectors) join the bank's straight-through keys."""
+  their item's offset, and with a learned item bias each item's logits carry its bias; the step's sampled items
+  (fresh item-tower vectors) join the bank's straight-through keys."""
   def term(x: EmbeddingInputs, lc: LossConfig) -> tuple[Array, Array]:
     q, k = x.embeddings[query], x.embeddings[key]
     item_keyed = key == "v_t"
     offsets = x.item_offsets if item_keyed else None
+    bias = x.item_bias if item_keyed else None
     if x.bank is not None:
       sampled = (x.sampled_key, x.sampled_ids) if item_keyed else (None, None)
-      return bank_info_nce(q, k, x.target_id, x.valid, x.bank, lc.temperature, lc.bank_excluded, offsets, *sampled)
+      return bank_info_nce(q, k, x.target_id, x.valid, x.bank, lc.temperature, lc.bank_excluded, offsets, *sampled,
+                           bias=bias)
     if offsets is not None:
       k = with_offsets(k, offsets, x.target_id)
-    return info_nce(q, k, x.target_id, x.valid, lc.temperature, lc.symmetric)
+    key_bias = None if bias is None else rows_of(bias, x.target_id)                        # [R]
+    return info_nce(q, k, x.target_id, x.valid, lc.temperature, lc.symmetric, key_bias)
   return term
 
 

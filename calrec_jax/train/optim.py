@@ -54,55 +54,67 @@ def _decay_mask(params):
 
 
 class TableSgdState(NamedTuple):
-  inner: optax.OptState       # the run's optimizer's state (its moments of the table are kept and unused)
-  count: jax.Array            # int32 [] steps taken, for the table's schedule
+  inner: optax.OptState       # the run's optimizer's state (its moments of the tables are kept and unused)
+  count: jax.Array            # int32 [] steps taken, for the tables' schedules
 
 
-def sgd_for_table(inner: optax.GradientTransformation, rate: optax.Schedule) -> optax.GradientTransformation:
-  """`inner` for every param but the item identity table (params entry model/item_ids.PARAM), which moves by
-  -rate(step) x its gradient. (optax.multi_transform would do this with masked states, whose placeholder nodes
-  the train state's sharding and checkpoint trees cannot hold.)"""
+def sgd_for_table(inner: optax.GradientTransformation, rate: optax.Schedule | dict[str, optax.Schedule]
+                  ) -> optax.GradientTransformation:
+  """`inner` for every param but the per-item tables named in `rate` ({params entry: schedule}; one schedule:
+  the item identity table, model/item_ids.PARAM), each of which moves by -rate(step) x its gradient.
+  (optax.multi_transform would do this with masked states, whose placeholder nodes the train state's sharding
+  and checkpoint trees cannot hold.)"""
   inner = optax.with_extra_args_support(inner)
+  rates = rate if isinstance(rate, dict) else {item_ids.PARAM: rate}
 
   def init(params):
     return TableSgdState(inner.init(params), jnp.zeros((), jnp.int32))
 
   def update(updates, state, params=None, **extra_args):
     new, inner_state = inner.update(updates, state.inner, params, **extra_args)
-    if item_ids.PARAM in updates:
-      g = updates[item_ids.PARAM]
-      new = dict(new, **{item_ids.PARAM: (-rate(state.count) * g).astype(g.dtype)})
+    for name, r in rates.items():
+      if name in updates:
+        g = updates[name]
+        new = dict(new, **{name: (-r(state.count) * g).astype(g.dtype)})
     return new, TableSgdState(inner_state, optax.safe_int32_increment(state.count))
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
 def freeze_table_rows(trained: np.ndarray) -> optax.GradientTransformation:
-  """Zero the item identity table's update (params entry model/item_ids.PARAM) in the rows where `trained` [I]
+  """Zero the per-item tables' updates (params entries model/item_ids.TABLES) in the rows where `trained` [I]
   is False: those rows keep their starting values (zeros, or a source run's rows), whatever the optimizer
   before it (moments, weight decay) would have done. Last in the chain; stateless."""
-  keep = jnp.asarray(np.asarray(trained, bool))[:, None]                                   # [I, 1]
+  keep = jnp.asarray(np.asarray(trained, bool))                                            # [I]
 
   def update(updates, state, params=None, **extra_args):
     del params, extra_args
-    if item_ids.PARAM in updates:
-      u = updates[item_ids.PARAM]
-      updates = dict(updates, **{item_ids.PARAM: jnp.where(keep, u, jnp.zeros_like(u))})
+    for name in item_ids.TABLES:
+      if name in updates:
+        u = updates[name]
+        rows = keep.reshape(keep.shape + (1,) * (u.ndim - 1))                              # [I, 1...]
+        updates = dict(updates, **{name: jnp.where(rows, u, jnp.zeros_like(u))})
     return updates, state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
 
 
-def make_optimizer(cfg, num_steps: int, trained_rows: np.ndarray | None = None) -> optax.GradientTransformation:
+def make_optimizer(cfg, num_steps: int, trained_rows: np.ndarray | None = None,
+                   item_bias: bool = False) -> optax.GradientTransformation:
   """The run's optimizer; with optim.item_id_sgd_rate > 0, the item identity table (model.item_id_offsets) takes
-  plain SGD steps at that peak rate on the same schedule instead. Adam scales each parameter's step to its own
-  gradient's size, so the small, steady push a rarely bought item gets as a negative of every query becomes
-  full-size steps; SGD moves each row in proportion to its gradient, as the full-catalog softmax asks.
-  `trained_rows` [I] bool (optim.item_id_min_count): only those rows of the table move (freeze_table_rows)."""
+  plain SGD steps at that peak rate on the same schedule instead, and with `item_bias` (model.item_bias) the
+  item bias always does, at optim.item_bias_rate. Adam scales each parameter's step to its own gradient's size,
+  so the small, steady push a rarely bought item gets as a negative of every query becomes full-size steps; SGD
+  moves each row in proportion to its gradient, as the full-catalog softmax asks.
+  `trained_rows` [I] bool (optim.item_id_min_count): only those rows of the tables move (freeze_table_rows)."""
   opt = _base_optimizer(cfg, schedule(cfg, num_steps))
-  rate = float(cfg.get("item_id_sgd_rate", 0.0))
-  if rate > 0:
-    opt = sgd_for_table(opt, schedule(cfg, num_steps, rate))
+  rates = {}
+  if float(cfg.get("item_id_sgd_rate", 0.0)) > 0:
+    rates[item_ids.PARAM] = schedule(cfg, num_steps, float(cfg.item_id_sgd_rate))
+  if item_bias:
+    rates[item_ids.BIAS] = schedule(cfg, num_steps, float(cfg.item_bias_rate))
+  if rates:
+    opt = sgd_for_table(opt, rates)
   if trained_rows is not None:
     opt = optax.chain(opt, freeze_table_rows(trained_rows))
   if cfg.grad_clip_norm:

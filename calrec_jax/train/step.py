@@ -83,7 +83,8 @@ def calrec_loss(model: TwoTower, params, batch: dict[str, jax.Array], lc: LossCo
   emb, emb_metrics = objective.embedding_loss(EmbeddingInputs({k: out[k] for k in EMBEDDINGS}, rows["target_id"],
                                                               rows["example_weight"] > 0, bank,
                                                               params.get(item_ids.PARAM),
-                                                              *sampled_negatives(model, params, batch)))
+                                                              *sampled_negatives(model, params, batch),
+                                                              params.get(item_ids.BIAS)))
   loss = tok + emb
   return loss, {"loss": loss, **tok_metrics, **emb_metrics, "tokens": _tokens(batch),
                 "examples": rows["example_weight"].sum()}
@@ -122,10 +123,12 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
   _, (embs, target_ids, row_weights) = jax.lax.scan(embed, None, micro)  # [n, R/n, ...] (R rows: examples or slots)
   flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [n, R/n, ...] -> [R, ...] in microbatch order
   valid = flat(row_weights) > 0
-  offsets = full.get(item_ids.PARAM)  # learned item identities [I, E] or None
-  (emb, emb_metrics), (d_embs, d_offsets) = jax.value_and_grad(
-      lambda e, o: objective.embedding_loss(EmbeddingInputs({k: flat(v) for k, v in e.items()}, flat(target_ids),
-                                                            valid, bank, o)), argnums=(0, 1), has_aux=True)(embs, offsets)
+  tables = {n: full[n] for n in item_ids.TABLES if n in full}  # learned per-item tables ([I, E], [I])
+  (emb, emb_metrics), (d_embs, d_tables) = jax.value_and_grad(
+      lambda e, t: objective.embedding_loss(EmbeddingInputs({k: flat(v) for k, v in e.items()}, flat(target_ids),
+                                                            valid, bank, t.get(item_ids.PARAM),
+                                                            item_bias=t.get(item_ids.BIAS))),
+      argnums=(0, 1), has_aux=True)(embs, tables)
   lm_total = _lm_weight_total(batch)
 
   def surrogate(t, mb, d_emb):
@@ -133,8 +136,8 @@ def accumulated_loss_grads(model: TwoTower, params, batch: dict[str, jax.Array],
     out, rows = tower_outputs(model, p, mb)
     tok, tok_metrics = objective.token_loss(token_inputs(model, p, out, rows, lm_total))  # this microbatch's share
     dot = sum((out[k] * d_emb[k]).sum() for k in d_emb)
-    if d_offsets is not None:  # the table's gradient, an n-th per microbatch (the table passes through to_params)
-      dot = dot + (p[item_ids.PARAM] * d_offsets).sum() / n
+    for name, d_table in d_tables.items():  # a table's gradient, an n-th per microbatch (tables pass through)
+      dot = dot + (p[name] * d_table).sum() / n
     return tok + dot, (tok, tok_metrics)
 
   def body(acc, xs):

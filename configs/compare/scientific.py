@@ -12,7 +12,8 @@ validation), beside BM25 + popularity fused without a model. `:packed` trains Ge
 `:epochs` (`:epochs10`) trains the small decoder for 5 (10) epochs against the whole catalog (dense and fused rows); `:ids`
 is `:epochs` with learned item identities beside the item texts (model.item_id_offsets), `:ids_sgd` the same with the
 table trained by plain SGD (optim.item_id_sgd_rate), `:ids_frequent` with only the rows of the items training holds
-15+ times trained (optim.item_id_min_count); `:epochs_mns` is `:epochs` with 32 catalog items drawn per step and
+15+ times trained (optim.item_id_min_count); `:epochs_bias` is `:epochs` with a learned bias per
+item in the dense score (model.item_bias); `:epochs_mns` is `:epochs` with 32 catalog items drawn per step and
 encoded fresh beside the batch's targets (loss.sampled_negatives, mixed negative sampling); `:cold` is a
 cold-start split (20% of the items never in training, the users whose test item is one of them). For the paper's setting set
 --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
@@ -98,6 +99,13 @@ def get_config(arg: str = ""):
     c.calrec.eval.fusion = "dense,bm25_history,popularity"
     c.variants.calrec_mns = epochs_variant(5) + "; loss.sampled_negatives=32"
     c.labels.calrec_mns = "CALRec (stage 2), 5 epochs, whole-catalog negatives, 32 sampled items per step"
+  elif arg == "epochs_bias":  # :epochs with a learned bias per item in the dense score (model.item_bias)
+    c.title = ("Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives, a learned item bias, "
+               "against baselines")
+    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_bias"
+    c.calrec.eval.fusion = "dense,bm25_history,popularity"
+    c.variants.calrec_bias = epochs_variant(5) + "; model.item_bias=True; optim.item_bias_rate=0.05"
+    c.labels.calrec_bias = "CALRec (stage 2), 5 epochs, whole-catalog negatives, learned item bias"
   elif arg in IDENTITY_VARIANTS:  # :epochs with learned item identities (model.item_id_offsets)
     overrides, title, label = IDENTITY_VARIANTS[arg]
     name = f"calrec_{arg}"
@@ -119,5 +127,6 @@ def get_config(arg: str = ""):
         "eval.retrieval=dense")
     c.labels.calrec_epochs = "CALRec (stage 2), 2 epochs"
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'packed2', 'fused', 'epochs', 'epochs10', 'epochs_mns', 'ids', 'ids_sgd', 'ids_frequent' or 'cold'")
+    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'packed2', 'fused', 'epochs', 'epochs10', "
+                     "'epochs_bias', 'epochs_mns', 'ids', 'ids_sgd', 'ids_frequent' or 'cold'")
   return c
