@@ -3,7 +3,9 @@ sequences hold them, the mean norm of their rows E[item] and the mean cosine of 
 vector v_T; then the dense ranking of the VALIDATION users (the test split is never read) with the table scaled by
 0 (the text vectors alone), 0.5 and 1 (as trained), and where its top-10 slots go: the share of them held by items
 of each count bucket, beside the share of the validation targets in that bucket (a bucket far above its targets'
-share holds items that sit near every user). A run without a table gets the text vectors' lines only.
+share holds items that sit near every user). A run without a table gets the text vectors' lines only. A run with a
+learned item bias (model.item_bias) also gets its mean per count bucket, and each ranking line twice: without the
+bias (the text score alone) and with it (the trained dense score, v_U . v_T + bias).
 
   python benchmarks/item_identity_rows.py --workdir=workdirs/compare_scientific_ids/calrec_ids
 
@@ -81,12 +83,21 @@ def main() -> None:
   parts = build(config, args.workdir)
   cat = ev.eval_category_index(config, parts.categories)
   n = len(parts.categories[cat].catalog)
-  text_only = {k: v for k, v in params.items() if k != item_ids.PARAM}
+  text_only = {k: v for k, v in params.items() if k not in item_ids.TABLES}
   text = ev.item_embeddings(parts, text_only, cat, config.eval.item_batch_size)              # [I, E], unit rows
   counts = item_counts(parts.categories[cat].sequences, n)
   scales = [float(s) for s in args.scales.split(",")]
+  first = int(parts.encoder.item_offsets[cat])
+  bias = params.get(item_ids.BIAS)
+  bias_scales = (1.0,) if bias is None else (0.0, 1.0)
+  bias = np.zeros(n, np.float32) if bias is None else np.asarray(bias[first:first + n])       # [I]
+  if params.get(item_ids.BIAS) is not None:
+    print("items by training count | items | mean bias")
+    for (lo, hi), label in zip(BUCKETS, bucket_labels()):
+      m = counts >= lo if hi is None else (counts >= lo) & (counts < hi)
+      if m.any():
+        print(f"{label:>8} | {int(m.sum()):5d} | {float(bias[m].mean()):+.4f}")
   if item_ids.PARAM in params:
-    first = int(parts.encoder.item_offsets[cat])
     table = params[item_ids.PARAM][first:first + n]                                        # [I, E]
     print("items by training count | items | mean |E[item]| | mean cos(E[item], v_T(item))")
     for r in row_statistics(table, text, counts):
@@ -95,7 +106,7 @@ def main() -> None:
     print(f"{args.workdir}: no item identity table; the text vectors alone")
     table, scales = np.zeros_like(text), [0.0]
   rows = eval_examples(parts.encoder, cat, "valid", config.eval.max_users, config.seed)
-  users = ev.user_embeddings(config, parts, params, rows, cat)                                # [U, E]
+  users = ev.user_embeddings(config, parts, text_only, rows, cat)                             # [U, E]
   excluded = exclusion_mask([h for _, h, _ in rows], n)
   targets = np.asarray([t for _, _, t in rows], np.int64)
   print(f"dense ranking of {len(rows)} validation users (history excluded)"
@@ -103,10 +114,12 @@ def main() -> None:
   shares = {"targets": np.bincount(bucket_of(counts)[targets], minlength=len(BUCKETS)) / len(targets)}
   for scale in scales:
     items = np.asarray(l2_normalize(text + scale * table))
-    scores = users @ items.T                                                                  # [U, I]
-    m = ranking_metrics(target_ranks(scores, targets, excluded, 10).tolist(), (1, 10))
-    print(f"  x{scale:g}: NDCG@10 {m['ndcg@10']:.4f}, Recall@10 {m['recall@10']:.4f}, Recall@1 {m['recall@1']:.4f}")
-    shares[f"top-10 slots, x{scale:g}"] = slot_shares(top_items(scores, excluded, 10), counts)
+    for b in bias_scales:
+      scores = users @ items.T + b * bias[None, :]                                            # [U, I]
+      m = ranking_metrics(target_ranks(scores, targets, excluded, 10).tolist(), (1, 10))
+      name = f"x{scale:g}" + (f", bias x{b:g}" if len(bias_scales) > 1 else "")
+      print(f"  {name}: NDCG@10 {m['ndcg@10']:.4f}, Recall@10 {m['recall@10']:.4f}, Recall@1 {m['recall@1']:.4f}")
+      shares[f"top-10 slots, {name}"] = slot_shares(top_items(scores, excluded, 10), counts)
   print("share by training count of the item | " + " | ".join(bucket_labels()))
   for name, share in shares.items():
     print(f"{name} | " + " | ".join(f"{v:.3f}" for v in share))

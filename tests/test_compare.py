@@ -328,7 +328,8 @@ def test_the_report_says_when_an_id_baseline_hit_its_epoch_cap():
   assert "early stopping after 10 epochs" in text and "max_epochs" not in text
 
 
-@pytest.mark.parametrize("module,arg", [("scientific", a) for a in ("", "llm", "packed", "packed2", "fused", "epochs", "epochs10", "epochs_bias", "epochs_mns", "ids",
+@pytest.mark.parametrize("module,arg", [("scientific", a) for a in ("", "llm", "packed", "packed2", "fused", "epochs",
+                                                                   "epochs10", "epochs_bias", "epochs_mns", "ids",
                                                                    "ids_sgd", "ids_frequent", "cold")]
                          + [("synthetic", a) for a in ("", "smoke", "llm")] + [("office", a) for a in ("", "epochs2")])
 def test_every_shipped_comparison_config_names_known_methods_with_valid_overrides(module, arg):

@@ -82,8 +82,8 @@ def initial_state(config, workdir, parts: RunParts, tx, mesh, shapes, ckptr, ban
 
 def lora_initial_state(config, parts: RunParts, tx, mesh, shapes, ckptr, lc, bank_shape=None):
   """LoRA: frozen weights by restore steps 2-4 (every start, also a resume), and a train state of the trainable
-  tree {'lora', ['proj'], ['item_offsets'], ['item_bias']} only, restored from the workdir's checkpoint when there is one.
-  Returns (state, state shardings, iterator state, how, frozen decoder weights, their shardings)."""
+  tree {'lora', ['proj'], ['item_offsets'], ['item_bias']} only, restored from the workdir's checkpoint when there
+  is one. Returns (state, state shardings, iterator state, how, frozen decoder weights, their shardings)."""
   from calrec_jax.adapters.lora import count, init_adapters
   p_sh, p_abstract = variables.params_shardings(parts.model, mesh, shapes)
   params, how = given_params(config, parts, p_abstract, shapes)
