@@ -34,17 +34,18 @@ def parse_args():
   return p.parse_args()
 
 
+def bucket_masks(counts: np.ndarray) -> list[tuple[str, np.ndarray]]:
+  """(label, [I] bool) of each non-empty count bucket of the items' training `counts` [I]."""
+  masks = [(label, bucket_of(counts) == b) for b, label in enumerate(bucket_labels())]
+  return [(label, m) for label, m in masks if m.any()]
+
+
 def row_statistics(table: np.ndarray, text: np.ndarray, counts: np.ndarray) -> list[dict]:
   """Per count bucket: items, mean row norm, mean cosine(row, text vector). table, text [I, E]; counts [I]."""
   norms = np.linalg.norm(table, axis=1)
   cos = np.sum(table * text, axis=1) / np.maximum(norms * np.linalg.norm(text, axis=1), 1e-12)
-  out = []
-  for (lo, hi), label in zip(BUCKETS, bucket_labels()):
-    m = counts >= lo if hi is None else (counts >= lo) & (counts < hi)
-    if m.any():
-      out.append({"counts": label, "items": int(m.sum()), "norm": float(norms[m].mean()),
-                  "cos_text": float(cos[m].mean())})
-  return out
+  return [{"counts": label, "items": int(m.sum()), "norm": float(norms[m].mean()), "cos_text": float(cos[m].mean())}
+          for label, m in bucket_masks(counts)]
 
 
 def bucket_labels() -> list[str]:
@@ -88,15 +89,13 @@ def main() -> None:
   counts = item_counts(parts.categories[cat].sequences, n)
   scales = [float(s) for s in args.scales.split(",")]
   first = int(parts.encoder.item_offsets[cat])
-  bias = params.get(item_ids.BIAS)
-  bias_scales = (1.0,) if bias is None else (0.0, 1.0)
-  bias = np.zeros(n, np.float32) if bias is None else np.asarray(bias[first:first + n])       # [I]
-  if params.get(item_ids.BIAS) is not None:
+  has_bias = item_ids.BIAS in params
+  bias_scales = (0.0, 1.0) if has_bias else (1.0,)
+  bias = np.asarray(params[item_ids.BIAS][first:first + n]) if has_bias else np.zeros(n, np.float32)   # [I]
+  if has_bias:
     print("items by training count | items | mean bias")
-    for (lo, hi), label in zip(BUCKETS, bucket_labels()):
-      m = counts >= lo if hi is None else (counts >= lo) & (counts < hi)
-      if m.any():
-        print(f"{label:>8} | {int(m.sum()):5d} | {float(bias[m].mean()):+.4f}")
+    for label, m in bucket_masks(counts):
+      print(f"{label:>8} | {int(m.sum()):5d} | {float(bias[m].mean()):+.4f}")
   if item_ids.PARAM in params:
     table = params[item_ids.PARAM][first:first + n]                                        # [I, E]
     print("items by training count | items | mean |E[item]| | mean cos(E[item], v_T(item))")
@@ -117,7 +116,7 @@ def main() -> None:
     for b in bias_scales:
       scores = users @ items.T + b * bias[None, :]                                            # [U, I]
       m = ranking_metrics(target_ranks(scores, targets, excluded, 10).tolist(), (1, 10))
-      name = f"x{scale:g}" + (f", bias x{b:g}" if len(bias_scales) > 1 else "")
+      name = f"x{scale:g}" + (f", bias x{b:g}" if has_bias else "")
       print(f"  {name}: NDCG@10 {m['ndcg@10']:.4f}, Recall@10 {m['recall@10']:.4f}, Recall@1 {m['recall@1']:.4f}")
       shares[f"top-10 slots, {name}"] = slot_shares(top_items(scores, excluded, 10), counts)
   print("share by training count of the item | " + " | ".join(bucket_labels()))

@@ -36,6 +36,14 @@ def test_bank_loss_with_identities_is_the_softmax_over_every_items_offset_vector
 
   def ours(q, bank, table):
     return bank_info_nce(q, bank[safe], ids, valid, bank, t, offsets=table)[0]
+  in_batch, g_table = assert_bank_loss_is_the_plain_softmax(ours, plain, q, bank, table, ids, valid)
+  assert float(jnp.abs(g_table[~in_batch]).sum()) > 0  # negatives' identities learn too
+
+
+def assert_bank_loss_is_the_plain_softmax(ours, plain, q, bank, table, ids, valid):
+  """ours(q, bank, table) equals plain(q, bank, table), and so do their gradients with respect to the queries,
+  the batch's keys (the bank rows of its targets) and the whole per-item `table`. Returns ([I] bool: the items
+  that are a target of a real row, the table's gradient)."""
   np.testing.assert_allclose(ours(q, bank, table), plain(q, bank, table), rtol=1e-6)
   g_ours = jax.grad(ours, argnums=(0, 1, 2))(q, bank, table)
   g_plain = jax.grad(plain, argnums=(0, 1, 2))(q, bank, table)
@@ -45,7 +53,7 @@ def test_bank_loss_with_identities_is_the_softmax_over_every_items_offset_vector
   np.testing.assert_allclose(np.asarray(g_ours[1])[in_batch], np.asarray(g_plain[1])[in_batch], rtol=1e-5,
                              atol=1e-7)                                                 # the batch's keys
   np.testing.assert_allclose(g_ours[2], g_plain[2], rtol=1e-5, atol=1e-7)               # the whole table
-  assert float(jnp.abs(g_ours[2][~in_batch]).sum()) > 0  # negatives' identities learn too
+  return in_batch, np.asarray(g_ours[2])
 
 
 def test_in_batch_loss_with_identities_and_a_zero_table_is_none():
@@ -75,14 +83,23 @@ def test_an_id_outside_the_table_adds_nothing():
 
 @pytest.mark.parametrize("bank", [False, True])
 def test_accumulation_equals_one_pass_with_the_table(tiny_model, bank):
-  cats, enc, model, _ = tiny_model
+  cats, _, model, _ = tiny_model
   model = model.clone(num_item_ids=sum(len(c.catalog) for c in cats))
+  moved = accumulation_equals_one_pass(tiny_model, model, item_ids.PARAM, (model.num_item_ids, model.cfg.d_model),
+                                       bank).sum(1)
+  assert (moved > 0).sum() >= (len(moved) if bank else 2)  # the bank moves every identity; in-batch the targets'
+
+
+def accumulation_equals_one_pass(tiny_model, model, name: str, shape: tuple[int, ...], bank: bool) -> np.ndarray:
+  """`model`'s per-item table `name` starts at zero with `shape`; from a random table, one step with
+  optim.grad_accum=2 equals one pass (loss and every param), with the item bank or in-batch negatives. Returns
+  |the table's change| in the one-pass step."""
+  _, enc, _, _ = tiny_model
   shapes = variables.example_batch(2, enc.buckets[-1], enc.spec.target_len, enc.spec.item_len)
   params = jax.jit(lambda r: variables.init_params(model, r, shapes))(jax.random.PRNGKey(1))
-  assert params[item_ids.PARAM].shape == (model.num_item_ids, model.cfg.d_model)
-  assert float(jnp.abs(params[item_ids.PARAM]).sum()) == 0.0  # starts at zero: the text vectors
-  params = dict(params, **{item_ids.PARAM: 0.2 * jax.random.normal(jax.random.PRNGKey(2),
-                                                                   params[item_ids.PARAM].shape)})
+  assert params[name].shape == shape
+  assert float(jnp.abs(params[name]).sum()) == 0.0  # starts at zero: the text vectors alone
+  params = dict(params, **{name: 0.2 * jax.random.normal(jax.random.PRNGKey(2), shape)})
   batch = {k: jnp.asarray(v) for k, v in next(MixtureIterator(enc, 4, seed=3)).items()}
   bank_arr = None
   if bank:
@@ -94,10 +111,9 @@ def test_accumulation_equals_one_pass_with_the_table(tiny_model, bank):
   whole, m_whole = jax.jit(step_lib.make_train_step(model, tx, lc))(state(), batch)
   accum, m_accum = jax.jit(step_lib.make_train_step(model, tx, lc, grad_accum=2))(state(), batch)
   np.testing.assert_allclose(float(m_accum["loss"]), float(m_whole["loss"]), rtol=1e-5)
-  moved = np.abs(np.asarray(whole["params"][item_ids.PARAM]) - np.asarray(params[item_ids.PARAM])).sum(1)
-  assert (moved > 0).sum() >= (len(moved) if bank else 2)  # the bank moves every identity; in-batch the targets'
   for a, b in zip(jax.tree_util.tree_leaves(whole["params"]), jax.tree_util.tree_leaves(accum["params"])):
     np.testing.assert_allclose(a, b, atol=2e-5)
+  return np.abs(np.asarray(whole["params"][name]) - np.asarray(params[name]))
 
 
 def identity_config(steps, every):

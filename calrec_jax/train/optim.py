@@ -58,14 +58,12 @@ class TableSgdState(NamedTuple):
   count: jax.Array            # int32 [] steps taken, for the tables' schedules
 
 
-def sgd_for_table(inner: optax.GradientTransformation, rate: optax.Schedule | dict[str, optax.Schedule]
+def sgd_for_table(inner: optax.GradientTransformation, rates: dict[str, optax.Schedule]
                   ) -> optax.GradientTransformation:
-  """`inner` for every param but the per-item tables named in `rate` ({params entry: schedule}; one schedule:
-  the item identity table, model/item_ids.PARAM), each of which moves by -rate(step) x its gradient.
-  (optax.multi_transform would do this with masked states, whose placeholder nodes the train state's sharding
-  and checkpoint trees cannot hold.)"""
+  """`inner` for every param but the per-item tables named in `rates` ({params entry of model/item_ids.TABLES:
+  schedule}), each of which moves by -rate(step) x its gradient. (optax.multi_transform would do this with masked
+  states, whose placeholder nodes the train state's sharding and checkpoint trees cannot hold.)"""
   inner = optax.with_extra_args_support(inner)
-  rates = rate if isinstance(rate, dict) else {item_ids.PARAM: rate}
 
   def init(params):
     return TableSgdState(inner.init(params), jnp.zeros((), jnp.int32))

@@ -24,13 +24,23 @@ from configs.compare import common
 SCIENTIFIC = "../shared/data/amazon2018-scientific"
 OFFICE = "../shared/data/amazon2014-office"
 
-# :ids* variants: (overrides added to :epochs with the identity table, title part, label part). ids_sgd trains the
-# table by plain SGD (optim.item_id_sgd_rate) instead of AdamW; ids_frequent trains only the rows of the items
-# training holds at least 15 times (optim.item_id_min_count; 199 of the 1,585 items)
-IDENTITY_VARIANTS = {
-    "ids": ("", "", ""),
-    "ids_sgd": ("; optim.item_id_sgd_rate=0.05", " trained by SGD", " (SGD)"),
-    "ids_frequent": ("; optim.item_id_min_count=15", " of the items seen 15+ times", " (items seen 15+ times)"),
+# variants of :epochs (five epochs): arg -> (method, overrides added to :epochs, title part, label part).
+# epochs_mns draws 32 catalog items per step and encodes them fresh (mixed negative sampling); epochs_bias adds a
+# learned bias per item in the dense score (model.item_bias); the :ids* ones add learned item identities
+# (model.item_id_offsets): ids_sgd trains that table by plain SGD (optim.item_id_sgd_rate) instead of AdamW,
+# ids_frequent only the rows of the items training holds at least 15 times (optim.item_id_min_count; 199 of 1,585)
+_IDS = "; model.item_id_offsets=True"
+FIVE_EPOCH_VARIANTS = {
+    "epochs_mns": ("calrec_mns", "; loss.sampled_negatives=32", " with 32 sampled items per step encoded fresh",
+                   ", 32 sampled items per step"),
+    "epochs_bias": ("calrec_bias", "; model.item_bias=True; optim.item_bias_rate=0.05", ", a learned item bias",
+                    ", learned item bias"),
+    "ids": ("calrec_ids", _IDS, ", learned item identities", ", learned item identities"),
+    "ids_sgd": ("calrec_ids_sgd", _IDS + "; optim.item_id_sgd_rate=0.05", ", learned item identities trained by SGD",
+                ", learned item identities (SGD)"),
+    "ids_frequent": ("calrec_ids_frequent", _IDS + "; optim.item_id_min_count=15",
+                     ", learned item identities of the items seen 15+ times",
+                     ", learned item identities (items seen 15+ times)"),
 }
 
 
@@ -92,29 +102,13 @@ def get_config(arg: str = ""):
     c.calrec.eval.fusion = "dense,bm25_history,popularity"
     c.variants.calrec_epochs = epochs_variant(epochs)
     c.labels.calrec_epochs = f"CALRec (stage 2), {epochs} epochs, whole-catalog negatives"
-  elif arg == "epochs_mns":  # :epochs with 32 catalog items per step encoded fresh (mixed negative sampling)
-    c.title = ("Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives with 32 sampled items "
-               "per step encoded fresh, against baselines")
-    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_mns"
-    c.calrec.eval.fusion = "dense,bm25_history,popularity"
-    c.variants.calrec_mns = epochs_variant(5) + "; loss.sampled_negatives=32"
-    c.labels.calrec_mns = "CALRec (stage 2), 5 epochs, whole-catalog negatives, 32 sampled items per step"
-  elif arg == "epochs_bias":  # :epochs with a learned bias per item in the dense score (model.item_bias)
-    c.title = ("Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives, a learned item bias, "
-               "against baselines")
-    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_bias"
-    c.calrec.eval.fusion = "dense,bm25_history,popularity"
-    c.variants.calrec_bias = epochs_variant(5) + "; model.item_bias=True; optim.item_bias_rate=0.05"
-    c.labels.calrec_bias = "CALRec (stage 2), 5 epochs, whole-catalog negatives, learned item bias"
-  elif arg in IDENTITY_VARIANTS:  # :epochs with learned item identities (model.item_id_offsets)
-    overrides, title, label = IDENTITY_VARIANTS[arg]
-    name = f"calrec_{arg}"
-    c.title = ("Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives, learned item "
-               f"identities{title}, against baselines")
+  elif arg in FIVE_EPOCH_VARIANTS:  # :epochs with one change (FIVE_EPOCH_VARIANTS)
+    name, overrides, title, label = FIVE_EPOCH_VARIANTS[arg]
+    c.title = f"Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives{title}, against baselines"
     c.methods = f"popularity,bm25_history,text_fused,sasrec,{name}"
     c.calrec.eval.fusion = "dense,bm25_history,popularity"
-    c.variants[name] = epochs_variant(5) + "; model.item_id_offsets=True" + overrides
-    c.labels[name] = f"CALRec (stage 2), 5 epochs, whole-catalog negatives, learned item identities{label}"
+    c.variants[name] = epochs_variant(5) + overrides
+    c.labels[name] = f"CALRec (stage 2), 5 epochs, whole-catalog negatives{label}"
   elif arg == "cold":  # a cold-start split: 20% of the items never in training; users whose test item is one
     c.title = "Amazon 2018 Scientific, cold start: test items that training never saw"
     c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_epochs"
