@@ -63,6 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.max_len = 256                    # joint-tower tokens (prompt + target)
   d.max_history = 20                 # most recent history items kept
   d.max_item_tokens = 48             # tokens of one item text
+  d.user_tokens = 0                  # v_U = mean over the prompt's last N tokens (0: the whole prompt, the
+  #                                    paper's; 1: the last token's state; each sees the whole history, causally)
   d.length_buckets = "128,256"       # joint lengths compiled for (comma-separated; max_len is always added)
   d.attributes = "all"               # item attributes rendered, in order ("title,category,brand,price"), or all:
   #                                    every attribute the catalog has (title first, then in the file's order)

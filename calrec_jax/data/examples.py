@@ -29,6 +29,7 @@ class ExampleSpec:
   length_buckets: tuple[int, ...] = (64, 128, 256)  # joint lengths jit compiles for (last == max_len)
   attributes: tuple[str, ...] = ("title", "category", "brand", "price")
   min_attribute_coverage: float = 0.05  # an attribute known for fewer of a category's items is not rendered
+  user_tokens: int = 0          # v_U averages the prompt's last N tokens (0: every prompt token but BOS)
 
   @property
   def target_len(self) -> int:  # item tokens + EOS
@@ -48,6 +49,14 @@ def require_item_texts(category: CategoryData, kept: Sequence[str], wanted: Sequ
   raise DataError(f"{category.name}: none of its {len(category.catalog)} items has a value for data.attributes="
                   f"{','.join(wanted)!r}, so every item text would be empty; set data.attributes to attributes the "
                   f"items have ({', '.join(present) or 'none: the catalog holds no item attributes'})")
+
+
+def user_span(prompt_len: int, user_tokens: int) -> tuple[int, int]:
+  """[lo, hi) of the prompt positions v_U averages: the last `user_tokens` of a prompt of `prompt_len` tokens
+  (0: all but BOS, the paper's mean over the history). Causal attention lets each of them see the whole history,
+  so a short span weighs the most recent items most (1: the last token's state, as decoder embedders pool)."""
+  lo = 1 if user_tokens <= 0 else max(1, prompt_len - user_tokens)
+  return lo, prompt_len
 
 
 class ExampleEncoder:
@@ -142,7 +151,8 @@ class ExampleEncoder:
       out["tokens"][r, :n_p] = p
       out["tokens"][r, n_p:n_p + n_g] = g
       out["input_mask"][r, :n_p + n_g] = True
-      out["history_mask"][r, 1:n_p] = True          # the prompt without BOS
+      lo, hi = user_span(n_p, spec.user_tokens)
+      out["history_mask"][r, lo:hi] = True          # the prompt without BOS (or its last data.user_tokens)
       out["target_mask"][r, n_p:n_p + n_g - 1] = True  # the target item text without EOS
       out["lm_positions"][r, :n_g] = np.arange(n_p - 1, n_p + n_g - 1)  # hidden state that predicts g[j]
       out["lm_labels"][r, :n_g] = g
@@ -170,7 +180,8 @@ class ExampleEncoder:
     for r, p in enumerate(prompts):
       out["tokens"][r, :len(p)] = p
       out["input_mask"][r, :len(p)] = True
-      out["history_mask"][r, 1:len(p)] = True  # the prompt without BOS
+      lo, hi = user_span(len(p), self.spec.user_tokens)
+      out["history_mask"][r, lo:hi] = True  # the prompt without BOS (or its last data.user_tokens)
       out["example_weight"][r] = 1.0
     out["positions"] = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
     return out

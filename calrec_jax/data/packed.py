@@ -8,7 +8,8 @@ Each item after the first is a target ("slot"). Causal attention makes the hidde
 identical to those of the per-prefix example (history -> that item), so from one pass come, per slot:
   L_NIG labels  the slot's item tokens + EOS, predicted from the positions before them (the EOS label sits on
                 the item's last token; the input there continues with the newline, which no earlier state sees);
-  v_U           the mean over the prompt so far without BOS (history_mask[slot]: [1, start));
+  v_U           the mean over the prompt so far without BOS (history_mask[slot]: [1, start)), or over its last
+                data.user_tokens tokens (examples.user_span);
   v_T|U         the mean over the slot's item tokens (target_mask[slot]).
 On windows that fit `max_len` these equal the per-prefix examples' values exactly (tests/test_packed.py).
 
@@ -27,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from calrec_jax.data.examples import ExampleEncoder
+from calrec_jax.data.examples import ExampleEncoder, user_span
 from calrec_jax.data.records import CategoryData, sequence_lengths
 from calrec_jax.errors import ConfigError
 
@@ -185,7 +186,8 @@ class PackedEncoder:
         for item, start, stop in unit["slots"]:
           target = ids[start:stop] + [eos]
           n_g = len(target)
-          out["history_mask"][r, j, at + 1:at + start] = True  # the unit's prompt so far without BOS
+          lo, hi = user_span(start, enc.spec.user_tokens)
+          out["history_mask"][r, j, at + lo:at + hi] = True  # the unit's prompt so far without BOS (or its end)
           out["target_mask"][r, j, at + start:at + stop] = True
           out["lm_positions"][r, j, :n_g] = np.arange(at + start - 1, at + start - 1 + n_g)
           out["lm_labels"][r, j, :n_g] = target

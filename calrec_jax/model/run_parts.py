@@ -34,10 +34,12 @@ class RunParts:
 
 
 def example_spec(dc) -> ExampleSpec:
+  """The encoder's spec from a config's data section (a run's recorded one included)."""
   return ExampleSpec(max_len=dc.max_len, max_history=dc.max_history, max_item_tokens=dc.max_item_tokens,
                      length_buckets=tuple(int(x) for x in sources.split_names(dc.length_buckets)),
                      attributes=tuple(sources.split_names(dc.attributes)),
-                     min_attribute_coverage=dc.min_attribute_coverage)
+                     min_attribute_coverage=dc.min_attribute_coverage,
+                     user_tokens=dc.get("user_tokens", 0))  # 0: a run recorded before the key existed
 
 
 def _from_process_zero(tok: Tokenizer) -> Tokenizer:

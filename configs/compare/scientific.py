@@ -13,7 +13,8 @@ validation), beside BM25 + popularity fused without a model. `:packed` trains Ge
 is `:epochs` with learned item identities beside the item texts (model.item_id_offsets), `:ids_sgd` the same with the
 table trained by plain SGD (optim.item_id_sgd_rate), `:ids_frequent` with only the rows of the items training holds
 15+ times trained (optim.item_id_min_count); `:epochs_bias` is `:epochs` with a learned bias per
-item in the dense score (model.item_bias); `:epochs_mns` is `:epochs` with 32 catalog items drawn per step and
+item in the dense score (model.item_bias), `:epochs_bias_last` the same with v_U from the prompt's last token
+(data.user_tokens=1); `:epochs_mns` is `:epochs` with 32 catalog items drawn per step and
 encoded fresh beside the batch's targets (loss.sampled_negatives, mixed negative sampling); `:cold` is a
 cold-start split (20% of the items never in training, the users whose test item is one of them). For the paper's setting set
 --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
@@ -26,7 +27,8 @@ OFFICE = "../shared/data/amazon2014-office"
 
 # variants of :epochs (five epochs): arg -> (method, overrides added to :epochs, title part, label part).
 # epochs_mns draws 32 catalog items per step and encodes them fresh (mixed negative sampling); epochs_bias adds a
-# learned bias per item in the dense score (model.item_bias); the :ids* ones add learned item identities
+# learned bias per item in the dense score (model.item_bias), epochs_bias_last also takes v_U from the prompt's
+# last token instead of the mean over the prompt (data.user_tokens=1); the :ids* ones add learned item identities
 # (model.item_id_offsets): ids_sgd trains that table by plain SGD (optim.item_id_sgd_rate) instead of AdamW,
 # ids_frequent only the rows of the items training holds at least 15 times (optim.item_id_min_count; 199 of 1,585)
 _IDS = "; model.item_id_offsets=True"
@@ -35,6 +37,9 @@ FIVE_EPOCH_VARIANTS = {
                    ", 32 sampled items per step"),
     "epochs_bias": ("calrec_bias", "; model.item_bias=True; optim.item_bias_rate=0.05", ", a learned item bias",
                     ", learned item bias"),
+    "epochs_bias_last": ("calrec_bias_last", "; model.item_bias=True; optim.item_bias_rate=0.05; data.user_tokens=1",
+                         ", a learned item bias, v_U from the last prompt token",
+                         ", learned item bias, v_U = last prompt token"),
     "ids": ("calrec_ids", _IDS, ", learned item identities", ", learned item identities"),
     "ids_sgd": ("calrec_ids_sgd", _IDS + "; optim.item_id_sgd_rate=0.05", ", learned item identities trained by SGD",
                 ", learned item identities (SGD)"),
@@ -122,5 +127,5 @@ def get_config(arg: str = ""):
     c.labels.calrec_epochs = "CALRec (stage 2), 2 epochs"
   elif arg:
     raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'packed2', 'fused', 'epochs', 'epochs10', "
-                     "'epochs_bias', 'epochs_mns', 'ids', 'ids_sgd', 'ids_frequent' or 'cold'")
+                     "'epochs_bias', 'epochs_bias_last', 'epochs_mns', 'ids', 'ids_sgd', 'ids_frequent' or 'cold'")
   return c
