@@ -95,3 +95,17 @@ def test_a_negative_span_is_a_config_error():
   c.data.user_tokens = -1
   with pytest.raises(ConfigError, match="data.user_tokens"):
     validate_config(c)
+
+
+def test_compare_results_stored_before_the_key_existed_still_match_and_a_span_does_not():
+  from calrec_jax.compare import methods as methods_lib
+  from configs.compare import synthetic as compare_synthetic
+  cfg = compare_synthetic.get_config("smoke")
+  now = {m: methods_lib.method_fingerprint(m, cfg) for m in ("sasrec", "calrec")}
+  older = compare_synthetic.get_config("smoke")
+  with older.calrec.data.unlocked():
+    del older.calrec.data["user_tokens"]
+  assert {m: methods_lib.method_fingerprint(m, older) for m in now} == now
+  cfg.variants.calrec += "; data.user_tokens=1"  # a variant's own span: the baselines' results stay valid
+  assert methods_lib.method_fingerprint("sasrec", cfg) == now["sasrec"]
+  assert methods_lib.method_fingerprint("calrec", cfg) != now["calrec"]

@@ -301,11 +301,17 @@ BASELINE_METHODS: dict[str, Baseline] = {
 BASELINES = tuple(BASELINE_METHODS)
 
 
+# data keys added after results were stored: left out of a fingerprint while at the value that means "off"
+# (with the keys that only matter then), so results stored before they existed still match
+_LATER_DATA_KEYS = {"cold_start_items": (0.0, ("cold_start_items", "cold_start_seed")),
+                    "user_tokens": (0, ("user_tokens",))}
+
+
 def _fingerprinted_data(data: dict) -> dict:
-  """The data section as a fingerprint holds it: the cold-start keys only when the split is on, so results
-  stored before those keys existed still match."""
-  if not data.get("cold_start_items"):
-    data = {k: v for k, v in data.items() if k not in ("cold_start_items", "cold_start_seed")}
+  """The data section as a fingerprint holds it (_LATER_DATA_KEYS left out while off)."""
+  for key, (off, dropped) in _LATER_DATA_KEYS.items():
+    if data.get(key, off) == off:
+      data = {k: v for k, v in data.items() if k not in dropped}
   return data
 
 
