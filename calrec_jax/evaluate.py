@@ -3,8 +3,9 @@
   python -m calrec_jax.evaluate --config=configs/stage2.py --workdir=workdirs/stage2
   python -m calrec_jax.evaluate --config=configs/stage2.py --workdir=workdirs/stage2 --step=400 --split=valid
 
-Reads the workdir's export (or checkpoint --step), its tokenizer and model config, and the data config it was
-trained with (<workdir>/config.json; a --config.data.* override that differs is used and logged). Writes
+Reads the workdir's export (or checkpoint --step), its tokenizer and model config, and the data config and
+per-item tables (model.item_bias, model.item_id_offsets) it was trained with (<workdir>/config.json; a
+--config.data.* override that differs is used and logged). Writes
 metrics.json, metrics.md and per-user rankings_{bm25,dense}.jsonl (rank: 1-based position of the held-out item,
 0 when it is not in the top list) to --output, by default <workdir>/eval (eval_step<N> for a named step), or
 eval-2, eval-3, ... when earlier results are there: nothing is overwritten.
@@ -27,13 +28,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
   del argv
   import sys
-  from calrec_jax.runner import check_model_overrides, evaluate_workdir, recorded_data_config, run_configured
+  from calrec_jax.runner import check_model_overrides, evaluate_workdir, recorded_run_config, run_configured
   explicit = frozenset(a[len("--config."):].split("=")[0] for a in sys.argv
                        if a.startswith(("--config.data.", "--config.model.")))
 
   def action():
     from calrec_jax.config_check import validate_config
-    config = recorded_data_config(FLAGS.config, FLAGS.workdir, explicit)  # what the workdir was trained on
+    config = recorded_run_config(FLAGS.config, FLAGS.workdir, explicit)  # what the workdir was trained on
     validate_config(config)
     check_model_overrides(config, FLAGS.workdir, explicit)
     evaluate_workdir(config, FLAGS.workdir, FLAGS.split, FLAGS.step, FLAGS.output)

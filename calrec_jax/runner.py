@@ -53,25 +53,35 @@ def maybe_init_distributed(config) -> None:
            jax.local_device_count(), jax.device_count())
 
 
-def recorded_data_config(config, workdir: str, explicit: frozenset[str] = frozenset()):
-  """`config` with its data section taken from the run recorded in <workdir>/config.json (what the workdir was
-  trained on), except keys given on the command line (`explicit`, e.g. {'data.categories'}); differences are
-  logged either way."""
+# model keys that shape a run's params beyond model_config.json (its learned per-item tables): evaluation takes them
+# from the run, as it takes the decoder from model_config.json
+RECORDED_MODEL_KEYS = ("item_id_offsets", "item_bias")
+
+
+def recorded_run_config(config, workdir: str, explicit: frozenset[str] = frozenset()):
+  """`config` with its data section, and the model keys of RECORDED_MODEL_KEYS, taken from the run recorded in
+  <workdir>/config.json (what the workdir was trained on and with), except keys given on the command line
+  (`explicit`, e.g. {'data.categories'}); differences are logged either way."""
   from calrec_jax.model.run_parts import load_run_config
-  recorded = (load_run_config(workdir) or {}).get("data", {})
-  if not recorded:
+  recorded = load_run_config(workdir) or {}
+  taken = [("data", key, value) for key, value in recorded.get("data", {}).items()]
+  taken += [("model", key, recorded["model"][key]) for key in RECORDED_MODEL_KEYS
+            if key in recorded.get("model", {})]
+  if not taken:
     return config
   config = copy.deepcopy(config)
-  for key, value in recorded.items():
-    if key not in config.data or config.data[key] == value:
+  for section, key, value in taken:
+    current = config[section]
+    if key not in current or current[key] == value:
       continue
-    if f"data.{key}" in explicit:
-      log.warning("data.%s=%r as given on the command line; %s was trained with %r", key, config.data[key],
+    if f"{section}.{key}" in explicit:
+      log.warning("%s.%s=%r as given on the command line; %s was trained with %r", section, key, current[key],
                   workdir, value)
       continue
-    log.info("data.%s=%r: what %s was trained with (the config file says %r)", key, value, workdir, config.data[key])
+    log.info("%s.%s=%r: what %s was trained with (the config file says %r)", section, key, value, workdir,
+             current[key])
     with config.unlocked():
-      config.data[key] = type(config.data[key])(value) if config.data[key] is not None else value
+      current[key] = type(current[key])(value) if current[key] is not None else value
   return config
 
 

@@ -163,6 +163,25 @@ def test_a_run_trains_the_bias_and_ranks_and_serves_with_it(trained, tmp_path):
   assert Recommender.load(str(export)).recommend(by_id, k=8) == rec.recommend(by_id, k=8)
 
 
+def test_an_evaluation_reads_the_bias_from_the_run_not_the_config_file(trained, tmp_path):
+  """`python -m calrec_jax.evaluate` with the config file the run started from (no model.item_bias): the run's
+  config.json says the params hold a bias, so evaluation builds that model and ranks as the run's own config."""
+  import copy
+  from calrec_jax.runner import evaluate_workdir, recorded_run_config
+  wd, c = trained
+  plain = smoke_config(4, 2)
+  plain.eval.max_users, plain.eval.retrieval = 12, "dense"
+  assert not plain.model.item_bias
+  config = recorded_run_config(plain, wd)
+  assert config.model.item_bias and config.data.to_dict() == c.data.to_dict()
+  own = copy.deepcopy(c)
+  own.eval = plain.eval
+  got = evaluate_workdir(config, wd, "test", out_dir=str(tmp_path / "recorded"))
+  want = evaluate_workdir(own, wd, "test", out_dir=str(tmp_path / "own"))
+  assert json.loads((tmp_path / "recorded" / "metrics.json").read_text())["dense"]["users"] == 12
+  assert got["dense"] == want["dense"]
+
+
 def test_a_stage_carries_the_bias_of_the_items_both_catalogs_hold(trained, tmp_path):
   from calrec_jax.train.checkpoint import load_params
   from calrec_jax.train.loop import train

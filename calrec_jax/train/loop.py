@@ -76,7 +76,7 @@ RUN_IDENTITY = ("seed", "model.preset", "model.pretrained", "model.projection_di
                 "data.attributes", "data.min_attribute_coverage", "data.max_item_tokens", "data.mixture_alpha",
                 "data.batch_size", "data.packing", "data.pack_window", "data.pack_context", "data.cold_start_items",
                 "data.cold_start_seed", "loss.negatives", "loss.sampled_negatives", "optim.item_id_sgd_rate",
-                "optim.item_id_min_count", "model.item_bias", "optim.item_bias_rate")
+                "optim.item_id_min_count", "model.item_bias", "optim.item_bias_rate", "data.user_tokens")
 
 
 def check_same_run(config, workdir: str) -> None:
