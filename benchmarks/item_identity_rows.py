@@ -4,8 +4,8 @@ vector v_T; then the dense ranking of the VALIDATION users (the test split is ne
 0 (the text vectors alone), 0.5 and 1 (as trained), and where its top-10 slots go: the share of them held by items
 of each count bucket, beside the share of the validation targets in that bucket (a bucket far above its targets'
 share holds items that sit near every user). A run without a table gets the text vectors' lines only. A run with a
-learned item bias (model.item_bias) also gets its mean per count bucket, and each ranking line twice: without the
-bias (the text score alone) and with it (the trained dense score, v_U . v_T + bias).
+learned item bias (model.item_bias) also gets its mean per count bucket, and each ranking line once per factor of
+--bias_scales: 0 (the text score alone), 1 (the trained dense score, v_U . v_T + bias), and any between or beyond.
 
   python benchmarks/item_identity_rows.py --workdir=workdirs/compare_scientific_ids/calrec_ids
 
@@ -31,6 +31,8 @@ def parse_args():
   p.add_argument("--workdir", required=True, help="a trained run (with model.item_id_offsets=True, or without: "
                  "then only the text vectors' ranking and slot shares)")
   p.add_argument("--scales", default="0,0.5,1", help="','-separated factors of the table for the ranking lines")
+  p.add_argument("--bias_scales", default="0,1", help="','-separated factors of a learned item bias for the "
+                 "ranking lines (1: as trained)")
   return p.parse_args()
 
 
@@ -90,7 +92,7 @@ def main() -> None:
   scales = [float(s) for s in args.scales.split(",")]
   first = int(parts.encoder.item_offsets[cat])
   has_bias = item_ids.BIAS in params
-  bias_scales = (0.0, 1.0) if has_bias else (1.0,)
+  bias_scales = [float(x) for x in args.bias_scales.split(",")] if has_bias else [1.0]
   bias = np.asarray(params[item_ids.BIAS][first:first + n]) if has_bias else np.zeros(n, np.float32)   # [I]
   if has_bias:
     print("items by training count | items | mean bias")
