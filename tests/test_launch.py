@@ -91,7 +91,7 @@ def test_gpu_two_nodes_by_eight_dry_run_for_slurm_and_ssh():
     local = shlex.split(line)
     assert local[:2] == ["ssh", host]
     remote = shlex.split(local[2])
-    assert f"COORDINATOR=gpu-a:2222" in remote and "NUM_HOSTS=2" in remote and f"HOST_ID={i}" in remote
+    assert "COORDINATOR=gpu-a:2222" in remote and "NUM_HOSTS=2" in remote and f"HOST_ID={i}" in remote
     assert remote[-4:] == ["pipeline", "configs/stage1.py", WORKDIR, OVERRIDE]
 
 

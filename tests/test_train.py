@@ -213,7 +213,6 @@ def test_packed_training_with_the_item_bank_resumes_exactly_and_plots_time_to_qu
   the bank and the exported params are the uninterrupted run's; examples seen and training time carry across the resume into the validation rows."""
   import orbax.checkpoint as ocp
   from calrec_jax.train.checkpoint import load_params
-  from calrec_jax.train.loop import train
   from calrec_jax.runner import train_run
 
   def packed(num_steps, every):
