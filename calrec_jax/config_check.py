@@ -20,8 +20,8 @@ POSITIVE = ("data.max_len", "data.max_item_tokens", "data.max_history", "data.ba
             "loss.vocab_chunk", "eval.batch_size", "eval.item_batch_size", "eval.num_samples", "eval.max_new_tokens", "tokenizer.vocab_size",
             "data.pack_window", "data.pack_context", "data.pack_max_len", "data.pack_slots", "data.pack_item_len",
             "loss.bank_refresh_steps", "pipeline.stage1_steps", "pipeline.stage2_steps")
-NON_NEGATIVE = ("data.user_tokens", "optim.learning_rate", "optim.weight_decay", "optim.item_id_sgd_rate", "optim.item_bias_rate",
-                "optim.item_id_min_count",
+NON_NEGATIVE = ("data.user_tokens", "optim.learning_rate", "optim.weight_decay", "optim.item_id_sgd_rate",
+                "optim.item_bias_rate", "optim.item_id_min_count",
                 "loss.sampled_negatives", "train.eval_every", "eval.max_users", "eval.valid_items", "eval.temperature", "data.mixture_alpha", "model.lora_rank",
                 "compile_cache.min_compile_secs", "train.peak_flops", "pipeline.stage2_learning_rate")
 

@@ -44,12 +44,18 @@ def _packed_and_prefix(enc, units_spec, users, cat=0):
   return pb, enc.collate(examples), packed
 
 
+def untruncated_users(enc, seqs, count=3):
+  """Users with 3-5 training items whose every per-prefix example keeps its whole history (no truncation either
+  way), so packed and per-prefix batches see the same tokens."""
+  fits = lambda s: all(enc.encode(0, s[:t], s[t])["history_kept"] == t for t in range(1, len(s) - 2))  # noqa: E731
+  return [u for u, s in enumerate(seqs) if 3 <= len(s) - 2 <= 5 and fits(s)][:count]
+
+
 def test_packed_losses_and_gradients_equal_per_prefix(tiny):
   cats, enc, model, params = tiny
   seqs = cats[0].sequences
   spec = PackSpec(window=6, context=2, max_len=768, slots=8, item_len=768)
-  fits = lambda s: all(enc.encode(0, s[:t], s[t])["history_kept"] == t for t in range(1, len(s) - 2))  # noqa: E731
-  users = [u for u, s in enumerate(seqs) if 3 <= len(s) - 2 <= 5 and fits(s)][:3]  # no truncation either way
+  users = untruncated_users(enc, seqs)
   assert len(users) == 3
   pb, eb, packed = _packed_and_prefix(enc, spec, set(users))
   assert packed.dropped_targets == 0 and pb["slot_weight"].sum() == len(eb["target_id"])

@@ -69,13 +69,13 @@ def test_packed_losses_and_gradients_equal_per_prefix_with_a_short_span(tiny_mod
   from calrec_jax.data.packed import PackSpec
   from calrec_jax.train import objective
   from calrec_jax.train import step as step_lib
-  from tests.test_packed import _packed_and_prefix
+  from tests.test_packed import _packed_and_prefix, untruncated_users
   cats, base, model, params = tiny_model
   enc = _encoder(base, 6)
   seqs = cats[0].sequences
   spec = PackSpec(window=6, context=2, max_len=768, slots=8, item_len=768)
-  fits = lambda s: all(enc.encode(0, s[:t], s[t])["history_kept"] == t for t in range(1, len(s) - 2))  # noqa: E731
-  users = [u for u, s in enumerate(seqs) if 3 <= len(s) - 2 <= 5 and fits(s)][:3]
+  users = untruncated_users(enc, seqs)
+  assert len(users) == 3
   pb, eb, _ = _packed_and_prefix(enc, spec, set(users))
   assert (pb["history_mask"].sum(-1)[pb["slot_weight"] > 0] == 6).all()
   f = jax.jit(jax.value_and_grad(lambda p, b: step_lib.calrec_loss(model, p, b, objective.LossConfig()),
