@@ -59,11 +59,11 @@ def main():
   cat = load_recbole(args.data, args.name)
   t_load = time.perf_counter() - t0
   if args.tokenizer:
-    import gguf
+    from calrec_jax.model.gguf_import import open_gguf
     from calrec_jax.model.gguf_tokenizer import tokenizer_from_gguf
     from calrec_jax.model.loading import packaged_path
     path = args.tokenizer if args.tokenizer.endswith(".gguf") else packaged_path(args.tokenizer)
-    tok = tokenizer_from_gguf(gguf.GGUFReader(path), path)
+    tok = tokenizer_from_gguf(open_gguf(path), path)
   else:
     tok = train_tokenizer([render_item(a, spec.attributes) for a in cat.catalog.attributes], 2000)
 

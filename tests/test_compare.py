@@ -260,14 +260,14 @@ def test_pretrained_recipe_tiny_variant_trains_and_evaluates_gemma_end_to_end(tm
     for path in ("generation + BM25", "constrained generation + BM25", "dense"):
       assert f"{who} · {path}" in rows, (who, path, rows)
   # every constrained sample is a catalog item's text (Gemma's own tokenizer, the recipe's item rendering)
-  from gguf import GGUFReader
   from calrec_jax.data import synthetic
   from calrec_jax.data.examples import ExampleEncoder
+  from calrec_jax.model.gguf_import import open_gguf
   from calrec_jax.model.gguf_tokenizer import tokenizer_from_gguf
   from calrec_jax.model.run_parts import example_spec
   from configs.compare import synthetic as recipe
   c = recipe.get_config("llm").calrec
-  tok = tokenizer_from_gguf(GGUFReader(gguf_path))
+  tok = tokenizer_from_gguf(open_gguf(gguf_path))
   enc = ExampleEncoder(tok, synthetic.make_dataset(["Office"]), example_spec(c.data))
   items = {tok.decode(enc.item_tokens(0, i)).strip() for i in range(len(enc.categories[0].catalog))}
   for method in ("zero_shot", "calrec_pretrained_lora"):

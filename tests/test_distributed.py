@@ -66,7 +66,8 @@ def test_mesh_shapes_equal_single_device():
   for shape in ["(8, 1, 1)", "(2, 4, 1)", "(2, 2, 2)", "(2, 2, 2) grad_accum=2"]:
     r = result[shape]
     assert r["loss_diff"] < 1e-4 and r["param_diff"] < 1e-4, (shape, r)
-    assert r["sampled_equal"] and r["beams_equal"], (shape, r)
+    if "grad_accum" not in shape:  # decoding is checked once per mesh
+      assert r["sampled_equal"] and r["beams_equal"], (shape, r)
   scanned = result["(2, 2, 2) scan_layers attention=xla"]
   assert scanned["loss_diff"] < 1e-4 and scanned["param_diff"] < 1e-4, scanned
   assert result["(2, 2, 2)"]["embedding_spec"] == "P('tensor', 'fsdp')"  # params really are sharded

@@ -141,6 +141,22 @@ def test_smollm2_greedy_generation_with_cache_matches_transformers(smollm2):
   check_greedy(smollm2)
 
 
+def test_open_gguf_reads_the_fields_and_tensors_of_the_package_reader():
+  """open_gguf parses the header from a plain view of the memory map: the same metadata and tensors."""
+  import gguf
+  from calrec_jax.model.gguf_import import open_gguf
+  path = packaged("smollm2-135m-gguf")
+  ours, theirs = open_gguf(path), gguf.GGUFReader(path)
+  assert list(ours.fields) == list(theirs.fields) and len(ours.fields["tokenizer.ggml.tokens"].data) == 49152
+  for key, field in theirs.fields.items():
+    assert ours.fields[key].types == field.types and ours.fields[key].data == field.data, key
+    assert all(np.array_equal(a, b) for a, b in zip(ours.fields[key].parts, field.parts)), key
+  assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+  for a, b in zip(ours.tensors, theirs.tensors):
+    assert a.tensor_type == b.tensor_type and np.array_equal(a.data, b.data), a.name
+  assert type(ours.data) is np.ndarray and type(theirs.data) is np.memmap
+
+
 def test_smollm2_trains_and_evaluates_with_its_own_bpe_tokenizer(tmp_path):
   """SmolLM2-135M from its GGUF, no tokenizer.path: training and generation + BM25 evaluation end to end."""
   import json

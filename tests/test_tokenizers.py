@@ -131,9 +131,9 @@ def test_malformed_tokenizer_json_is_named(tmp_path):
 @pytest.mark.slow
 def test_exported_gemma_tokenizer_adds_bos_in_transformers(tmp_path):
   """The source tokenizer gives [2, 9259, 1902] for 'Hello world'; the exported files make transformers agree."""
-  from gguf import GGUFReader
   from calrec_jax.errors import WeightImportError
   from calrec_jax.model.config import preset
+  from calrec_jax.model.gguf_import import open_gguf
   from calrec_jax.model.gguf_tokenizer import tokenizer_from_gguf
   from calrec_jax.model.loading import packaged_path
   from calrec_jax.model.weights import write_hf_tokenizer
@@ -141,7 +141,7 @@ def test_exported_gemma_tokenizer_adds_bos_in_transformers(tmp_path):
     path = packaged_path("gemma3-270m-gguf")
   except WeightImportError as e:
     pytest.skip(str(e))
-  tok = tokenizer_from_gguf(GGUFReader(path), path)
+  tok = tokenizer_from_gguf(open_gguf(path), path)
   write_hf_tokenizer(tok, preset("gemma3-270m"), str(tmp_path))
   hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   assert hf("Hello world").input_ids == [2, 9259, 1902]

@@ -27,6 +27,26 @@ GEMMA_NORMS = {"attn_norm": "input_layernorm", "post_attention_norm": "post_atte
 LLAMA_NORMS = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
 
 
+def open_gguf(path: str):
+  """gguf.GGUFReader over `path`, parsing its header from a plain ndarray view of the memory map.
+
+  The reader slices its np.memmap once per value of every metadata array (Gemma-3's 262,144 vocabulary strings,
+  scores and types: about 1M slices); a memmap subclass pays Python-level bookkeeping on each, a plain view over the
+  same mapping does not: the same fields and tensors, about 3x faster (benchmarks/gguf_read.py)."""
+  import gguf
+
+  class _PlainViewReader(gguf.GGUFReader):
+    @property
+    def data(self):
+      return self._data
+
+    @data.setter
+    def data(self, mapped):  # set once in GGUFReader.__init__ (np.memmap); the view keeps the mapping alive
+      self._data = np.asarray(mapped).view(np.ndarray)
+
+  return _PlainViewReader(path)
+
+
 def _field(reader, key, default=None):
   f = reader.fields.get(key)
   return default if f is None else f.contents()
@@ -72,7 +92,7 @@ def load_gguf(path: str) -> tuple[ModelConfig, dict, "object"]:
   if not os.path.exists(path):
     raise WeightImportError(f"{path}: GGUF file not found")
   try:
-    reader = gguf.GGUFReader(path)
+    reader = open_gguf(path)
   except Exception as e:  # noqa: BLE001
     raise WeightImportError(f"{path}: not a readable GGUF file ({e})") from None
   cfg = read_config(reader, path)
