@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     raise WeightImportError(f"--input={a.input}: holds no tokenizer (tokenizer.model or tokenizer.json), so what it "
                             "converts to could not be trained or evaluated; give --tokenizer=<the checkpoint's "
                             "tokenizer.model or tokenizer.json>")
-  say(f"reading {source}" + (" (a GGUF file is dequantised to float32: about 10-40 s for 100-300M parameters)"
+  say(f"reading {source}" + (" (a GGUF file is dequantised to float32: about 5-20 s for 100-300M parameters)"
                              if source.endswith(".gguf") or a.input.endswith("-gguf") else "") + " ...")
   try:
     cfg, params, tok = loading.load_pretrained(source)

@@ -74,7 +74,7 @@ def build(config, workdir: str, categories: list[CategoryData] | None = None) ->
     _check_same_model(config, init_dir)
   if config.model.pretrained and not from_init:  # (params, tokenizer and config of an init_from run are its own)
     from calrec_jax.model.loading import load_pretrained
-    log.info("reading pretrained weights %s (a GGUF file is dequantised to float32: 10-40 s for 100-300M "
+    log.info("reading pretrained weights %s (a GGUF file is dequantised to float32: 5-20 s for 100-300M "
              "parameters) ...", config.model.pretrained)
     t0 = time.time()
     cfg, pretrained, tok = load_pretrained(config.model.pretrained)
