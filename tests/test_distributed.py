@@ -24,7 +24,8 @@ PATIENT_COLLECTIVES = "--xla_cpu_collective_call_terminate_timeout_seconds=1800"
 
 def env_with(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {PATIENT_COLLECTIVES}"
+  env["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices} "
+                      f"{PATIENT_COLLECTIVES}").strip()  # the suite's own flags (conftest.py) kept
   return env
 
 

@@ -24,7 +24,8 @@ CASES = [["small", 16, 128, [1, 1, 1], {}], ["tiny-llama", 32, 256, [1, 1, 1], {
 
 @pytest.mark.slow
 def test_planned_memory_is_within_15_percent_of_the_compiled_step():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "plan_worker.py"), json.dumps(CASES)], env=env,
                        cwd=ROOT, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
