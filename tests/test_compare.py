@@ -327,8 +327,8 @@ def test_the_report_says_when_an_id_baseline_hit_its_epoch_cap():
   assert "early stopping after 10 epochs" in text and "max_epochs" not in text
 
 
-SCIENTIFIC_VARIANTS = ("", "llm", "packed", "packed2", "packed2_bias", "fused", "epochs", "epochs10", "epochs_bias",
-                       "epochs_bias_last", "epochs_mns", "ids", "ids_sgd", "ids_frequent", "cold")
+SCIENTIFIC_VARIANTS = ("", "llm", "packed", "packed2", "packed2_bias", "fused", "epochs", "epochs10", "epochs10_bias",
+                       "epochs_bias", "epochs_bias_last", "epochs_mns", "ids", "ids_sgd", "ids_frequent", "cold")
 
 
 @pytest.mark.parametrize("module,arg", [("scientific", a) for a in SCIENTIFIC_VARIANTS]

@@ -19,6 +19,7 @@ for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on
   `:epochs_bias` with a learned bias per item in the dense score (model.item_bias), `:epochs_bias_last` the same
   with v_U from the prompt's last token (data.user_tokens=1); `:epochs_mns` with 32 catalog items drawn per step
   and encoded fresh beside the batch's targets (loss.sampled_negatives, mixed negative sampling).
+  `:epochs10_bias` trains `:epochs_bias` for 10 epochs.
 - `:cold` is a cold-start split (20% of the items never in training, the users whose test item is one of them).
 For the paper's setting set --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
 """
@@ -114,6 +115,13 @@ def get_config(arg: str = ""):
     c.calrec.eval.fusion = "dense,bm25_history,popularity"
     c.variants.calrec_epochs = epochs_variant(epochs)
     c.labels.calrec_epochs = f"CALRec (stage 2), {epochs} epochs, whole-catalog negatives"
+  elif arg == "epochs10_bias":  # the learned item bias (the best five-epoch row) trained for 10 epochs
+    c.title = ("Amazon 2018 Scientific: the small decoder, 10 epochs, whole-catalog negatives, a learned item bias, "
+               "against baselines")
+    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_bias10"
+    c.calrec.eval.fusion = "dense,bm25_history,popularity"
+    c.variants.calrec_bias10 = epochs_variant(10) + FIVE_EPOCH_VARIANTS["epochs_bias"][1]
+    c.labels.calrec_bias10 = "CALRec (stage 2), 10 epochs, whole-catalog negatives, learned item bias"
   elif arg in FIVE_EPOCH_VARIANTS:  # :epochs with one change (FIVE_EPOCH_VARIANTS)
     name, overrides, title, label = FIVE_EPOCH_VARIANTS[arg]
     c.title = f"Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives{title}, against baselines"
@@ -134,6 +142,6 @@ def get_config(arg: str = ""):
     c.labels.calrec_epochs = "CALRec (stage 2), 2 epochs"
   elif arg:
     raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'packed2', 'packed2_bias', 'fused', "
-                     "'epochs', 'epochs10', 'epochs_bias', 'epochs_bias_last', 'epochs_mns', 'ids', 'ids_sgd', "
-                     "'ids_frequent' or 'cold'")
+                     "'epochs', 'epochs10', 'epochs10_bias', 'epochs_bias', 'epochs_bias_last', 'epochs_mns', 'ids', "
+                     "'ids_sgd', 'ids_frequent' or 'cold'")
   return c
