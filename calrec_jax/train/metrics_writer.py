@@ -160,8 +160,9 @@ def plot_time_to_quality(metrics_path: str, out_png: str, references: dict[str, 
     ax.set_title("validation, dense retrieval" + (" against sampled items (eval.valid_items)" if sampled else ""),
                  fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-  fig.tight_layout()
+  handles, labels = axes[0].get_legend_handles_labels()  # below the panels: a legend inside one hides its lines
+  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(out_png, dpi=110)
   plt.close(fig)
   return True
