@@ -151,7 +151,7 @@ def test_training_with_the_cache_equals_training_without_it_and_resumes(tmp_path
       rows = [json.loads(line) for line in f]
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
-  run(tmp_path / "plain", 4)
+  run(tmp_path / "plain", 4, "--config.model.cache_frozen_layers=False")
   first = run(tmp_path / "cached", 2, "--config.model.cache_frozen_layers=True")
   assert "frozen-layer cache: blocks 0-2" in first  # the tiny model: 4 blocks, LoRA on the top one
   meta = json.load(open(tmp_path / "cached" / layer_cache.CACHE_DIR / "meta.json"))
