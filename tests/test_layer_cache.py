@@ -151,6 +151,10 @@ def test_training_with_the_cache_equals_training_without_it_and_resumes(tmp_path
       rows = [json.loads(line) for line in f]
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
+  def validation(workdir):
+    with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
+      return [r for r in map(json.loads, f) if "valid/dense_mrr" in r][-1]
+
   run(tmp_path / "plain", 4, "--config.model.cache_frozen_layers=False")
   first = run(tmp_path / "cached", 2, "--config.model.cache_frozen_layers=True")
   assert "frozen-layer cache: blocks 0-2" in first  # the tiny model: 4 blocks, LoRA on the top one
@@ -161,3 +165,25 @@ def test_training_with_the_cache_equals_training_without_it_and_resumes(tmp_path
   plain, cached_run = losses(tmp_path / "plain"), losses(tmp_path / "cached")
   assert sorted(cached_run) == sorted(plain) == [1, 2, 3, 4]
   np.testing.assert_allclose([cached_run[s] for s in plain], [plain[s] for s in plain], rtol=2e-4)
+  # the final validation's item tower ran on the cached item states (one bank encoding more than the refreshes:
+  # the refresh at step 2 and the validation) and ranks as the plain run's full item tower does
+  assert resumed.count("item bank: encoded") == 2, resumed[-3000:]
+  dense = {name: [validation(tmp_path / name)[k] for k in ("valid/dense_ndcg_at_10", "valid/dense_recall_at_10",
+                                                             "valid/dense_mrr")] for name in ("plain", "cached")}
+  assert dense["plain"][2] > 0  # ranks to compare (the mrr of 8 users)
+  np.testing.assert_allclose(dense["cached"], dense["plain"], rtol=1e-3, atol=1e-4)
+
+
+def test_validation_takes_its_categorys_rows_of_the_cached_item_tower_with_the_bias():
+  """catalog_vectors: the eval category's slice of every item's v_T (global order), its bias appended, as the plain
+  item tower's output gets it."""
+  from types import SimpleNamespace
+
+  from calrec_jax.eval.validation import catalog_vectors
+  from calrec_jax.model import item_ids
+  parts = SimpleNamespace(encoder=SimpleNamespace(item_offsets=[0, 3]),
+                          categories=[SimpleNamespace(catalog=list(range(3))), SimpleNamespace(catalog=list(range(2)))])
+  every = np.arange(10, dtype=np.float32).reshape(5, 2)                      # [I_all=5, E=2]
+  bias = {item_ids.BIAS: np.asarray([0.1, 0.2, 0.3, 0.4, 0.5], np.float32)}
+  np.testing.assert_allclose(catalog_vectors(parts, bias, 1, every), [[6, 7, 0.4], [8, 9, 0.5]])
+  np.testing.assert_allclose(catalog_vectors(parts, {}, 0, every), every[:3])

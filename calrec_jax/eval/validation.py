@@ -11,6 +11,7 @@ from calrec_jax.data.sources import split_names
 from calrec_jax.eval.evaluate import (eval_category_index, evaluate_dense, item_embeddings, ranked_records,
                                       user_embeddings)
 from calrec_jax.eval.metrics import ranking_metrics
+from calrec_jax.model import item_ids
 from calrec_jax.train.objective import loss_config
 from calrec_jax.train.step import calrec_loss
 
@@ -18,8 +19,10 @@ from calrec_jax.train.step import calrec_loss
 _LOSS_FNS: dict = {}  # (id(model), LossConfig) -> (model, jitted validation loss)
 
 
-def validation_metrics(config, parts, params) -> dict[str, float]:
-  """The validation function the runner gives the training loop: loss terms and dense-retrieval metrics."""
+def validation_metrics(config, parts, params, item_tower=None) -> dict[str, float]:
+  """The validation function the runner gives the training loop: loss terms and dense-retrieval metrics.
+  item_tower: params -> v_T [I, E] of every item of every category in the encoder's global order, where the loop
+  has a cheaper item tower than the plain one (the frozen-layer cache's); the plain tower otherwise."""
   cat = eval_category_index(config, parts.categories)
   rows = eval_examples(parts.encoder, cat, "valid", config.eval.valid_users, config.seed)
   vocab = catalog_vocabulary(parts.encoder) if config.loss.lm_vocab == "catalog" else ()
@@ -41,10 +44,18 @@ def validation_metrics(config, parts, params) -> dict[str, float]:
   if config.eval.valid_items:
     dense, prefix = sampled_dense_metrics(config, parts, params, rows, cat), "valid/dense_sampled_"
   else:
-    dense, prefix = evaluate_dense(config, parts, params, rows, cat)[0], "valid/dense_"
+    item_emb = None if item_tower is None else catalog_vectors(parts, params, cat, item_tower(params))
+    dense, prefix = evaluate_dense(config, parts, params, rows, cat, item_emb)[0], "valid/dense_"
   # '@' is not valid in TensorBoard tags: one name in metrics.jsonl and TensorBoard alike
   out.update({f"{prefix}{k.replace('@', '_at_')}": v for k, v in dense.items() if k in ("recall@10", "ndcg@10", "mrr")})
   return out
+
+
+def catalog_vectors(parts, params, cat: int, every_item: np.ndarray) -> np.ndarray:
+  """Category `cat`'s rows of `every_item` (v_T [I_all, E], global item order) with the learned item tables
+  applied, as item_embeddings gives them ([I, E] or [I, E + 1])."""
+  ids = parts.encoder.item_offsets[cat] + np.arange(len(parts.categories[cat].catalog))     # [I] global ids
+  return item_ids.apply_to_catalog(np.asarray(every_item, np.float32)[ids], params, ids)
 
 
 def validation_items(config, num_items: int, targets) -> np.ndarray:

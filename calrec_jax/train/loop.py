@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import numpy as np
@@ -111,7 +111,8 @@ def last_logged(workdir: str) -> dict:
   return out
 
 
-ValidationFn = Callable[[Any, RunParts, Any], dict]  # (config, parts, params) -> {'valid/...': value}
+# (config, parts, params[, item_tower=params -> v_T of every item]) -> {'valid/...': value}
+ValidationFn = Callable[..., dict]
 
 
 def nonfinite_cause(metrics: dict) -> str:
@@ -179,6 +180,10 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
     step_shapes = variables.packed_batch(dc.batch_size, packed.spec.slots, packed.spec.max_len, spec.target_len,
                                          packed.spec.item_len, (hidden.d_model, hidden.dtype))
   bank = ItemBank(step_model, parts.encoder, hidden=hidden) if config.loss.negatives == "catalog" else None
+  item_tower = None  # validation's item tower: with the cache, the blocks above it on the cached item states
+  if hidden is not None:
+    cached_items = bank if bank is not None else ItemBank(step_model, parts.encoder, hidden=hidden)
+    item_tower = lambda p: np.asarray(jax.device_get(cached_items.encode(p)))  # noqa: E731  [I, E]
   if sampler is not None:
     step_shapes = {**step_shapes, **sampler.shapes()}
   if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(
@@ -291,7 +296,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
                         ex_s=f"{last['perf/examples_per_s']:.2f}", refresh=False)
         acc, tokens, examples, t_last, timed_steps = {}, 0.0, 0.0, time.time(), 0
       if validation and tc.eval_every and done % tc.eval_every == 0 and done != tc.num_steps:
-        writer.write(done, {**validate(validation, config, parts, model_params(state), done), **counters()})
+        writer.write(done, {**validate(validation, config, parts, model_params(state), done, item_tower), **counters()})
       if done % config.ckpt.every == 0 or done == tc.num_steps:  # every row up to `done` is on disk already
         ckptr.save(done, state, position(), force=done == tc.num_steps)
       bar.update(1)
@@ -313,7 +318,7 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   if validation:
     final = writer.logged_at_resume("valid/") if start == tc.num_steps else None
     if not agreed_by_all(final is not None):  # validation is collective: every process decides as process 0 does
-      final = validate(validation, config, parts, model_params(state), tc.num_steps)
+      final = validate(validation, config, parts, model_params(state), tc.num_steps, item_tower)
       writer.write(tc.num_steps, {**final, **counters()})
     else:  # a kill hit after the final validation was logged (during the export): the same params, not run again
       log.info("the final validation of step %d was logged before the restart: not run again", tc.num_steps)
@@ -403,10 +408,13 @@ def lm_vocabulary(config, parts: RunParts) -> tuple[int, ...]:
   return vocab
 
 
-def validate(validation: ValidationFn, config, parts: RunParts, params, step: int) -> dict[str, float]:
-  """Run `validation` and log its metrics with the time it took."""
+def validate(validation: ValidationFn, config, parts: RunParts, params, step: int, item_tower=None
+             ) -> dict[str, float]:
+  """Run `validation` (given `item_tower` where the loop has a cheaper one) and log its metrics with the time it
+  took."""
   t0 = time.time()
-  out = validation(config, parts, params)
+  out = validation(config, parts, params) if item_tower is None else validation(config, parts, params,
+                                                                                 item_tower=item_tower)
   log.info("step %d validation (%.1fs): %s", step, time.time() - t0,
            ", ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in out.items()))
   return out
