@@ -117,3 +117,19 @@ def test_the_recipe_script_runs_both_stages_and_the_evaluation_on_a_tiny_config(
   assert os.path.exists(os.path.join(workdir, "stage2", "time_to_quality.png"))
   bad = launch("recipe.sh", "--variant=huge", workdir)
   assert bad.returncode == 2 and bad.stderr.strip() == "error: --variant must be gpu, cpu or tiny (got 'huge')"
+
+
+def test_every_recipe_variant_is_a_valid_config_with_the_measured_options():
+  """configs/recipe.py: each variant passes the config checks a run makes first; every variant learns the item bias
+  and the LoRA variants cache the frozen blocks (the options measured better on Scientific, docs/training.md)."""
+  import pytest
+
+  from calrec_jax.config_check import validate_config
+  from configs import recipe
+  for variant in ("gpu", "cpu", "tiny"):
+    c = recipe.get_config(variant)
+    validate_config(c)
+    assert c.model.item_bias and c.loss.negatives == "catalog" and c.data.packing == "sequence", variant
+    assert c.model.cache_frozen_layers == (c.model.lora_layers > 0), variant
+  with pytest.raises(ValueError, match="unknown recipe variant"):
+    recipe.get_config("huge")
