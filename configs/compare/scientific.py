@@ -17,7 +17,8 @@ for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on
   (model.item_id_offsets), `:ids_sgd` the same with the table trained by plain SGD (optim.item_id_sgd_rate),
   `:ids_frequent` with only the rows of the items training holds 15+ times trained (optim.item_id_min_count);
   `:epochs_bias` with a learned bias per item in the dense score (model.item_bias), `:epochs_bias_last` the same
-  with v_U from the prompt's last token (data.user_tokens=1); `:epochs_mns` with 32 catalog items drawn per step
+  with v_U from the prompt's last token (data.user_tokens=1), `:epochs_bias_ut2` with L_UT (the dense ranking's own
+  loss) weighted 2 instead of 0.5 (loss.w_ut); `:epochs_mns` with 32 catalog items drawn per step
   and encoded fresh beside the batch's targets (loss.sampled_negatives, mixed negative sampling).
   `:epochs10_bias` trains `:epochs_bias` for 10 epochs.
 - `:cold` is a cold-start split (20% of the items never in training, the users whose test item is one of them).
@@ -32,7 +33,8 @@ OFFICE = "../shared/data/amazon2014-office"
 # variants of :epochs (five epochs): arg -> (method, overrides added to :epochs, title part, label part).
 # epochs_mns draws 32 catalog items per step and encodes them fresh (mixed negative sampling); epochs_bias adds a
 # learned bias per item in the dense score (model.item_bias), epochs_bias_last also takes v_U from the prompt's
-# last token instead of the mean over the prompt (data.user_tokens=1); the :ids* ones add learned item identities
+# last token instead of the mean over the prompt (data.user_tokens=1), epochs_bias_ut2 weights L_UT 2 (loss.w_ut,
+# 0.5 by default); the :ids* ones add learned item identities
 # (model.item_id_offsets): ids_sgd trains that table by plain SGD (optim.item_id_sgd_rate) instead of AdamW,
 # ids_frequent only the rows of the items training holds at least 15 times (optim.item_id_min_count; 199 of 1,585)
 _IDS = "; model.item_id_offsets=True"
@@ -44,6 +46,8 @@ FIVE_EPOCH_VARIANTS = {
     "epochs_bias_last": ("calrec_bias_last", "; model.item_bias=True; optim.item_bias_rate=0.05; data.user_tokens=1",
                          ", a learned item bias, v_U from the last prompt token",
                          ", learned item bias, v_U = last prompt token"),
+    "epochs_bias_ut2": ("calrec_bias_ut2", "; model.item_bias=True; optim.item_bias_rate=0.05; loss.w_ut=2.0",
+                        ", a learned item bias, L_UT weighted 2", ", learned item bias, w_ut 2"),
     "ids": ("calrec_ids", _IDS, ", learned item identities", ", learned item identities"),
     "ids_sgd": ("calrec_ids_sgd", _IDS + "; optim.item_id_sgd_rate=0.05", ", learned item identities trained by SGD",
                 ", learned item identities (SGD)"),
@@ -141,7 +145,7 @@ def get_config(arg: str = ""):
         "eval.retrieval=dense")
     c.labels.calrec_epochs = "CALRec (stage 2), 2 epochs"
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; use '', 'llm', 'packed', 'packed2', 'packed2_bias', 'fused', "
-                     "'epochs', 'epochs10', 'epochs10_bias', 'epochs_bias', 'epochs_bias_last', 'epochs_mns', 'ids', "
-                     "'ids_sgd', 'ids_frequent' or 'cold'")
+    known = ["", "llm", "packed", "packed2", "packed2_bias", "fused", "epochs", "epochs10", "epochs10_bias",
+             *FIVE_EPOCH_VARIANTS, "cold"]
+    raise ValueError(f"unknown variant {arg!r}; use one of {', '.join(repr(k) for k in known)}")
   return c
