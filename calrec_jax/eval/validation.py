@@ -22,7 +22,8 @@ _LOSS_FNS: dict = {}  # (id(model), LossConfig) -> (model, jitted validation los
 def validation_metrics(config, parts, params, item_tower=None) -> dict[str, float]:
   """The validation function the runner gives the training loop: loss terms and dense-retrieval metrics.
   item_tower: params -> v_T [I, E] of every item of every category in the encoder's global order, where the loop
-  has a cheaper item tower than the plain one (the frozen-layer cache's); the plain tower otherwise."""
+  has a cheaper item tower than the plain one (the frozen-layer cache's); without it, and for the sampled
+  validation (eval.valid_items, which encodes its sample only), the plain tower."""
   cat = eval_category_index(config, parts.categories)
   rows = eval_examples(parts.encoder, cat, "valid", config.eval.valid_users, config.seed)
   vocab = catalog_vocabulary(parts.encoder) if config.loss.lm_vocab == "catalog" else ()
