@@ -114,6 +114,40 @@ def test_two_processes_equal_one_process(tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_the_packed_recipe_with_the_item_bank_trains_alike_on_8_devices_with_fsdp_and_in_two_processes(tmp_path):
+  """The recipe's packed step (packed rows, catalog-vocabulary L_NIG, L_UT and L_TT against the item bank, the item
+  bias, LoRA on the top block; configs/recipe.py:tiny without the single-process frozen-layer cache): data
+  parallel over 8 devices, FSDP over 2, and 2 processes of 1 device each give one device's losses and export."""
+  common = ["--config=configs/recipe.py:tiny", "--config.stage=stage2", "--config.data.categories=Office",
+            "--config.train.num_steps=3", "--config.train.log_every=1", "--config.train.eval_every=0",
+            "--config.train.progress=False", "--config.ckpt.every=3", "--config.loss.bank_refresh_steps=2",
+            "--config.optim.warmup_steps=1", "--config.eval.valid_users=8", "--config.model.cache_frozen_layers=False"]
+
+  def cmd(name, *extra):
+    return [sys.executable, "-m", "calrec_jax.main", *common, f"--workdir={tmp_path / name}", *extra]
+
+  port = free_port()
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = [subprocess.Popen(cmd("two", "--config.multihost.enabled=True",
+                                f"--config.multihost.coordinator=127.0.0.1:{port}",
+                                "--config.multihost.num_processes=2", f"--config.multihost.process_id={i}"),
+                            env=env_with(1), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(logs[i], "w"))
+           for i in range(2)]
+  for name, devices, extra in (("one", 1, ()), ("eight", 8, ()), ("fsdp", 2, ("--config.mesh.fsdp=2",))):
+    out = subprocess.run(cmd(name, *extra), env=env_with(devices), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, (name, why_it_failed(out.stderr))
+  for p, log in zip(procs, logs):
+    assert p.wait() == 0, why_it_failed(log.read_text())
+  one = losses(tmp_path / "one")
+  assert sorted(one) == [1, 2, 3]
+  for name in ("eight", "fsdp", "two"):
+    other = losses(tmp_path / name)
+    assert sorted(other) == sorted(one), name
+    np.testing.assert_allclose([other[s] for s in one], [one[s] for s in one], rtol=1e-5, err_msg=name)
+    for a, b in zip(exported(tmp_path / "one"), exported(tmp_path / name)):
+      np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+
+
 def test_sigkill_mid_training_resumes_exactly(tmp_path):
   steps = ["--config.train.num_steps=40", "--config.ckpt.every=3", "--config.ckpt.keep=2"]
   ref_log = tmp_path / "ref.log"
