@@ -174,16 +174,18 @@ def test_training_with_the_cache_equals_training_without_it_and_resumes(tmp_path
   np.testing.assert_allclose(dense["cached"], dense["plain"], rtol=1e-3, atol=1e-4)
 
 
-def test_validation_takes_its_categorys_rows_of_the_cached_item_tower_with_the_bias():
+def test_validation_takes_its_categorys_rows_of_the_cached_item_tower_with_the_bias(synthetic_parts):
   """catalog_vectors: the eval category's slice of every item's v_T (global order), its bias appended, as the plain
   item tower's output gets it."""
   from types import SimpleNamespace
 
   from calrec_jax.eval.validation import catalog_vectors
   from calrec_jax.model import item_ids
-  parts = SimpleNamespace(encoder=SimpleNamespace(item_offsets=[0, 3]),
-                          categories=[SimpleNamespace(catalog=list(range(3))), SimpleNamespace(catalog=list(range(2)))])
-  every = np.arange(10, dtype=np.float32).reshape(5, 2)                      # [I_all=5, E=2]
-  bias = {item_ids.BIAS: np.asarray([0.1, 0.2, 0.3, 0.4, 0.5], np.float32)}
-  np.testing.assert_allclose(catalog_vectors(parts, bias, 1, every), [[6, 7, 0.4], [8, 9, 0.5]])
-  np.testing.assert_allclose(catalog_vectors(parts, {}, 0, every), every[:3])
+  cats, _, enc = synthetic_parts                                             # Garden, then Office
+  parts = SimpleNamespace(encoder=enc, categories=cats)
+  n0, n1 = len(cats[0].catalog), len(cats[1].catalog)
+  every = np.arange((n0 + n1) * 2, dtype=np.float32).reshape(n0 + n1, 2)     # [I_all, E=2]
+  bias = {item_ids.BIAS: np.arange(n0 + n1, dtype=np.float32) / 10}
+  np.testing.assert_allclose(catalog_vectors(parts, bias, 1, every),
+                             np.concatenate([every[n0:], bias[item_ids.BIAS][n0:, None]], axis=1))
+  np.testing.assert_allclose(catalog_vectors(parts, {}, 0, every), every[:n0])

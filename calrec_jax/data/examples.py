@@ -93,6 +93,10 @@ class ExampleEncoder:
   def item_text(self, category: int, item: int) -> str:
     return render_item(self.categories[category].catalog.attributes[item], self.attributes[category])
 
+  def global_item_ids(self, category: int) -> np.ndarray:
+    """[I] global ids of `category`'s items: their rows in the item bank and the learned item tables."""
+    return self.item_offsets[category] + np.arange(len(self.categories[category].catalog))
+
   def item_tokens(self, category: int, item: int) -> list[int]:
     cached = self._items[category][item]
     if cached is None:

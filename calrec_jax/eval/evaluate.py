@@ -136,7 +136,7 @@ def item_embeddings(parts, params, cat: int, batch_size: int = 64, items: np.nda
   log.info("item tower: embedded %d items in %.1fs (%.0f items/s, batches of %d)", n, took, n / max(took, 1e-9),
            batch_size)
   if table_ids is None:
-    table_ids = parts.encoder.item_offsets[cat] + np.arange(len(parts.categories[cat].catalog))
+    table_ids = parts.encoder.global_item_ids(cat)
   return item_ids.apply_to_catalog(np.concatenate(out), params, np.asarray(table_ids)[wanted])
 
 

@@ -146,8 +146,7 @@ class Recommender:
     """Each catalog item's row in the learned item identities (model/item_ids.py); -1: none (a new item)."""
     if self.table_ids is not None:
       return self.table_ids
-    n = len(self.parts.categories[self.category].catalog)
-    return self.parts.encoder.item_offsets[self.category] + np.arange(n)
+    return self.parts.encoder.global_item_ids(self.category)
 
   def item_embeddings(self) -> np.ndarray:
     """v_T of every catalog item [I, E], from the cache when this model already encoded these texts."""

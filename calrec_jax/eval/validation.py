@@ -55,7 +55,7 @@ def validation_metrics(config, parts, params, item_tower=None) -> dict[str, floa
 def catalog_vectors(parts, params, cat: int, every_item: np.ndarray) -> np.ndarray:
   """Category `cat`'s rows of `every_item` (v_T [I_all, E], global item order) with the learned item tables
   applied, as item_embeddings gives them ([I, E] or [I, E + 1])."""
-  ids = parts.encoder.item_offsets[cat] + np.arange(len(parts.categories[cat].catalog))     # [I] global ids
+  ids = parts.encoder.global_item_ids(cat)                                                  # [I]
   return item_ids.apply_to_catalog(np.asarray(every_item, np.float32)[ids], params, ids)
 
 

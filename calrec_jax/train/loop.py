@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -111,8 +111,8 @@ def last_logged(workdir: str) -> dict:
   return out
 
 
-# (config, parts, params[, item_tower=params -> v_T of every item]) -> {'valid/...': value}
-ValidationFn = Callable[..., dict]
+# (config, parts, params, item_tower: params -> v_T of every item, or None) -> {'valid/...': value}
+ValidationFn = Callable[[Any, RunParts, Any, Any], dict]
 
 
 def nonfinite_cause(metrics: dict) -> str:
@@ -181,9 +181,8 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
                                          packed.spec.item_len, (hidden.d_model, hidden.dtype))
   bank = ItemBank(step_model, parts.encoder, hidden=hidden) if config.loss.negatives == "catalog" else None
   item_tower = None  # validation's item tower: with the cache, the blocks above it on the cached item states
-  if hidden is not None:
-    cached_items = bank if bank is not None else ItemBank(step_model, parts.encoder, hidden=hidden)
-    item_tower = lambda p: np.asarray(jax.device_get(cached_items.encode(p)))  # noqa: E731  [I, E]
+  if hidden is not None and validation:
+    item_tower = (bank if bank is not None else ItemBank(step_model, parts.encoder, hidden=hidden)).encode  # [I, E]
   if sampler is not None:
     step_shapes = {**step_shapes, **sampler.shapes()}
   if int(jax.device_get(state["step"])) >= tc.num_steps and os.path.exists(
@@ -413,8 +412,7 @@ def validate(validation: ValidationFn, config, parts: RunParts, params, step: in
   """Run `validation` (given `item_tower` where the loop has a cheaper one) and log its metrics with the time it
   took."""
   t0 = time.time()
-  out = validation(config, parts, params) if item_tower is None else validation(config, parts, params,
-                                                                                 item_tower=item_tower)
+  out = validation(config, parts, params, item_tower)
   log.info("step %d validation (%.1fs): %s", step, time.time() - t0,
            ", ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in out.items()))
   return out
