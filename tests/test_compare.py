@@ -10,6 +10,7 @@ import pytest
 from calrec_jax.compare import methods as methods_lib
 from calrec_jax.compare.significance import compare_rankings, paired_tests
 from calrec_jax.errors import ConfigError
+from configs.compare import office as office_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -333,7 +334,7 @@ SCIENTIFIC_VARIANTS = ("", "llm", "packed", "packed2", "packed2_bias", "fused", 
 
 
 @pytest.mark.parametrize("module,arg", [("scientific", a) for a in SCIENTIFIC_VARIANTS]
-                         + [("synthetic", a) for a in ("", "smoke", "llm")] + [("office", a) for a in ("", "epochs2")])
+                         + [("synthetic", a) for a in ("", "smoke", "llm")] + [("office", a) for a in office_config.VARIANTS])
 def test_every_shipped_comparison_config_names_known_methods_with_valid_overrides(module, arg):
   import importlib
   from calrec_jax.config_check import validate_config

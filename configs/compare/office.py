@@ -8,7 +8,8 @@ against every item (bank refreshed every 60 steps), dense and fused rows (fusion
 beside popularity, BM25 over the last history texts, their fusion and SASRec, on the same fixed 1,000 test
 users. Office has 38,543 training prefixes (4,905 users, 53,258 interactions), 3.5x Scientific's, so the same
 5 epochs are 12,045 steps: about 4 hours on two CPU cores. `:epochs2` stops at 2 epochs; `:ids` (`:ids2`) adds
-learned item identities (model.item_id_offsets).
+learned item identities (model.item_id_offsets); `:bias` (`:bias2`) a learned bias per item in the dense score
+(model.item_bias), Scientific's `:epochs_bias`.
 """
 from configs.compare import scientific
 
@@ -16,14 +17,23 @@ OFFICE = "../shared/data/amazon2014-office"
 PREFIXES = 38_543  # Office's training (history -> next item) pairs
 
 
+# arg without its epoch suffix -> (method, overrides added, title part, label part)
+CHANGES = {
+    "": ("calrec_epochs", "", "", ""),
+    "ids": ("calrec_ids", "; model.item_id_offsets=True", ", learned item identities", ", learned item identities"),
+    "bias": ("calrec_bias", scientific.FIVE_EPOCH_VARIANTS["epochs_bias"][1], ", a learned item bias",
+             ", learned item bias"),
+}
+VARIANTS = ("", "epochs2", "ids", "ids2", "bias", "bias2")
+
+
 def get_config(arg: str = ""):
-  if arg not in ("", "epochs2", "ids", "ids2"):
-    raise ValueError(f"unknown variant {arg!r}; use '', 'epochs2', 'ids' or 'ids2'")
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r}; use one of {', '.join(repr(v) for v in VARIANTS)}")
   epochs = 2 if arg.endswith("2") else 5
-  identities = arg.startswith("ids")
+  name, change, title, label = CHANGES[arg.removesuffix("2").removesuffix("epochs")]
   c = scientific.get_config("epochs")
-  c.title = (f"Amazon 2014 Office: the small decoder, {epochs} epochs, whole-catalog negatives"
-             f"{', learned item identities' if identities else ''}, against baselines")
+  c.title = f"Amazon 2014 Office: the small decoder, {epochs} epochs, whole-catalog negatives{title}, against baselines"
   c.calrec.data.path = OFFICE
   c.calrec.data.categories = "Office"
   c.calrec.data.eval_category = "Office"
@@ -35,10 +45,8 @@ def get_config(arg: str = ""):
       f"loss.negatives=catalog; loss.bank_refresh_steps=60; train.num_steps={steps}; "
       f"train.eval_every={per_epoch // 2}; ckpt.every={per_epoch // 4}; ckpt.keep=2; optim.warmup_steps=100; "
       "eval.retrieval=dense")
-  label = f"CALRec (stage 2), {epochs} epochs, whole-catalog negatives"
-  c.variants.calrec_epochs, c.labels.calrec_epochs = overrides, label
-  c.variants.calrec_ids = overrides + "; model.item_id_offsets=True"
-  c.labels.calrec_ids = label + ", learned item identities"
-  if identities:
-    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_ids"
+  del c.variants["calrec_epochs"], c.labels["calrec_epochs"]
+  c.variants[name] = overrides + change
+  c.labels[name] = f"CALRec (stage 2), {epochs} epochs, whole-catalog negatives{label}"
+  c.methods = f"popularity,bm25_history,text_fused,sasrec,{name}"
   return c
