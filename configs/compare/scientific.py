@@ -57,6 +57,19 @@ FIVE_EPOCH_VARIANTS = {
 }
 
 
+def packed_two_epochs(c, steps: int, eval_every: int, item_bias: bool) -> None:
+  """The `calrec_packed` row of `:packed2` (`:packed2_bias`): Gemma-3-270M, the packed recipe for `steps` (2 epochs),
+  the top 6 blocks LoRA-tuned on the 12 frozen ones' cached outputs, cosine rate; dense and fused rows."""
+  c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_packed"
+  c.calrec.eval.fusion = "dense,bm25_history,popularity"
+  common.add_pretrained_rows(c, "gemma3-270m-gguf", "Gemma-3-270M", steps=200, batch_size=8, ckpt_every=50)
+  common.add_packed_row(c, "Gemma-3-270M", steps=steps, batch_size=8, eval_every=eval_every, lora_layers=6,
+                        bank_refresh_steps=30, schedule="cosine", cache_frozen_layers=True)
+  if item_bias:  # the bias took the small decoder's dense row above SASRec (docs/results.md)
+    c.variants.calrec_packed += "; model.item_bias=True; optim.item_bias_rate=0.05"
+    c.labels.calrec_packed += ", learned item bias"
+
+
 def epochs_variant(epochs: int) -> str:
   """The overrides of the small decoder trained `epochs` epochs against the whole catalog (dense retrieval)."""
   steps = 684 * epochs  # epochs of the 10,928 training prefixes at batch 16
@@ -96,15 +109,8 @@ def get_config(arg: str = ""):
   elif arg in ("packed2", "packed2_bias"):  # the packed recipe, 2 epochs, frozen lower blocks cached, cosine rate
     c.title = ("Amazon 2018 Scientific: Gemma-3-270M, packed recipe, 2 epochs"
                + (", a learned item bias" if arg == "packed2_bias" else "") + ", against baselines")
-    c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_packed"
-    c.calrec.eval.fusion = "dense,bm25_history,popularity"
-    common.add_pretrained_rows(c, "gemma3-270m-gguf", "Gemma-3-270M", steps=200, batch_size=8, ckpt_every=50)
-    # about 30 training pairs per step of 8 packed rows: 730 steps = 2 epochs of the 10,928 training prefixes
-    common.add_packed_row(c, "Gemma-3-270M", steps=730, batch_size=8, eval_every=73, lora_layers=6,
-                          bank_refresh_steps=30, schedule="cosine", cache_frozen_layers=True)
-    if arg == "packed2_bias":  # the bias took the small decoder's dense row above SASRec (docs/results.md)
-      c.variants.calrec_packed += "; model.item_bias=True; optim.item_bias_rate=0.05"
-      c.labels.calrec_packed += ", learned item bias"
+    # about 30 training targets per step of 8 packed rows: 730 steps = 2 epochs of the 10,928 training prefixes
+    packed_two_epochs(c, steps=730, eval_every=73, item_bias=arg == "packed2_bias")
   elif arg == "fused":  # the ranking rows: dense, constrained beams and the fused ranking of the two-stage model
     c.title = "Amazon 2018 Scientific: CALRec's rankings (dense, constrained beams, fused) against baselines"
     c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_two_stage"
