@@ -44,7 +44,7 @@ def signals(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np
   """Standardised [U, I] candidate signals of the validation users, their targets [U] and history mask [U, I]."""
   import jax
   from calrec_jax.data.iterators import eval_examples
-  from calrec_jax.data.serving import item_counts
+  from calrec_jax.data.records import item_counts
   from calrec_jax.eval import evaluate as ev
   from calrec_jax.eval.bm25 import BM25Index
   from calrec_jax.eval.fusion import exclusion_mask, standardise

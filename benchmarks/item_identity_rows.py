@@ -72,7 +72,7 @@ def main() -> None:
   import jax
   import ml_collections
   from calrec_jax.data.iterators import eval_examples
-  from calrec_jax.data.serving import item_counts
+  from calrec_jax.data.records import item_counts
   from calrec_jax.eval import evaluate as ev
   from calrec_jax.eval.fusion import exclusion_mask, target_ranks, top_items
   from calrec_jax.eval.metrics import ranking_metrics

@@ -312,7 +312,7 @@ def test_min_count_freezes_the_rows_of_rarer_items_and_leaves_the_rest_to_adamw(
 def test_a_run_with_min_count_trains_only_the_rows_of_frequent_items(tmp_path):
   """Through the training loop: the exported table is zero exactly in the rows of the items training holds fewer
   than optim.item_id_min_count times (their vectors are their texts'), and moved in the others."""
-  from calrec_jax.data.serving import item_counts
+  from calrec_jax.data.records import item_counts
   from calrec_jax.model.run_parts import build
   from calrec_jax.train.checkpoint import load_params
   from calrec_jax.train.loop import train

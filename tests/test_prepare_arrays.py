@@ -107,8 +107,24 @@ def test_statistics_counted_from_lengths_equal_the_listed_splits():
   for split in ("train", "valid", "test"):
     ex = records.split_examples(seqs, split)
     hist = np.array([t for _, t in ex])
-    assert stats[split] == {"examples": len(ex), "users": len({u for u, _ in ex}),
-                            "mean_history": float(hist.mean()), "max_history": int(hist.max())}
+    counted = {k: stats[split][k] for k in ("examples", "users", "mean_history", "max_history")}
+    assert counted == {"examples": len(ex), "users": len({u for u, _ in ex}),
+                       "mean_history": float(hist.mean()), "max_history": int(hist.max())}
+
+
+def test_target_popularity_counts_the_held_out_items_in_the_training_part():
+  seqs = [[0, 1, 2, 3], [0, 1, 3, 2], [4, 0, 1, 0, 2]]  # training parts [0, 1], [0, 1], [4, 0, 1]: 0 and 1 seen 3x
+  expected = {"valid": {"target_count_mean": 1.0, "target_count_median": 0.0, "target_in_top10": 1 / 3},  # 2, 3, 0
+              "test": {"target_count_mean": 0.0, "target_count_median": 0.0, "target_in_top10": 0.0}}   # 3, 2, 2
+  store = records.SequenceStore(np.array([0, 4, 8, 13]), np.array(sum(seqs, []), np.int32))
+  assert records.target_popularity(seqs, 6, top=10) == records.target_popularity(store, 6, top=10)
+  assert records.target_popularity(seqs, 6, top=1)["valid"]["target_in_top1"] == 1 / 3  # item 0 is the most seen
+  assert records.target_popularity(seqs, 6, top=10) == expected
+  data = records.CategoryData("x", records.Catalog(["a"] * 6, [{}] * 6), ["u0", "u1", "u2"], seqs)
+  stats = records.statistics(data)
+  assert {k: stats["valid"][k] for k in expected["valid"]} == expected["valid"]
+  assert ("held-out items, times training saw them: valid mean 1.0 (median 0, 33.3% in the top 10); "
+          "test mean 0.0 (median 0, 0.0% in the top 10)") in records.format_statistics([stats])
 
 
 def test_prepare_writes_the_same_bytes_as_saving_the_loaded_category(tmp_path):

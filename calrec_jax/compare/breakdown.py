@@ -73,7 +73,7 @@ def group_metrics(ranks: dict[str, int], groups: Sequence[Group], metrics: Seque
 
 def factor_values(data, rows) -> dict[str, dict[str, int]]:
   """Per factor, user id -> value for the evaluation `rows` [(user, history, target)] of category `data`."""
-  from calrec_jax.data.serving import item_counts
+  from calrec_jax.data.records import item_counts
   counts = item_counts(data.sequences, len(data.catalog))
   return {"target_count": {data.user_ids[u]: int(counts[t]) for u, _, t in rows},
           "history_length": {data.user_ids[u]: len(h) for u, h, _ in rows}}

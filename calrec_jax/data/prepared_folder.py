@@ -2,7 +2,7 @@
 
   <dir>/catalog.jsonl           one item per line: {"id": asin, "title": ..., "category": ..., "brand": ..., ...}
   <dir>/sequences.jsonl         one user per line: {"user": reviewerID, "items": [item index, ...]} (oldest first)
-  <dir>/stats.json              counts, skips and the filters applied
+  <dir>/stats.json              counts, skips, the filters applied, held-out items' training counts
   <dir>/sequences.items.npy     the same sequences as flat arrays, memory-mapped when read: user u's items are
   <dir>/sequences.offsets.npy     items[offsets[u]:offsets[u + 1]]
   <dir>/sequences.users.jsonl   user ids, one JSON string per line
@@ -22,7 +22,8 @@ import numpy as np
 from absl import logging
 
 from calrec_jax.data.records import (Catalog, CategoryData, SequenceStore, SequenceStoreBuilder, iter_jsonl,
-                                     read_catalog, sequence_lengths, statistics_of_lengths, validate)
+                                     read_catalog, sequence_lengths, statistics_of_lengths, validate,
+                                     with_target_popularity)
 from calrec_jax.errors import DataError
 
 ARRAY_FILES = ("sequences.items.npy", "sequences.offsets.npy", "sequences.users.jsonl", "sequences.arrays.json")
@@ -65,7 +66,8 @@ def write_prepared(directory: str, name: str, item_ids: list[str], attributes: l
       f.write(block)
       digest.update(block)
       size += len(block)
-  stats = statistics_of_lengths(name, len(item_ids), np.diff(bounds), skipped)
+  stats = with_target_popularity(statistics_of_lengths(name, len(item_ids), np.diff(bounds), skipped),
+                                 SequenceStore(bounds, np.asarray(items, np.int32)), len(item_ids))
   with open_atomically(os.path.join(directory, "stats.json")) as f:
     f.write((json.dumps(stats, indent=1) + "\n").encode("utf-8"))
   with open_atomically(os.path.join(directory, "sequences.items.npy")) as f:

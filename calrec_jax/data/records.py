@@ -12,7 +12,7 @@ import collections.abc
 import dataclasses
 import json
 import os
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -120,10 +120,59 @@ def split_positions(lengths: np.ndarray, split: str) -> np.ndarray:
   return np.stack([np.repeat(users, per_user), np.arange(per_user.sum()) - first + 1], 1)
 
 
+def item_counts(sequences: Sequence[Sequence[int]], num_items: int, held_out: int = 2) -> np.ndarray:
+  """[I] interactions per item in the training part of every sequence (its last `held_out` items removed: the
+  validation and test targets are never counted)."""
+  if isinstance(sequences, SequenceStore):
+    lengths = sequences.lengths()
+    keep = np.repeat(np.arange(len(lengths)), lengths)            # the user of each event
+    position = np.arange(len(keep)) - sequences.offsets[keep]
+    training = position < (lengths - held_out)[keep]
+    return np.bincount(sequences.items[training], minlength=num_items).astype(np.float64)
+  counts = np.zeros(num_items)
+  for seq in sequences:
+    np.add.at(counts, np.asarray(seq[:len(seq) - held_out], np.int64), 1)
+  return counts
+
+
+def held_out_targets(sequences, back: int) -> np.ndarray:
+  """[users with >= 3 items] the item `back` places from each sequence's end (2: validation, 1: test targets)."""
+  if isinstance(sequences, SequenceStore):
+    lengths = sequences.lengths()
+    users = np.flatnonzero(lengths >= 3)
+    return np.asarray(sequences.items[sequences.offsets[users] + lengths[users] - back], np.int64)
+  return np.fromiter((s[-back] for s in sequences if len(s) >= 3), np.int64)
+
+
+def target_popularity(sequences, num_items: int, top: int = 10) -> dict[str, dict[str, float]]:
+  """How often training saw each split's held-out items: per split, their mean and median training counts and
+  the share among the `top` items training holds most. Validation targets more popular than test targets mean
+  that choices made on validation reward popularity more than the test split will."""
+  counts = item_counts(sequences, num_items)
+  frequent = np.argsort(-counts, kind="stable")[:top]
+  frequent = frequent[counts[frequent] > 0]  # an item training never saw is not frequent, however small the catalog
+  out = {}
+  for split, back in (("valid", 2), ("test", 1)):
+    seen = counts[held_out_targets(sequences, back)]
+    out[split] = {"target_count_mean": float(seen.mean()) if len(seen) else 0.0,
+                  "target_count_median": float(np.median(seen)) if len(seen) else 0.0,
+                  f"target_in_top{top}": float(np.isin(held_out_targets(sequences, back), frequent).mean())
+                  if len(seen) else 0.0}
+  return out
+
+
+def with_target_popularity(stats: dict[str, Any], sequences, num_items: int) -> dict[str, Any]:
+  """`stats` with `target_popularity` merged into its valid and test entries."""
+  for split, values in target_popularity(sequences, num_items).items():
+    stats[split].update(values)
+  return stats
+
+
 def statistics(data: CategoryData) -> dict[str, Any]:
   """Users, items, interactions and sequence-length summary, overall and per split."""
   lengths = sequence_lengths(data.sequences)
-  return statistics_of_lengths(data.name, len(data.catalog), lengths, data.skipped)
+  stats = statistics_of_lengths(data.name, len(data.catalog), lengths, data.skipped)
+  return with_target_popularity(stats, data.sequences, len(data.catalog))
 
 
 def statistics_of_lengths(name: str, items: int, lengths: np.ndarray, skipped: dict[str, int]) -> dict[str, Any]:
@@ -162,6 +211,10 @@ def format_statistics(stats_list: list[dict[str, Any]]) -> str:
     lines.append(f"{s['category'][:23]:<24}{s['users']:>8}{s['items']:>8}{s['interactions']:>9}"
                  f"{s['mean_seq_len']:>9.2f}{s['max_seq_len']:>8}{s['train']['examples']:>10}"
                  f"{s['valid']['examples']:>7}{s['test']['examples']:>7}")
+    if "target_count_mean" in s["test"]:
+      lines.append("  held-out items, times training saw them: " + "; ".join(
+          f"{split} mean {s[split]['target_count_mean']:.1f} (median {s[split]['target_count_median']:g}, "
+          f"{100 * s[split]['target_in_top10']:.1f}% in the top 10)" for split in ("valid", "test")))
     if s.get("skipped"):
       skips = ", ".join(f"{k}={v}" for k, v in sorted(s["skipped"].items()) if v)
       if skips:

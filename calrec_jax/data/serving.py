@@ -18,25 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from calrec_jax.data.records import CategoryData, SequenceStore, read_catalog
+from calrec_jax.data.records import CategoryData, item_counts, read_catalog
 from calrec_jax.errors import DataError
 
 FILES = ("run_config.json", "catalog.jsonl", "serving.json")
-
-
-def item_counts(sequences: Sequence[Sequence[int]], num_items: int, held_out: int = 2) -> np.ndarray:
-  """[I] interactions per item in the training part of every sequence (its last `held_out` items removed: the
-  validation and test targets are never counted)."""
-  if isinstance(sequences, SequenceStore):
-    lengths = sequences.lengths()
-    keep = np.repeat(np.arange(len(lengths)), lengths)            # the user of each event
-    position = np.arange(len(keep)) - sequences.offsets[keep]
-    training = position < (lengths - held_out)[keep]
-    return np.bincount(sequences.items[training], minlength=num_items).astype(np.float64)
-  counts = np.zeros(num_items)
-  for seq in sequences:
-    np.add.at(counts, np.asarray(seq[:len(seq) - held_out], np.int64), 1)
-  return counts
 
 
 def is_export(folder: str) -> bool:

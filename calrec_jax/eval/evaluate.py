@@ -206,7 +206,7 @@ def evaluate_dense(config, parts, params, rows, cat: int, item_emb: np.ndarray |
 def evaluate_popularity(config, data, rows) -> tuple[dict, list]:
   """Baseline: items ranked by their count in the training sequences of `data` (a CategoryData), history items
   excluded as configured."""
-  from calrec_jax.data.serving import item_counts
+  from calrec_jax.data.records import item_counts
   ec = config.eval
   ks = [int(k) for k in split_names(ec.ks)]
   order = np.argsort(-item_counts(data.sequences, len(data.catalog)), kind="stable")

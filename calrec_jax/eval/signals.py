@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from calrec_jax.data.serving import item_counts
+from calrec_jax.data.records import item_counts
 from calrec_jax.eval.bm25 import BM25Index, tokenize
 
 

@@ -389,7 +389,7 @@ def trained_identity_rows(config, parts: RunParts) -> np.ndarray | None:
   min_count = int(config.optim.get("item_id_min_count", 0))
   if not parts.model.num_item_ids or min_count <= 0:
     return None
-  from calrec_jax.data.serving import item_counts
+  from calrec_jax.data.records import item_counts
   counts = np.concatenate([item_counts(c.sequences, len(c.catalog)) for c in parts.categories])
   trained = optim.table_rows_trained(counts, min_count)
   log.info("item identities: the rows of %d of %d items (seen at least %d times in training) train; the rest keep "
