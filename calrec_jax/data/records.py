@@ -153,11 +153,11 @@ def target_popularity(sequences, num_items: int, top: int = 10) -> dict[str, dic
   frequent = frequent[counts[frequent] > 0]  # an item training never saw is not frequent, however small the catalog
   out = {}
   for split, back in (("valid", 2), ("test", 1)):
-    seen = counts[held_out_targets(sequences, back)]
+    targets = held_out_targets(sequences, back)
+    seen = counts[targets]
     out[split] = {"target_count_mean": float(seen.mean()) if len(seen) else 0.0,
                   "target_count_median": float(np.median(seen)) if len(seen) else 0.0,
-                  f"target_in_top{top}": float(np.isin(held_out_targets(sequences, back), frequent).mean())
-                  if len(seen) else 0.0}
+                  f"target_in_top{top}": float(np.isin(targets, frequent).mean()) if len(seen) else 0.0}
   return out
 
 
