@@ -118,6 +118,40 @@ def test_a_damaged_cache_is_built_again_and_an_unwritable_one_is_one_clear_error
     layer_cache.build(str(blocked / layer_cache.CACHE_DIR), top, params, packed)
 
 
+def test_a_stopped_build_continues_where_it_stopped_and_equals_an_uninterrupted_one(cached, tmp_path, caplog):
+  enc, packed, top, params, _, _ = cached
+  directory, whole_dir = str(tmp_path / layer_cache.CACHE_DIR), str(tmp_path / "whole")
+  whole = layer_cache.build(whole_dir, top, params, packed, rows_per_call=1)  # the same calls, never stopped
+  calls = iter(range(1000))
+  with pytest.raises(layer_cache.CacheBuildInterrupted, match="run the same command to continue"):
+    layer_cache.build(directory, top, params, packed, rows_per_call=1, stop=lambda: next(calls) == 2,
+                      commit_every_s=3600.0)  # no timed commit: the stop alone stores the rows
+  progress = json.load(open(os.path.join(directory, layer_cache.PROGRESS_FILE)))
+  assert progress["units"] == 3 and progress["items"] == 0
+  assert not os.path.exists(os.path.join(directory, "meta.json"))  # never taken for a finished cache
+  with caplog.at_level("INFO"):
+    resumed = layer_cache.build(directory, top, params, packed, rows_per_call=1)
+  assert "continuing the build" in caplog.text and "3 unit rows" in caplog.text
+  assert not os.path.exists(os.path.join(directory, layer_cache.PROGRESS_FILE))
+  for name in ("units.bin", "items.bin"):  # bit-identical to the build that never stopped
+    with open(os.path.join(directory, name), "rb") as a, open(os.path.join(whole_dir, name), "rb") as b:
+      assert a.read() == b.read(), name
+  unit = packed.encode_unit(0, *(int(x) for x in training_units(enc.categories[0].sequences, SPEC)[-1]))
+  np.testing.assert_array_equal(resumed.unit(unit), whole.unit(unit))
+
+
+def test_a_stopped_build_of_other_weights_starts_over(cached, tmp_path, caplog):
+  enc, packed, top, params, _, _ = cached
+  directory = str(tmp_path / layer_cache.CACHE_DIR)
+  with pytest.raises(layer_cache.CacheBuildInterrupted):
+    layer_cache.build(directory, top, params, packed, rows_per_call=1, stop=lambda: True)
+  other = jax.tree_util.tree_map(lambda x: x, params)
+  other["decoder"]["layers_0"] = jax.tree_util.tree_map(lambda x: x * 1.01, params["decoder"]["layers_0"])
+  with caplog.at_level("INFO"):
+    layer_cache.build(directory, top, other, packed)
+  assert "continuing" not in caplog.text
+
+
 def test_settings_the_cache_cannot_serve_are_one_clear_error():
   base = ml_collections.ConfigDict({"model": {"lora_rank": 8, "lora_layers": 2, "scan_layers": False},
                                     "data": {"packing": "sequence"}})

@@ -11,6 +11,10 @@ the item bank's refreshes likewise. Losses and gradients equal the uncached step
 Files in <workdir>/frozen_layer_cache/: units.bin [U tokens, D], items.bin [I tokens, D] (raw, row-major),
 index.npz (unit keys, offsets, lengths; item offsets), meta.json (shapes, dtype, the fingerprint of the frozen
 weights and the data it was built from; written last). A cache whose fingerprint differs is built again.
+
+A build that stops (SIGTERM, Ctrl-C, a killed process) continues where it stopped: every `commit_every_s` seconds,
+and on a stop signal, the stores are flushed and building.json records how many packed rows of units and items are
+on disk; the next build with the same fingerprint runs only the rest.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from tqdm import tqdm
 
 from calrec_jax import progress
 from calrec_jax.data.packed import PackedEncoder, training_units
-from calrec_jax.errors import CalrecError, ConfigError
+from calrec_jax.errors import CalrecError, ConfigError, Interrupted
 from calrec_jax.model.two_tower import TwoTower
 from calrec_jax.paths import write_atomically
 from calrec_jax.train.item_bank import catalog_rows
@@ -36,6 +40,7 @@ from calrec_jax.train.item_bank import catalog_rows
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "frozen_layer_cache"
+PROGRESS_FILE = "building.json"
 _DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -86,6 +91,10 @@ def _pack_sequences(seqs: list[list[int]], length: int) -> list[list[int]]:
   return rows
 
 
+class CacheBuildInterrupted(Interrupted):
+  """A stop signal while the cache was being built: what was computed is stored; the same command continues."""
+
+
 class FrozenLayerCache:
   """Read side: `unit(unit)` and `item(category, item)` return [n, D] arrays (views of the memory-mapped files)."""
 
@@ -124,11 +133,13 @@ def _lower_fn(model: TwoTower):
 
 
 def _run_rows(fn, params, seqs: list[list[int]], length: int, rows_per_call: int, pad: int, out: np.ndarray,
-              offsets: np.ndarray, bar: tqdm) -> None:
+              offsets: np.ndarray, bar: tqdm, rows_done: int, stored) -> None:
   """Packs `seqs` into rows of `length` tokens (segment ids, restarting positions), runs the lower blocks on
-  `rows_per_call` rows at a time and writes sequence i's states to out[offsets[i]:offsets[i] + len]."""
+  `rows_per_call` rows at a time, from row `rows_done` on, and writes sequence i's states to
+  out[offsets[i]:offsets[i] + len]; `stored(rows)` after each call (rows: how many are written so far)."""
   rows = _pack_sequences(seqs, length)
-  for start in range(0, len(rows), rows_per_call):
+  bar.update(sum(len(members) for members in rows[:rows_done]))
+  for start in range(rows_done, len(rows), rows_per_call):
     chunk = rows[start:start + rows_per_call]
     tokens = np.full((rows_per_call, length), pad, np.int32)
     positions = np.zeros((rows_per_call, length), np.int32)
@@ -147,12 +158,14 @@ def _run_rows(fn, params, seqs: list[list[int]], length: int, rows_per_call: int
         out[offsets[i]:offsets[i] + n] = hidden[r, at:at + n].view(out.dtype)
         at += n
       bar.update(len(members))
+    stored(start + len(chunk))
 
 
-def build(directory: str, model: TwoTower, params, packed: PackedEncoder, rows_per_call: int = 8
-          ) -> FrozenLayerCache:
+def build(directory: str, model: TwoTower, params, packed: PackedEncoder, rows_per_call: int = 8, stop=None,
+          commit_every_s: float = 60.0) -> FrozenLayerCache:
   """The cache for `model.cached_layers` frozen blocks under `params` (the model's per-layer params), reused when
-  `directory` holds one built from the same weights and data; otherwise built there (progress bar with ETA)."""
+  `directory` holds one built from the same weights and data; otherwise built there (progress bar with ETA),
+  continuing a build that stopped. `stop()` true: store what is computed and raise CacheBuildInterrupted."""
   k = model.cached_layers
   enc = packed.enc
   dtype = "bfloat16" if model.dtype == jnp.bfloat16 else "float32"
@@ -180,44 +193,89 @@ def build(directory: str, model: TwoTower, params, packed: PackedEncoder, rows_p
     except (OSError, ValueError, KeyError) as e:  # a truncated or damaged file: the cache is derived data
       log.warning("frozen-layer cache: %s is damaged (%s); building it again", directory, e)
   try:
-    return _write(directory, model, params, packed, units, unit_ids, item_ids, fingerprint, dtype, rows_per_call)
+    return _write(directory, model, params, packed, units, unit_ids, item_ids, fingerprint, dtype, rows_per_call,
+                  stop or (lambda: False), commit_every_s)
   except OSError as e:
     raise CalrecError(f"frozen-layer cache: cannot write {directory} ({e.strerror or e}); free disk space there "
                       "or set model.cache_frozen_layers=False") from None
 
 
+def _stored_rows(directory: str, fingerprint: str, sizes: dict[str, int]) -> dict[str, int] | None:
+  """{"units": rows, "items": rows} a stopped build of the same fingerprint stored in `directory`, or None."""
+  try:
+    with open(os.path.join(directory, PROGRESS_FILE), encoding="utf-8") as f:
+      done = json.load(f)
+    if done.get("fingerprint") != fingerprint or any(
+        os.path.getsize(os.path.join(directory, name)) != size for name, size in sizes.items()):
+      return None
+    return {"units": int(done["units"]), "items": int(done["items"])}
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
 def _write(directory: str, model: TwoTower, params, packed: PackedEncoder, units, unit_ids, item_ids,
-           fingerprint: str, dtype: str, rows_per_call: int) -> FrozenLayerCache:
-  """Computes and stores the cache (meta.json last, so an interrupted build is never taken for a finished one)."""
+           fingerprint: str, dtype: str, rows_per_call: int, stop, commit_every_s: float) -> FrozenLayerCache:
+  """Computes and stores the cache, continuing a stopped build of the same fingerprint (meta.json last, so an
+  unfinished build is never taken for a finished one)."""
   k, enc, tok = model.cached_layers, packed.enc, packed.enc.tok
   meta_path = os.path.join(directory, "meta.json")
-  shutil.rmtree(directory, ignore_errors=True)
-  os.makedirs(directory)
   d = model.cfg.d_model
   raw = np.uint16 if dtype == "bfloat16" else np.float32
   unit_len = np.asarray([len(s) for s in unit_ids], np.int64)
   unit_off = np.concatenate([[0], np.cumsum(unit_len)])
   item_off = np.concatenate([[0], np.cumsum([len(s) for s in item_ids])]).astype(np.int64)
+  shapes = {"units.bin": (max(int(unit_off[-1]), 1), d), "items.bin": (max(int(item_off[-1]), 1), d)}
+  itemsize = np.dtype(raw).itemsize
+  done = _stored_rows(directory, fingerprint, {name: rows * width * itemsize for name, (rows, width) in shapes.items()})
+  if done is None:
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    done, mode = {"units": 0, "items": 0}, "w+"
+  else:
+    mode = "r+"
+    log.info("frozen-layer cache: continuing the build in %s (%d unit rows and %d item rows stored)", directory,
+             done["units"], done["items"])
   log.info("frozen-layer cache: blocks 0-%d of %d units (%d tokens) and %d items (%d tokens), %.2f GB in %s",
            k - 1, len(units), int(unit_off[-1]), len(item_ids), int(item_off[-1]),
-           (unit_off[-1] + item_off[-1]) * d * np.dtype(raw).itemsize / 1e9, directory)
+           (unit_off[-1] + item_off[-1]) * d * itemsize / 1e9, directory)
   fn = _lower_fn(model)
   t0 = time.time()
-  unit_store = np.memmap(os.path.join(directory, "units.bin"), raw, "w+", shape=(max(int(unit_off[-1]), 1), d))
-  item_store = np.memmap(os.path.join(directory, "items.bin"), raw, "w+", shape=(max(int(item_off[-1]), 1), d))
+  stores = {name: np.memmap(os.path.join(directory, name), raw, mode, shape=shape) for name, shape in shapes.items()}
+  last_commit = [time.time()]
+
+  def stored(part: str):
+    def commit(rows: int) -> None:
+      done[part] = rows
+      stopping = stop()
+      if not stopping and time.time() - last_commit[0] < commit_every_s:
+        return
+      for store in stores.values():
+        store.flush()
+      write_atomically(os.path.join(directory, PROGRESS_FILE), json.dumps({"fingerprint": fingerprint, **done}))
+      last_commit[0] = time.time()
+      if stopping:
+        raise CacheBuildInterrupted(
+            f"stopped while building the frozen-layer cache: {done['units']} unit rows and {done['items']} item "
+            f"rows are stored in {directory}; run the same command to continue from them")
+    return commit
+
   with progress.bar(total=len(units) + len(item_ids), unit="seq", desc="frozen-layer cache") as bar:
-    _run_rows(fn, params, unit_ids, packed.spec.max_len, rows_per_call, tok.pad_id, unit_store, unit_off, bar)
-    _run_rows(fn, params, item_ids, packed.spec.item_len, rows_per_call, tok.pad_id, item_store, item_off, bar)
-  unit_store.flush()
-  item_store.flush()
-  del unit_store, item_store
+    _run_rows(fn, params, unit_ids, packed.spec.max_len, rows_per_call, tok.pad_id, stores["units.bin"], unit_off,
+              bar, done["units"], stored("units"))
+    _run_rows(fn, params, item_ids, packed.spec.item_len, rows_per_call, tok.pad_id, stores["items.bin"], item_off,
+              bar, done["items"], stored("items"))
+  for store in stores.values():
+    store.flush()
+  stores.clear()  # unmaps the files
   category_offsets = np.asarray(enc.item_offsets[:len(enc.categories)], np.int64)
   np.savez(os.path.join(directory, "index.npz"), unit_keys=np.asarray(units, np.int64).reshape(-1, 4),
            unit_offsets=unit_off[:-1], unit_lengths=unit_len, item_offsets=item_off,
            category_offsets=category_offsets)
   write_atomically(meta_path, json.dumps({
-      "fingerprint": fingerprint, "blocks": k, "d_model": d, "dtype": dtype, "unit_tokens": max(int(unit_off[-1]), 1),
-      "item_tokens": max(int(item_off[-1]), 1), "units": len(units), "items": len(item_ids),
+      "fingerprint": fingerprint, "blocks": k, "d_model": d, "dtype": dtype, "unit_tokens": shapes["units.bin"][0],
+      "item_tokens": shapes["items.bin"][0], "units": len(units), "items": len(item_ids),
       "build_seconds": round(time.time() - t0, 1)}, indent=1))
+  if os.path.exists(os.path.join(directory, PROGRESS_FILE)):
+    os.remove(os.path.join(directory, PROGRESS_FILE))
   log.info("frozen-layer cache: built in %.1fs", time.time() - t0)
   return FrozenLayerCache(directory)

@@ -176,7 +176,13 @@ def train(config, workdir: str, validation: ValidationFn | None = None) -> dict:
   log.info("start: %s", how)
   hidden = None
   if step_model.cached_layers and int(jax.device_get(state["step"])) < tc.num_steps:
-    hidden = layer_cache.build(os.path.join(workdir, layer_cache.CACHE_DIR), step_model, model_params(state), packed)
+    with StopSignals() as signals:  # a stop keeps what is built; the same command continues the build
+      try:
+        hidden = layer_cache.build(os.path.join(workdir, layer_cache.CACHE_DIR), step_model, model_params(state),
+                                   packed, stop=signals.stop_now)
+      except layer_cache.CacheBuildInterrupted:
+        ckptr.close()
+        raise
     step_shapes = variables.packed_batch(dc.batch_size, packed.spec.slots, packed.spec.max_len, spec.target_len,
                                          packed.spec.item_len, (hidden.d_model, hidden.dtype))
   bank = ItemBank(step_model, parts.encoder, hidden=hidden) if config.loss.negatives == "catalog" else None
