@@ -330,7 +330,7 @@ def test_the_report_says_when_an_id_baseline_hit_its_epoch_cap():
 
 SCIENTIFIC_VARIANTS = ("", "llm", "packed", "packed2", "packed2_bias", "fused", "epochs", "epochs10", "epochs10_bias",
                        "epochs_bias", "epochs_bias_last", "epochs_bias_ut2", "epochs_mns", "ids", "ids_sgd",
-                       "ids_frequent", "cold")
+                       "ids_frequent", "ensemble", "cold")
 
 
 @pytest.mark.parametrize("module,arg", [("scientific", a) for a in SCIENTIFIC_VARIANTS]

@@ -145,36 +145,85 @@ def run_bm25_history(cfg, data, rows) -> MethodResult:
                       eval_seconds=time.time() - t0)
 
 
-def run_text_fused(cfg, data, rows) -> MethodResult:
-  """Without a model: BM25 over the last history texts and popularity, fused with weights chosen on the
-  validation split (the same fusion as CALRec's fused row, without its dense signal)."""
+def _fused_row(cfg, data, rows, label: str, signals, kind: str, train_seconds: float = 0.0) -> MethodResult:
+  """One fused ranking of `rows` (test): `signals(rows)` -> {name: standardised [U, I]}, weights chosen on the
+  validation split only (its own users, the same count), then applied to the test rows."""
   from calrec_jax.data.iterators import eval_rows
   from calrec_jax.eval import fusion
   from calrec_jax.eval.metrics import ranking_metrics
-  from calrec_jax.eval.signals import model_free_signals
   t0 = time.time()
   c = cfg.calrec
   ec, ks = c.eval, _ks(c)
-  texts = _item_texts(c, data)
-  names = ("bm25_history", "popularity")
+  n_items = len(data.catalog)
   valid_rows = eval_rows(data.sequences, "valid", ec.max_users, c.seed, data.new_items)
 
-  def signals(rs):
-    raw = model_free_signals(names, texts, data.sequences, [h for _, h, _ in rs], ec)
-    return {n: fusion.standardise(raw[n]) for n in names}
-
   def excluded(rs):
-    return fusion.exclusion_mask([h for _, h, _ in rs], len(texts)) if ec.exclude_history else None
+    return fusion.exclusion_mask([h for _, h, _ in rs], n_items) if ec.exclude_history else None
   choice = fusion.choose_weights(signals(valid_rows), [t for _, _, t in valid_rows], excluded(valid_rows),
                                  ec.fusion_metric, ks)
   scores = fusion.fused_scores(signals(rows), choice.weights)
   ranks = fusion.target_ranks(scores, [t for _, _, t in rows], excluded(rows), max(ks)).tolist()
-  label = f"BM25 on the last {ec.fusion_history_items} history texts + popularity, fused"
-  return MethodResult("baseline", {label: ranking_metrics(ranks, ks)},
+  return MethodResult(kind, {label: ranking_metrics(ranks, ks)},
                       {label: {data.user_ids[u]: r for (u, _, _), r in zip(rows, ranks)}},
-                      eval_seconds=time.time() - t0,
+                      train_seconds=train_seconds, eval_seconds=time.time() - t0,
                       notes={"fused": {"weights": choice.weights, "valid_users": choice.users,
-                                       f"valid_{ec.fusion_metric}": choice.valid_metric}})
+                                       f"valid_{ec.fusion_metric}": choice.valid_metric,
+                                       f"valid_{ec.fusion_metric}_alone": choice.single}})
+
+
+def _model_free(cfg, data, names):
+  """rows -> {name: standardised [U, I]} of the model-free signals `names` (eval/signals.py)."""
+  from calrec_jax.eval import fusion
+  from calrec_jax.eval.signals import model_free_signals
+  texts = _item_texts(cfg.calrec, data)
+
+  def signals(rs):
+    raw = model_free_signals(names, texts, data.sequences, [h for _, h, _ in rs], cfg.calrec.eval)
+    return {n: fusion.standardise(raw[n]) for n in names}
+  return signals
+
+
+def run_text_fused(cfg, data, rows) -> MethodResult:
+  """Without a model: BM25 over the last history texts and popularity, fused with weights chosen on the
+  validation split (the same fusion as CALRec's fused row, without its dense signal)."""
+  label = f"BM25 on the last {cfg.calrec.eval.fusion_history_items} history texts + popularity, fused"
+  return _fused_row(cfg, data, rows, label, _model_free(cfg, data, ("bm25_history", "popularity")), "baseline")
+
+
+MODEL_FREE_SIGNALS = ("bm25_history", "popularity")
+
+
+def ensemble_members(cfg, name: str) -> list[str]:
+  from calrec_jax.data.sources import split_names
+  return split_names(cfg.ensembles[name])
+
+
+def member_workdir(cfg, member: str, comparison_dir: str) -> str:
+  """Where a CALRec variant of this comparison holds its trained (stage 2) run."""
+  c = apply_overrides(cfg.calrec, cfg.variants[member])
+  folder = os.path.join(comparison_dir, member)
+  return os.path.join(folder, "stage2") if c.pipeline.enabled else folder
+
+
+def run_ensemble(name: str, cfg, data, rows, comparison_dir: str, finished: dict) -> MethodResult:
+  """The dense scores of several CALRec variants of this comparison (trained earlier in it) fused with the
+  model-free signals of `calrec.eval.fusion`, weights chosen on validation (eval/ensemble.py); its training
+  budget is the members' together."""
+  from calrec_jax.data.sources import split_names
+  from calrec_jax.eval.ensemble import member_signals
+  from calrec_jax.eval.recommender import Recommender
+  members = ensemble_members(cfg, name)
+  recommenders = {m: Recommender.load(member_workdir(cfg, m, comparison_dir)) for m in members}
+  free = [n for n in split_names(cfg.calrec.eval.fusion) if n in MODEL_FREE_SIGNALS]
+  model_free = _model_free(cfg, data, free)
+
+  def signals(rs):
+    histories = [h for _, h, _ in rs]
+    return {**member_signals(recommenders, data.catalog.item_ids, histories), **model_free(rs)}
+  label = cfg.labels.get(name, name)
+  res = _fused_row(cfg, data, rows, label, signals, "calrec", sum(finished[m].train_seconds for m in members))
+  res.notes["members"] = members
+  return res
 
 
 def run_id_model(name: str, cfg, data, rows, workdir: str, progress: bool) -> MethodResult:
@@ -321,17 +370,25 @@ def method_fingerprint(name: str, cfg) -> str:
             "seed": cfg.calrec.seed}
   if name in BASELINE_METHODS:
     own = BASELINE_METHODS[name].settings(cfg)
+  elif name in _ensembles(cfg):
+    own = {"members": {m: method_fingerprint(m, cfg) for m in ensemble_members(cfg, name)},
+           "fusion": cfg.calrec.eval.fusion}
   else:
     own = apply_overrides(cfg.calrec, cfg.variants[name]).to_dict()
     own["data"] = _fingerprinted_data(own["data"])
   return json.dumps({"method": name, "shared": shared, "own": own}, sort_keys=True, default=str)
 
 
-def run_method(name: str, cfg, data_bundle, workdir: str, progress: bool, references: str = "") -> MethodResult:
-  """Train and evaluate one method; `references` ('SASRec=0.087'): validation lines of a CALRec variant's
-  time-to-quality plot."""
+def run_method(name: str, cfg, data_bundle, workdir: str, progress: bool, references: str = "",
+               finished: dict | None = None) -> MethodResult:
+  """Train and evaluate one method in `workdir` (<comparison>/<name>); `references` ('SASRec=0.087'):
+  validation lines of a CALRec variant's time-to-quality plot; `finished`: the results of the methods before it
+  (an ensemble's members)."""
   if name in BASELINE_METHODS:
     return BASELINE_METHODS[name].run(cfg, data_bundle, workdir, progress)
+  if name in _ensembles(cfg):
+    cats, cat, rows = data_bundle
+    return run_ensemble(name, cfg, cats[cat], rows, os.path.dirname(os.path.abspath(workdir)), finished or {})
   overrides = cfg.variants[name] + (f"; eval.reference_valid_ndcg={references}" if references else "")
   return run_calrec(name, overrides, cfg, workdir, progress)
 
@@ -343,17 +400,35 @@ def check_methods(cfg) -> list[str]:
   names = split_names(cfg.methods)
   if not names:
     raise ConfigError("methods is empty; name at least one method")
-  for n in names:
+  for i, n in enumerate(names):
     if n in BASELINES:
+      continue
+    if n in _ensembles(cfg):
+      members = ensemble_members(cfg, n)
+      if len(members) < 2:
+        raise ConfigError(f"ensembles.{n}={cfg.ensembles[n]!r}: name at least two CALRec variants")
+      for m in members:
+        if m not in cfg.variants or m not in names[:i]:
+          raise ConfigError(f"ensembles.{n}: member {m!r} is not a CALRec variant listed before {n!r} in methods "
+                            f"({cfg.methods!r}); list the variants it combines first")
       continue
     if n not in cfg.variants:
       raise ConfigError(f"methods: unknown method {n!r}; choose from {list(BASELINES)} or the CALRec variants "
                         f"{sorted(cfg.variants.keys())}")
+    if any(key == "seed" for key, _ in parse_overrides(cfg.variants[n])):
+      raise ConfigError(f"variants.{n} overrides seed, which also draws the evaluated users: its rows would be "
+                        "measured on other users than the rest of the table; set --config.calrec.seed=N to run the "
+                        "whole comparison with another seed")
     validate_config(apply_overrides(cfg.calrec, cfg.variants[n]))
   if "zero_shot" in names:
     validate_config(apply_overrides(cfg.calrec, cfg.zero_shot.overrides))
   validate_config(cfg.calrec)
   return names
+
+
+def _ensembles(cfg) -> dict:
+  """The configured ensembles (name -> members), {} for a config written before they existed."""
+  return cfg.get("ensembles") or {}
 
 
 def _number(x) -> bool:

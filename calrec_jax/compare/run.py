@@ -59,7 +59,7 @@ def run_comparison(cfg, workdir: str) -> dict[str, str]:
       continue
     log.info("[%d/%d] %s: running in %s", i, len(names), name, folder)
     os.makedirs(folder, exist_ok=True)
-    res = methods_lib.run_method(name, cfg, data, folder, cfg.progress, reference_lines(results))
+    res = methods_lib.run_method(name, cfg, data, folder, cfg.progress, reference_lines(results), results)
     methods_lib.save_result(path, res, fingerprint)
     results[name] = res
     for label, m in res.rows.items():

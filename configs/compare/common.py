@@ -35,7 +35,10 @@ def get_config(calrec: ml_collections.ConfigDict, title: str) -> ml_collections.
   v.calrec_no_ut = "loss.w_ut=0"                        # without L_UT
   v.calrec_lm_only = "loss.w_tt=0; loss.w_ut=0"         # next-item generation loss only
   v.calrec_contrastive_only = "loss.w_nig=0; eval.retrieval=dense"  # contrastive losses only, dense retrieval
-  c.labels = lb = ml_collections.ConfigDict()           # row labels of the variants
+  # ensembles: name -> comma-separated CALRec variants (listed before it in `methods`) whose dense scores are fused
+  # with the model-free signals of calrec.eval.fusion, weights chosen on validation (eval/ensemble.py)
+  c.ensembles = ml_collections.ConfigDict()
+  c.labels = lb = ml_collections.ConfigDict()           # row labels of the variants and ensembles
   lb.calrec = "CALRec (stage 2)"
   lb.calrec_two_stage = "CALRec (stage 1 + 2)"
   lb.calrec_no_tt = "CALRec w/o L_TT"

@@ -21,6 +21,8 @@ for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on
   loss) weighted 2 instead of 0.5 (loss.w_ut); `:epochs_mns` with 32 catalog items drawn per step
   and encoded fresh beside the batch's targets (loss.sampled_negatives, mixed negative sampling).
   `:epochs10_bias` trains `:epochs_bias` for 10 epochs.
+- `:ensemble` trains `:epochs_bias_last`'s and `:packed2_bias`'s CALRec rows and fuses their dense scores with BM25
+  over the history texts and popularity, weights chosen on validation (configs/compare/common.py `ensembles`).
 - `:cold` is a cold-start split (20% of the items never in training, the users whose test item is one of them).
 For the paper's setting set --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
 """
@@ -139,6 +141,16 @@ def get_config(arg: str = ""):
     c.calrec.eval.fusion = "dense,bm25_history,popularity"
     c.variants[name] = epochs_variant(5) + overrides
     c.labels[name] = f"CALRec (stage 2), 5 epochs, whole-catalog negatives{label}"
+  elif arg == "ensemble":  # the best small-decoder run and the Gemma run, their dense scores fused
+    c.title = ("Amazon 2018 Scientific: an ensemble of the small decoder (5 epochs) and Gemma-3-270M (2 epochs), "
+               "both with a learned item bias, against baselines")
+    packed_two_epochs(c, steps=730, eval_every=73, item_bias=True)
+    name, overrides, _, label = FIVE_EPOCH_VARIANTS["epochs_bias_last"]
+    c.variants[name] = epochs_variant(5) + overrides
+    c.labels[name] = f"CALRec (stage 2), 5 epochs, whole-catalog negatives{label}"
+    c.ensembles.calrec_ensemble = f"{name},calrec_packed"
+    c.labels.calrec_ensemble = "CALRec ensemble: small 5 epochs + Gemma-3-270M 2 epochs, fused with BM25 + popularity"
+    c.methods = f"popularity,bm25_history,text_fused,sasrec,{name},calrec_packed,calrec_ensemble"
   elif arg == "cold":  # a cold-start split: 20% of the items never in training; users whose test item is one
     c.title = "Amazon 2018 Scientific, cold start: test items that training never saw"
     c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_epochs"
@@ -152,6 +164,6 @@ def get_config(arg: str = ""):
     c.labels.calrec_epochs = "CALRec (stage 2), 2 epochs"
   elif arg:
     known = ["", "llm", "packed", "packed2", "packed2_bias", "fused", "epochs", "epochs10", "epochs10_bias",
-             *FIVE_EPOCH_VARIANTS, "cold"]
+             *FIVE_EPOCH_VARIANTS, "ensemble", "cold"]
     raise ValueError(f"unknown variant {arg!r}; use one of {', '.join(repr(k) for k in known)}")
   return c
