@@ -138,7 +138,6 @@ def _run_rows(fn, params, seqs: list[list[int]], length: int, rows_per_call: int
   `rows_per_call` rows at a time, from row `rows_done` on, and writes sequence i's states to
   out[offsets[i]:offsets[i] + len]; `stored(rows)` after each call (rows: how many are written so far)."""
   rows = _pack_sequences(seqs, length)
-  bar.update(sum(len(members) for members in rows[:rows_done]))
   for start in range(rows_done, len(rows), rows_per_call):
     chunk = rows[start:start + rows_per_call]
     tokens = np.full((rows_per_call, length), pad, np.int32)
@@ -255,11 +254,15 @@ def _write(directory: str, model: TwoTower, params, packed: PackedEncoder, units
       last_commit[0] = time.time()
       if stopping:
         raise CacheBuildInterrupted(
-            f"stopped while building the frozen-layer cache: {done['units']} unit rows and {done['items']} item "
+            f"a stop signal while building the frozen-layer cache: {done['units']} unit rows and {done['items']} item "
             f"rows are stored in {directory}; run the same command to continue from them")
     return commit
 
-  with progress.bar(total=len(units) + len(item_ids), unit="seq", desc="frozen-layer cache") as bar:
+  stored_before = sum(len(members) for seqs, length, part in ((unit_ids, packed.spec.max_len, "units"),
+                                                                (item_ids, packed.spec.item_len, "items"))
+                      for members in _pack_sequences(seqs, length)[:done[part]])
+  with progress.bar(total=len(units) + len(item_ids), initial=stored_before, unit="seq",
+                    desc="frozen-layer cache") as bar:  # rate and ETA of this sitting's sequences
     _run_rows(fn, params, unit_ids, packed.spec.max_len, rows_per_call, tok.pad_id, stores["units.bin"], unit_off,
               bar, done["units"], stored("units"))
     _run_rows(fn, params, item_ids, packed.spec.item_len, rows_per_call, tok.pad_id, stores["items.bin"], item_off,
