@@ -187,10 +187,8 @@ def run_text_fused(cfg, data, rows) -> MethodResult:
   """Without a model: BM25 over the last history texts and popularity, fused with weights chosen on the
   validation split (the same fusion as CALRec's fused row, without its dense signal)."""
   label = f"BM25 on the last {cfg.calrec.eval.fusion_history_items} history texts + popularity, fused"
-  return _fused_row(cfg, data, rows, label, _model_free(cfg, data, ("bm25_history", "popularity")), "baseline")
-
-
-MODEL_FREE_SIGNALS = ("bm25_history", "popularity")
+  from calrec_jax.eval.signals import MODEL_FREE_SIGNALS
+  return _fused_row(cfg, data, rows, label, _model_free(cfg, data, MODEL_FREE_SIGNALS), "baseline")
 
 
 def ensemble_members(cfg, name: str) -> list[str]:
@@ -212,6 +210,7 @@ def run_ensemble(name: str, cfg, data, rows, comparison_dir: str, finished: dict
   from calrec_jax.data.sources import split_names
   from calrec_jax.eval.ensemble import member_signals
   from calrec_jax.eval.recommender import Recommender
+  from calrec_jax.eval.signals import MODEL_FREE_SIGNALS
   members = ensemble_members(cfg, name)
   recommenders = {m: Recommender.load(member_workdir(cfg, m, comparison_dir)) for m in members}
   free = [n for n in split_names(cfg.calrec.eval.fusion) if n in MODEL_FREE_SIGNALS]

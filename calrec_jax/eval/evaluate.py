@@ -18,6 +18,7 @@ from calrec_jax.eval.bm25 import BM25Index, tokenize
 from calrec_jax.eval.generate import generate
 from calrec_jax.eval.merge import merge_generations
 from calrec_jax.eval.metrics import rank_of, ranking_metrics
+from calrec_jax.eval.signals import MODEL_FREE_SIGNALS
 from calrec_jax.model import item_ids
 from calrec_jax.model.decoder import Decoder
 from calrec_jax.model.sharding import gather_objects, gather_to_host
@@ -273,7 +274,7 @@ def beam_signal(items: np.ndarray, scores: np.ndarray, num_items: int) -> np.nda
   return out
 
 
-FUSION_SIGNALS = ("dense", "beam", "generation", "bm25_history", "popularity")
+FUSION_SIGNALS = ("dense", "beam", "generation", *MODEL_FREE_SIGNALS)
 
 
 def generation_signal(records: list[dict], num_items: int) -> np.ndarray:

@@ -30,6 +30,9 @@ def popularity_scores(counts: np.ndarray, users: int) -> np.ndarray:
   return np.broadcast_to(np.log1p(counts).astype(np.float32), (users, len(counts)))
 
 
+MODEL_FREE_SIGNALS = ("bm25_history", "popularity")  # the fusion signals that need no trained model
+
+
 def model_free_signals(names: Sequence[str], texts: Sequence[str], sequences: Sequence[Sequence[int]],
                        histories: Sequence[Sequence[int]], eval_config, counts: np.ndarray | None = None
                        ) -> dict[str, np.ndarray]:

@@ -132,12 +132,11 @@ def _lower_fn(model: TwoTower):
   return jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg, method=TwoTower.lower_hidden))
 
 
-def _run_rows(fn, params, seqs: list[list[int]], length: int, rows_per_call: int, pad: int, out: np.ndarray,
-              offsets: np.ndarray, bar: tqdm, rows_done: int, stored) -> None:
-  """Packs `seqs` into rows of `length` tokens (segment ids, restarting positions), runs the lower blocks on
-  `rows_per_call` rows at a time, from row `rows_done` on, and writes sequence i's states to
+def _run_rows(fn, params, seqs: list[list[int]], rows: list[list[int]], length: int, rows_per_call: int, pad: int,
+              out: np.ndarray, offsets: np.ndarray, bar: tqdm, rows_done: int, stored) -> None:
+  """Runs the lower blocks on `rows` (`_pack_sequences(seqs, length)`: rows of `length` tokens, segment ids,
+  restarting positions), `rows_per_call` rows at a time, from row `rows_done` on, and writes sequence i's states to
   out[offsets[i]:offsets[i] + len]; `stored(rows)` after each call (rows: how many are written so far)."""
-  rows = _pack_sequences(seqs, length)
   for start in range(rows_done, len(rows), rows_per_call):
     chunk = rows[start:start + rows_per_call]
     tokens = np.full((rows_per_call, length), pad, np.int32)
@@ -258,15 +257,15 @@ def _write(directory: str, model: TwoTower, params, packed: PackedEncoder, units
             f"rows are stored in {directory}; run the same command to continue from them")
     return commit
 
-  stored_before = sum(len(members) for seqs, length, part in ((unit_ids, packed.spec.max_len, "units"),
-                                                                (item_ids, packed.spec.item_len, "items"))
-                      for members in _pack_sequences(seqs, length)[:done[part]])
+  unit_rows = _pack_sequences(unit_ids, packed.spec.max_len)
+  item_rows = _pack_sequences(item_ids, packed.spec.item_len)
+  stored_before = sum(len(members) for members in unit_rows[:done["units"]] + item_rows[:done["items"]])
   with progress.bar(total=len(units) + len(item_ids), initial=stored_before, unit="seq",
                     desc="frozen-layer cache") as bar:  # rate and ETA of this sitting's sequences
-    _run_rows(fn, params, unit_ids, packed.spec.max_len, rows_per_call, tok.pad_id, stores["units.bin"], unit_off,
-              bar, done["units"], stored("units"))
-    _run_rows(fn, params, item_ids, packed.spec.item_len, rows_per_call, tok.pad_id, stores["items.bin"], item_off,
-              bar, done["items"], stored("items"))
+    _run_rows(fn, params, unit_ids, unit_rows, packed.spec.max_len, rows_per_call, tok.pad_id, stores["units.bin"],
+              unit_off, bar, done["units"], stored("units"))
+    _run_rows(fn, params, item_ids, item_rows, packed.spec.item_len, rows_per_call, tok.pad_id, stores["items.bin"],
+              item_off, bar, done["items"], stored("items"))
   for store in stores.values():
     store.flush()
   stores.clear()  # unmaps the files

@@ -72,6 +72,14 @@ def packed_two_epochs(c, steps: int, eval_every: int, item_bias: bool) -> None:
     c.labels.calrec_packed += ", learned item bias"
 
 
+def add_five_epoch_variant(c, arg: str) -> str:
+  """Adds FIVE_EPOCH_VARIANTS[arg]'s CALRec variant (:epochs with one change) and its label; returns its name."""
+  name, overrides, _, label = FIVE_EPOCH_VARIANTS[arg]
+  c.variants[name] = epochs_variant(5) + overrides
+  c.labels[name] = f"CALRec (stage 2), 5 epochs, whole-catalog negatives{label}"
+  return name
+
+
 def epochs_variant(epochs: int) -> str:
   """The overrides of the small decoder trained `epochs` epochs against the whole catalog (dense retrieval)."""
   steps = 684 * epochs  # epochs of the 10,928 training prefixes at batch 16
@@ -135,19 +143,15 @@ def get_config(arg: str = ""):
     c.variants.calrec_bias10 = epochs_variant(10) + FIVE_EPOCH_VARIANTS["epochs_bias"][1]
     c.labels.calrec_bias10 = "CALRec (stage 2), 10 epochs, whole-catalog negatives, learned item bias"
   elif arg in FIVE_EPOCH_VARIANTS:  # :epochs with one change (FIVE_EPOCH_VARIANTS)
-    name, overrides, title, label = FIVE_EPOCH_VARIANTS[arg]
+    title = FIVE_EPOCH_VARIANTS[arg][2]
     c.title = f"Amazon 2018 Scientific: the small decoder, 5 epochs, whole-catalog negatives{title}, against baselines"
-    c.methods = f"popularity,bm25_history,text_fused,sasrec,{name}"
+    c.methods = f"popularity,bm25_history,text_fused,sasrec,{add_five_epoch_variant(c, arg)}"
     c.calrec.eval.fusion = "dense,bm25_history,popularity"
-    c.variants[name] = epochs_variant(5) + overrides
-    c.labels[name] = f"CALRec (stage 2), 5 epochs, whole-catalog negatives{label}"
   elif arg == "ensemble":  # the best small-decoder run and the Gemma run, their dense scores fused
     c.title = ("Amazon 2018 Scientific: an ensemble of the small decoder (5 epochs) and Gemma-3-270M (2 epochs), "
                "both with a learned item bias, against baselines")
     packed_two_epochs(c, steps=730, eval_every=73, item_bias=True)
-    name, overrides, _, label = FIVE_EPOCH_VARIANTS["epochs_bias_last"]
-    c.variants[name] = epochs_variant(5) + overrides
-    c.labels[name] = f"CALRec (stage 2), 5 epochs, whole-catalog negatives{label}"
+    name = add_five_epoch_variant(c, "epochs_bias_last")
     c.ensembles.calrec_ensemble = f"{name},calrec_packed"
     c.labels.calrec_ensemble = "CALRec ensemble: small 5 epochs + Gemma-3-270M 2 epochs, fused with BM25 + popularity"
     c.methods = f"popularity,bm25_history,text_fused,sasrec,{name},calrec_packed,calrec_ensemble"
