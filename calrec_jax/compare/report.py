@@ -79,9 +79,13 @@ def markdown(results: dict[str, MethodResult], title: str, sig: dict, exclude_hi
                    f"early stopping after {n.get('patience', '?')} epochs without improvement")]
   for m, r in results.items():
     fused = r.notes.get("fused") if r.notes else None
-    if fused:
+    if fused and "weights" in fused:
       lines += ["", f"Fused weights of {m} (chosen on {fused['valid_users']} validation users; the test split is "
                 "never read while choosing): " + ", ".join(f"{k} {v:g}" for k, v in fused["weights"].items())]
+    elif fused:
+      lines += ["", f"Learned fusion of {m} (eval/learned_fusion.py; fitted on {fused['valid_users']} validation "
+                "users, the test split never read while fitting) over " + ", ".join(fused["signals"])
+                + ", starting from the weights " + ", ".join(f"{k} {v:g}" for k, v in fused["start"].items())]
   rel = relative_changes(results)
   if rel:
     lines += ["", "Relative change of each CALRec row against the best baseline value of each metric:", "",
@@ -102,8 +106,14 @@ def markdown(results: dict[str, MethodResult], title: str, sig: dict, exclude_hi
   return "\n".join(lines) + "\n"
 
 
+LABEL_WIDTH = 48   # characters per line of a row label in the chart
+TITLE_WIDTH = 80   # characters per line of the chart's title (it spans the axes, right of the labels)
+
+
 def bar_chart(results: dict[str, MethodResult], path: str, title: str) -> None:
-  """Horizontal grouped bars of Recall@1, Recall@10 and NDCG@10 per row; CALRec rows in colour."""
+  """Horizontal grouped bars of Recall@1, Recall@10 and NDCG@10 per row; CALRec rows in bold. Long row labels and
+  titles are wrapped (LABEL_WIDTH, TITLE_WIDTH characters) so that none is cut off at the figure's edge."""
+  import textwrap
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -113,14 +123,17 @@ def bar_chart(results: dict[str, MethodResult], path: str, title: str) -> None:
   colours = {"recall@1": "#4C72B0", "recall@10": "#55A868", "ndcg@10": "#C44E52"}
   y = np.arange(len(rows))
   h = 0.8 / len(metrics)
-  fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
+  labels = [textwrap.fill(r[2], LABEL_WIDTH) for r in rows]
+  title = textwrap.fill(title, TITLE_WIDTH)
+  row_height = max(0.55, 0.17 * max(label.count("\n") + 1 for label in labels) + 0.15)
+  fig, ax = plt.subplots(figsize=(11, row_height * len(rows) + 1.4 + 0.2 * title.count("\n")))
   for j, m in enumerate(metrics):
     vals = [r[3].get(m, 0.0) for r in rows]
     bars = ax.barh(y + (j - 1) * h, vals, h, label=m, color=colours[m])
     for b, v in zip(bars, vals):
       ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {v:.3f}", va="center", fontsize=7)
   ax.set_yticks(y)
-  ax.set_yticklabels([r[2] for r in rows], fontsize=8)
+  ax.set_yticklabels(labels, fontsize=8)
   for t, r in zip(ax.get_yticklabels(), rows):
     t.set_fontweight("bold" if r[1] == "calrec" else "normal")
   ax.invert_yaxis()
