@@ -11,7 +11,8 @@ products of standardised signals (dense_x_pop, bm25_x_pop), and the popularity a
 popular each user's history is (pop_x_user, dense_x_user: the user's mean log(1 + count) over their history
 items, standardised over the users), which lets one set of weights lean on popularity for users who buy popular
 items and on the model for the rest. Prints one line per signal set: the cross-fitted
-validation NDCG@10 and Recall@1 and the weights each half chose.
+validation NDCG@10 and Recall@1 and the weights each half chose (--fusion_method=learned: the learned fusion of
+eval/learned_fusion.py instead, fitted the same way; its line shows the weights it started from).
 """
 from __future__ import annotations
 
@@ -37,11 +38,14 @@ def parse_args():
   p.add_argument("--workdir", required=True, help="the trained variant's folder (<comparison>/<method>)")
   p.add_argument("--sets", default=";".join(SETS), help="';'-separated signal sets, each ','-separated")
   p.add_argument("--seed", type=int, default=0, help="of the split of the validation users into halves")
+  p.add_argument("--fusion_method", default="weights", choices=("weights", "learned"),
+                 help="how each signal set is fused (eval/fusion_methods.py)")
   return p.parse_args()
 
 
-def signals(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-  """Standardised [U, I] candidate signals of the validation users, their targets [U] and history mask [U, I]."""
+def signals(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+  """Standardised [U, I] candidate signals of the validation users, their targets [U], history mask [U, I] and
+  history lengths [U]."""
   import jax
   from calrec_jax.data.iterators import eval_examples
   from calrec_jax.data.records import item_counts
@@ -73,22 +77,26 @@ def signals(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np
   user = ((user - user.mean()) / max(float(user.std()), 1e-6))[:, None]                          # [U, 1]
   out["pop_x_user"] = out["popularity"] * user
   out["dense_x_user"] = out["dense"] * user
-  return out, np.asarray([t for _, _, t in rows], np.int64), exclusion_mask(hist, len(texts))
+  return (out, np.asarray([t for _, _, t in rows], np.int64), exclusion_mask(hist, len(texts)),
+          np.asarray([len(h) for h in hist]))
 
 
-def cross_fitted(sig: dict, targets: np.ndarray, excluded: np.ndarray, names: list[str], seed: int):
-  """Mean over the two halves of (NDCG@10, Recall@1) with weights chosen on the other half; the weights."""
-  from calrec_jax.eval.fusion import choose_weights, fused_scores, target_ranks
+def cross_fitted(sig: dict, targets: np.ndarray, excluded: np.ndarray, lengths: np.ndarray, names: list[str],
+                 seed: int, method: str = "weights"):
+  """Mean over the two halves of (NDCG@10, Recall@1) with the fusion fitted on the other half; its weights (the
+  learned fusion: the weights it started from)."""
+  from calrec_jax.eval import fusion_methods
+  from calrec_jax.eval.fusion import target_ranks
   from calrec_jax.eval.metrics import ranking_metrics
   perm = np.random.default_rng(seed).permutation(len(targets))
   halves = (perm[:len(perm) // 2], perm[len(perm) // 2:])
   scores, chosen = [], []
   for fit, held in (halves, halves[::-1]):
-    weights = choose_weights({n: sig[n][fit] for n in names}, targets[fit], excluded[fit]).weights
-    ranks = target_ranks(fused_scores({n: sig[n][held] for n in names}, weights), targets[held], excluded[held], 20)
-    m = ranking_metrics(ranks, (1, 10))
+    choice = fusion_methods.fit(method, {n: sig[n][fit] for n in names}, targets[fit], excluded[fit], lengths[fit])
+    fused = fusion_methods.apply(choice, {n: sig[n][held] for n in names}, lengths[held])
+    m = ranking_metrics(target_ranks(fused, targets[held], excluded[held], 20), (1, 10))
     scores.append((m["ndcg@10"], m["recall@1"]))
-    chosen.append(weights)
+    chosen.append(choice.get("weights") or choice.get("start"))
   return np.mean(scores, axis=0), chosen
 
 
@@ -96,14 +104,14 @@ def main():
   args = parse_args()
   from calrec_jax.compare.methods import variant_config
   config = variant_config(args.config, args.method)
-  sig, targets, excluded = signals(config, args.workdir)
+  sig, targets, excluded, lengths = signals(config, args.workdir)
   print(f"{len(targets)} validation users, halves fitted on each other (seed {args.seed})")
   for spec in args.sets.split(";"):
     names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in sig]
     if unknown:
       sys.exit(f"error: --sets: unknown signal {unknown[0]!r}; choose from {sorted(sig)}")
-    (ndcg, r1), chosen = cross_fitted(sig, targets, excluded, names, args.seed)
+    (ndcg, r1), chosen = cross_fitted(sig, targets, excluded, lengths, names, args.seed, args.fusion_method)
     print(f"NDCG@10 {ndcg:.4f}  R@1 {r1:.4f}  {','.join(names)}  weights {chosen}", flush=True)
 
 

@@ -77,6 +77,9 @@ def _check_fusion(ev) -> None:
     raise ConfigError(f"eval.fusion_metric={ev.fusion_metric!r}; choose one of {allowed} (from eval.ks)")
   if ev.fusion_history_items < 1:
     raise ConfigError(f"eval.fusion_history_items={ev.fusion_history_items} must be >= 1")
+  from calrec_jax.eval.fusion_methods import METHODS
+  if ev.get("fusion_method", "weights") not in METHODS:
+    raise ConfigError(f"eval.fusion_method={ev.fusion_method!r}; choose one of {sorted(METHODS)}")
 
 
 def validate_config(config) -> None:

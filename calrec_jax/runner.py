@@ -135,13 +135,13 @@ def evaluate_workdir(config, workdir: str, split: str | None = None, step: int |
     params = merged_lora_checkpoint(params, workdir, parts)
   source = f"{workdir} checkpoint {step}" if step is not None else workdir
   results = run_evaluation(config, parts, params, out_dir, split, params_source=source)
-  weights = (results.get("fused_choice") or {}).get("weights")
-  if weights and step is None and jax.process_index() == 0:  # for recommend --export=<workdir>/export
-    from calrec_jax.data.serving import record_fusion_weights
+  choice = results.get("fused_choice")
+  if choice and step is None and jax.process_index() == 0:  # for recommend --export=<workdir>/export
+    from calrec_jax.data.serving import record_fusion
     try:
-      record_fusion_weights(os.path.join(workdir, "export"), weights)
+      record_fusion(os.path.join(workdir, "export"), choice)
     except OSError as e:
-      log.warning("the fused weights were not added to %s/export/serving.json (%s)", workdir, e)
+      log.warning("the fused ranking's choice was not added to %s/export/serving.json (%s)", workdir, e)
   if announce:
     print_outputs([out_dir])
   return results

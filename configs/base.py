@@ -163,6 +163,8 @@ def get_config() -> ml_collections.ConfigDict:
   #                                    the validation split (eval.split must be test); "" for none
   ev.fusion_history_items = 3        # bm25_history: the query is the texts of the user's last N items
   ev.fusion_metric = "ndcg@10"       # what the weights maximise on validation (recall@k, ndcg@k or mrr)
+  ev.fusion_method = "weights"       # weights: one weight per signal | learned: a small network over the signals,
+  #                                    their ranks and each user's confidence, also fitted on validation only
   ev.ks = "1,5,10,20"                # Recall@k / NDCG@k cut-offs
   ev.bm25_k1 = 1.5
   ev.bm25_b = 0.75

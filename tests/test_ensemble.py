@@ -12,14 +12,16 @@ from calrec_jax.errors import ConfigError, DataError
 from calrec_jax.eval import ensemble, fusion
 
 
-def _config(methods="popularity,dense_a,dense_b,both"):
+def _config(methods="popularity,dense_a,dense_b,both,both_learned"):
   from configs.compare import synthetic
   c = synthetic.get_config("smoke")
   c.methods = methods
   c.variants.dense_a = "eval.retrieval=dense"
   c.variants.dense_b = "eval.retrieval=dense; loss.w_tt=0"
-  c.ensembles.both = "dense_a,dense_b"
+  c.ensembles.both = c.ensembles.both_learned = "dense_a,dense_b"
+  c.ensemble_fusion.both_learned = "learned"
   c.labels.dense_a, c.labels.dense_b, c.labels.both = "A", "B", "A + B ensemble"
+  c.labels.both_learned = "A + B ensemble, learned fusion"
   return c
 
 
@@ -42,6 +44,10 @@ def test_the_ensemble_row_fuses_its_members_with_weights_chosen_on_validation(co
   assert max(weights.values()) == 1.0 and both["notes"]["members"] == ["dense_a", "dense_b"]
   assert both["train_seconds"] == pytest.approx(a["train_seconds"] + b["train_seconds"])
   assert "A + B ensemble" in open(paths["md"]).read()
+  learned = doc["methods"]["both_learned"]
+  assert list(learned["rows"]) == ["A + B ensemble, learned fusion"] and learned["notes"]["fused"]["method"] == "learned"
+  assert learned["notes"]["fused"]["signals"] == list(weights)
+  assert learned["rows"]["A + B ensemble, learned fusion"]["users"] == 12
 
 
 def test_each_member_signal_ranks_exactly_as_the_members_own_dense_row(compared):
@@ -80,16 +86,18 @@ def test_a_member_with_its_catalog_in_another_order_is_aligned_by_item_id():
     ensemble.dense_scores(m, ids + ["e"], [[0]])
 
 
-def test_the_weights_never_read_the_test_rows(compared, monkeypatch):
-  """The fused row's choice is the same whatever the test rows hold."""
+@pytest.mark.parametrize("name", ["both", "both_learned"])
+def test_the_weights_never_read_the_test_rows(compared, name):
+  """The fused row's choice (weights, or the learned fusion's parameters) is the same whatever the test rows
+  hold."""
   cfg, work, _ = compared
   cats, cat, rows = methods_lib.evaluation_data(cfg.calrec)
   n = len(cats[cat].catalog)
   rng = np.random.default_rng(0)
   other = [(u, rng.choice(n, size=len(h), replace=False).tolist(), int(rng.integers(n))) for u, h, _ in rows]
   results = {m: methods_lib.load_result(os.path.join(work, m, "result.json")) for m in ("dense_a", "dense_b")}
-  first = methods_lib.run_ensemble("both", cfg, cats[cat], rows, work, results)
-  second = methods_lib.run_ensemble("both", cfg, cats[cat], other, work, results)
+  first = methods_lib.run_ensemble(name, cfg, cats[cat], rows, work, results)
+  second = methods_lib.run_ensemble(name, cfg, cats[cat], other, work, results)
   assert first.notes["fused"] == second.notes["fused"]
   assert first.ranks != second.ranks
 
@@ -108,3 +116,21 @@ def test_ensemble_config_errors_name_the_key():
   changed = _config()
   changed.variants.dense_b += "; loss.w_ut=1.0"  # a member trained otherwise: the stored ensemble is stale
   assert methods_lib.method_fingerprint("both", changed) != methods_lib.method_fingerprint("both", _config())
+  for key, value, message in [("ninety", "learned", "ensemble_fusion.ninety: no ensemble 'ninety'"),
+                              ("both", "boosted", "ensemble_fusion.both='boosted'; choose one of")]:
+    bad = _config()
+    bad.ensemble_fusion[key] = value
+    with pytest.raises(ConfigError, match=message):
+      methods_lib.check_methods(bad)
+
+
+def test_results_stored_before_fusion_methods_existed_still_match():
+  """A config without eval.fusion_method (written before it existed) fingerprints every method as the default
+  (weights) does, so a resumed comparison re-uses its finished rows; the learned ensemble is another result."""
+  old = _config()
+  with old.calrec.eval.unlocked():
+    del old.calrec.eval["fusion_method"]
+  del old["ensemble_fusion"], old.ensembles["both_learned"]
+  for name in ("popularity", "dense_a", "both"):
+    assert methods_lib.method_fingerprint(name, old) == methods_lib.method_fingerprint(name, _config())
+  assert methods_lib.method_fingerprint("both_learned", _config()) != methods_lib.method_fingerprint("both", _config())

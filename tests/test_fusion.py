@@ -55,16 +55,17 @@ def test_the_generation_signal_keeps_the_merged_list_order_and_leaves_the_rest_a
   assert ranks.tolist() == [3, 4, 1]  # an unretrieved target ties with every other unretrieved item (index order)
 
 
-def test_weights_come_from_validation_only(trained):
-  """Changing every test row (targets and histories) leaves the chosen weights unchanged: the test split is never
-  read while choosing; the test rows are ranked with those weights."""
+@pytest.mark.parametrize("method", ["weights", "learned"])
+def test_weights_come_from_validation_only(trained, method):
+  """Changing every test row (targets and histories) leaves the chosen weights (or the learned fusion's
+  parameters) unchanged: the test split is never read while choosing; the test rows are ranked with them."""
   from calrec_jax.eval.evaluate import evaluate_fused
   from calrec_jax.data.iterators import eval_examples
   from calrec_jax.train.checkpoint import params_from_workdir
   from calrec_jax.model.run_parts import build
   from test_train import smoke_config
   c = smoke_config(2, 2)
-  c.eval.fusion, c.eval.max_users = "dense,bm25_history,popularity", 0
+  c.eval.fusion, c.eval.max_users, c.eval.fusion_method = "dense,bm25_history,popularity", 0, method
   parts = build(c, trained)
   params = params_from_workdir(trained)
   test = eval_examples(parts.encoder, 0, "test")
@@ -74,11 +75,12 @@ def test_weights_come_from_validation_only(trained):
   rng = np.random.default_rng(0)
   other = [(u, rng.choice(n, size=len(h), replace=False).tolist(), int(rng.integers(n))) for u, h, _ in test]
   _, other_records, other_info = evaluate_fused(c, parts, params, other, valid, 0)
-  assert info == other_info and set(info["weights"]) == {"dense", "bm25_history", "popularity"}
+  assert info == other_info and info["method"] == method
+  assert info["signals"] == ["dense", "bm25_history", "popularity"]
   assert info["valid_users"] == len(valid) and metrics["users"] == len(test)
   assert [r["target"] for r in records] == [t for _, _, t in test]
   assert [r["top"] for r in records] != [r["top"] for r in other_records]
-  assert max(info["weights"].values()) == 1.0
+  assert max((info.get("weights") or info["start"]).values()) == 1.0
 
 
 def test_the_fused_row_end_to_end_and_its_config_errors(trained, tmp_path):
@@ -104,7 +106,8 @@ def test_the_fused_row_end_to_end_and_its_config_errors(trained, tmp_path):
                               ("fusion", "dense,dense", "names a signal twice"),
                               ("fusion_metric", "ndcg@7", "eval.fusion_metric='ndcg@7'"),
                               ("split", "valid", "reports the test split only"),
-                              ("fusion", "dense,beam", "eval.beams is 0")]:
+                              ("fusion", "dense,beam", "eval.beams is 0"),
+                              ("fusion_method", "boosted", "eval.fusion_method='boosted'; choose one of")]:
     bad = smoke_config(2, 2)
     bad.eval.fusion = "dense,popularity"
     bad.eval[key] = value

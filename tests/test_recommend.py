@@ -59,7 +59,7 @@ def test_the_api_ranks_as_the_evaluation_does_and_names_items(trained):
       ids = [x["id"] for x in r["items"]]
       assert r["ranker"] == ranker and 0 < len(ids) <= 10 and len(set(ids)) == len(ids)
       assert not set(ids) & {data.catalog.item_ids[i] for i in h}  # history items are not recommended
-  assert rec.fusion_weights and set(rec.fusion_weights) == {"dense", "bm25_history", "popularity"}
+  assert rec.fusion and set(rec.fusion["weights"]) == {"dense", "bm25_history", "popularity"}
 
 
 def test_an_ambiguous_title_is_reported(trained):

@@ -145,11 +145,13 @@ def run_bm25_history(cfg, data, rows) -> MethodResult:
                       eval_seconds=time.time() - t0)
 
 
-def _fused_row(cfg, data, rows, label: str, signals, kind: str, train_seconds: float = 0.0) -> MethodResult:
-  """One fused ranking of `rows` (test): `signals(rows)` -> {name: standardised [U, I]}, weights chosen on the
-  validation split only (its own users, the same count), then applied to the test rows."""
+def _fused_row(cfg, data, rows, label: str, signals, kind: str, train_seconds: float = 0.0, method: str = ""
+               ) -> MethodResult:
+  """One fused ranking of `rows` (test): `signals(rows)` -> {name: standardised [U, I]}, fitted (`method`, else
+  calrec.eval.fusion_method: eval/fusion_methods.py) on the validation split only (its own users, the same
+  count), then applied to the test rows."""
   from calrec_jax.data.iterators import eval_rows
-  from calrec_jax.eval import fusion
+  from calrec_jax.eval import fusion, fusion_methods
   from calrec_jax.eval.metrics import ranking_metrics
   t0 = time.time()
   c = cfg.calrec
@@ -159,16 +161,14 @@ def _fused_row(cfg, data, rows, label: str, signals, kind: str, train_seconds: f
 
   def excluded(rs):
     return fusion.exclusion_mask([h for _, h, _ in rs], n_items) if ec.exclude_history else None
-  choice = fusion.choose_weights(signals(valid_rows), [t for _, _, t in valid_rows], excluded(valid_rows),
-                                 ec.fusion_metric, ks)
-  scores = fusion.fused_scores(signals(rows), choice.weights)
+  choice = fusion_methods.fit(method or ec.get("fusion_method", "weights"), signals(valid_rows),
+                              [t for _, _, t in valid_rows], excluded(valid_rows), [len(h) for _, h, _ in valid_rows],
+                              ec.fusion_metric, ks, c.seed)
+  scores = fusion_methods.apply(choice, signals(rows), [len(h) for _, h, _ in rows])
   ranks = fusion.target_ranks(scores, [t for _, _, t in rows], excluded(rows), max(ks)).tolist()
   return MethodResult(kind, {label: ranking_metrics(ranks, ks)},
                       {label: {data.user_ids[u]: r for (u, _, _), r in zip(rows, ranks)}},
-                      train_seconds=train_seconds, eval_seconds=time.time() - t0,
-                      notes={"fused": {"weights": choice.weights, "valid_users": choice.users,
-                                       f"valid_{ec.fusion_metric}": choice.valid_metric,
-                                       f"valid_{ec.fusion_metric}_alone": choice.single}})
+                      train_seconds=train_seconds, eval_seconds=time.time() - t0, notes={"fused": choice})
 
 
 def _model_free(cfg, data, names):
@@ -196,6 +196,12 @@ def ensemble_members(cfg, name: str) -> list[str]:
   return split_names(cfg.ensembles[name])
 
 
+def ensemble_fusion_method(cfg, name: str) -> str:
+  """How an ensemble fuses its signals: ensemble_fusion.<name>, else calrec.eval.fusion_method."""
+  own = (cfg.get("ensemble_fusion") or {}).get(name)
+  return own or cfg.calrec.eval.get("fusion_method", "weights")
+
+
 def member_workdir(cfg, member: str, comparison_dir: str) -> str:
   """Where a CALRec variant of this comparison holds its trained (stage 2) run."""
   c = apply_overrides(cfg.calrec, cfg.variants[member])
@@ -220,7 +226,8 @@ def run_ensemble(name: str, cfg, data, rows, comparison_dir: str, finished: dict
     histories = [h for _, h, _ in rs]
     return {**member_signals(recommenders, data.catalog.item_ids, histories), **model_free(rs)}
   label = cfg.labels.get(name, name)
-  res = _fused_row(cfg, data, rows, label, signals, "calrec", sum(finished[m].train_seconds for m in members))
+  res = _fused_row(cfg, data, rows, label, signals, "calrec", sum(finished[m].train_seconds for m in members),
+                   ensemble_fusion_method(cfg, name))
   res.notes["members"] = members
   return res
 
@@ -254,9 +261,9 @@ def _rows_from_eval(out_dir: str, label: str) -> tuple[dict, dict]:
   with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
   rows, ranks = {}, {}
+  from calrec_jax.eval.fusion_methods import row_label
   names = {"bm25": "generation + BM25", "bm25_constrained": "constrained generation + BM25", "dense": "dense",
-           "beam": "constrained beams",
-           "fused": "fused (" + " + ".join(metrics.get("fused_choice", {}).get("weights", {})) + ")"}
+           "beam": "constrained beams", "fused": row_label(metrics.get("fused_choice") or {})}
   for m in [m for m in names if m in metrics]:
     name = f"{label} · {names[m]}"
     rows[name] = {k: v for k, v in metrics[m].items() if isinstance(v, (int, float))}
@@ -349,32 +356,35 @@ BASELINE_METHODS: dict[str, Baseline] = {
 BASELINES = tuple(BASELINE_METHODS)
 
 
-# data keys added after results were stored: left out of a fingerprint while at the value that means "off"
-# (with the keys that only matter then), so results stored before they existed still match
-_LATER_DATA_KEYS = {"cold_start_items": (0.0, ("cold_start_items", "cold_start_seed")),
-                    "user_tokens": (0, ("user_tokens",))}
+# keys added after results were stored, per config section: left out of a fingerprint while at the value that
+# means "off" (with the keys that only matter then), so results stored before they existed still match
+_LATER_KEYS = {"data": {"cold_start_items": (0.0, ("cold_start_items", "cold_start_seed")),
+                        "user_tokens": (0, ("user_tokens",))},
+               "eval": {"fusion_method": ("weights", ("fusion_method",))}}
 
 
-def _fingerprinted_data(data: dict) -> dict:
-  """The data section as a fingerprint holds it (_LATER_DATA_KEYS left out while off)."""
-  for key, (off, dropped) in _LATER_DATA_KEYS.items():
-    if data.get(key, off) == off:
-      data = {k: v for k, v in data.items() if k not in dropped}
-  return data
+def _fingerprinted(section: str, values: dict) -> dict:
+  """A config section as a fingerprint holds it (its _LATER_KEYS left out while off)."""
+  for key, (off, dropped) in _LATER_KEYS[section].items():
+    if values.get(key, off) == off:
+      values = {k: v for k, v in values.items() if k not in dropped}
+  return values
 
 
 def method_fingerprint(name: str, cfg) -> str:
   """What a finished method's result depends on: a resumed comparison re-uses it only when this is unchanged."""
-  shared = {"data": _fingerprinted_data(cfg.calrec.data.to_dict()), "eval": cfg.calrec.eval.to_dict(),
-            "seed": cfg.calrec.seed}
+  shared = {"data": _fingerprinted("data", cfg.calrec.data.to_dict()),
+            "eval": _fingerprinted("eval", cfg.calrec.eval.to_dict()), "seed": cfg.calrec.seed}
   if name in BASELINE_METHODS:
     own = BASELINE_METHODS[name].settings(cfg)
   elif name in _ensembles(cfg):
     own = {"members": {m: method_fingerprint(m, cfg) for m in ensemble_members(cfg, name)},
            "fusion": cfg.calrec.eval.fusion}
+    if ensemble_fusion_method(cfg, name) != "weights":  # results stored before fusion methods existed still match
+      own["fusion_method"] = ensemble_fusion_method(cfg, name)
   else:
     own = apply_overrides(cfg.calrec, cfg.variants[name]).to_dict()
-    own["data"] = _fingerprinted_data(own["data"])
+    own["data"], own["eval"] = _fingerprinted("data", own["data"]), _fingerprinted("eval", own["eval"])
   return json.dumps({"method": name, "shared": shared, "own": own}, sort_keys=True, default=str)
 
 
@@ -419,6 +429,12 @@ def check_methods(cfg) -> list[str]:
                         "measured on other users than the rest of the table; set --config.calrec.seed=N to run the "
                         "whole comparison with another seed")
     validate_config(apply_overrides(cfg.calrec, cfg.variants[n]))
+  from calrec_jax.eval.fusion_methods import METHODS
+  for n, method in (cfg.get("ensemble_fusion") or {}).items():
+    if n not in _ensembles(cfg):
+      raise ConfigError(f"ensemble_fusion.{n}: no ensemble {n!r} in ensembles ({sorted(_ensembles(cfg))})")
+    if method not in METHODS:
+      raise ConfigError(f"ensemble_fusion.{n}={method!r}; choose one of {sorted(METHODS)}")
   if "zero_shot" in names:
     validate_config(apply_overrides(cfg.calrec, cfg.zero_shot.overrides))
   validate_config(cfg.calrec)

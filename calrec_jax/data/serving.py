@@ -4,7 +4,8 @@
   <export>/catalog.jsonl     the evaluated category's items: {"id": ..., <attributes>} per line
   <export>/serving.json      {"category", "attributes" (the rendered ones, in order), "popularity" (training
                              interactions per catalog item), "item_id_row" (its first item's row in the learned
-                             item identities), "fusion_weights" (once an evaluation chose them)}
+                             item identities), "fusion" (the fused ranking's choice, once an evaluation fitted
+                             one; "fusion_weights" beside it for the weights method)}
 
 Training writes them before model_config.json (which marks a complete export); `python -m calrec_jax.recommend
 --export=DIR` and `Recommender.load(DIR)` read them, so an export folder copied alone is enough: no data folder,
@@ -46,14 +47,19 @@ def write_serving_files(folder: str, run_config_json: str, category: CategoryDat
        "item_id_row": int(item_id_row)}))
 
 
-def record_fusion_weights(folder: str, weights: dict[str, float]) -> None:
-  """Add the fused ranking's weights (chosen on validation by an evaluation) to an export's serving.json."""
+def record_fusion(folder: str, choice: dict) -> None:
+  """Add the fused ranking's choice (fitted on validation by an evaluation, eval/fusion_methods.py) to an export's
+  serving.json: "fusion", and "fusion_weights" too for the weights method (what older readers look for)."""
   from calrec_jax.paths import write_atomically
   path = os.path.join(folder, "serving.json")
   if not os.path.exists(path):
     return  # an export written before serving files existed
   doc = read_serving_json(path)
-  doc["fusion_weights"] = {k: float(v) for k, v in weights.items()}
+  doc["fusion"] = choice
+  if "weights" in choice:
+    doc["fusion_weights"] = {k: float(v) for k, v in choice["weights"].items()}
+  else:
+    doc.pop("fusion_weights", None)
   write_atomically(path, json.dumps(doc))
 
 
@@ -71,9 +77,9 @@ def read_serving_json(path: str) -> dict:
 
 
 def read_serving_files(folder: str) -> tuple[dict, CategoryData, list[str], np.ndarray, dict | None, int]:
-  """(run config dict, the category (catalog only, no users), rendered attributes, popularity [I], fusion
-  weights or None, the category's first row in the learned item identities) of an export folder; a missing or
-  damaged file is a DataError naming it."""
+  """(run config dict, the category (catalog only, no users), rendered attributes, popularity [I], the fused
+  ranking's choice (eval/fusion_methods.py) or None, the category's first row in the learned item identities) of
+  an export folder; a missing or damaged file is a DataError naming it."""
   missing = [f for f in FILES if not os.path.exists(os.path.join(folder, f))]
   if missing:
     raise DataError(f"not an export with serving files (missing {', '.join(missing)}); give a run's export/ "
@@ -95,4 +101,14 @@ def read_serving_files(folder: str) -> tuple[dict, CategoryData, list[str], np.n
   if not isinstance(row, int) or row < 0:
     raise DataError(f"item_id_row must be a non-negative integer, not {row!r}; export the run again",
                     os.path.join(folder, "serving.json"))
-  return config, category, list(doc["attributes"]), counts, doc.get("fusion_weights"), row
+  return config, category, list(doc["attributes"]), counts, stored_fusion(doc), row
+
+
+def stored_fusion(doc: dict):
+  """The fused ranking's choice a document holds ("fusion", or an older "fusion_weights" alone) as stored; the
+  reader checks it (eval/fusion_methods.check)."""
+  if doc.get("fusion") is not None:
+    return doc["fusion"]
+  if doc.get("fusion_weights") is not None:
+    return {"method": "weights", "weights": doc["fusion_weights"]}
+  return None

@@ -14,6 +14,7 @@ from calrec_jax.data.iterators import eval_examples
 from calrec_jax.data.records import split_examples
 from calrec_jax.data.sources import split_names
 from calrec_jax.data.text import visible_text
+from calrec_jax.eval import fusion_methods
 from calrec_jax.eval.bm25 import BM25Index, tokenize
 from calrec_jax.eval.generate import generate
 from calrec_jax.eval.merge import merge_generations
@@ -311,8 +312,8 @@ def fusion_signals(config, parts, params, rows, cat: int, item_emb: np.ndarray |
 def evaluate_fused(config, parts, params, rows, valid_rows, cat: int, item_emb: np.ndarray | None = None,
                    mesh=None, beams=None, generated: list[dict] | None = None) -> tuple[dict, list, dict]:
   """The fused ranking of `rows` (the test split) with weights chosen on `valid_rows` only; returns metrics,
-  records and the choice (weights, their validation metric, each signal alone on validation)."""
-  from calrec_jax.eval.fusion import choose_weights, exclusion_mask, fused_scores
+  records and the choice (eval/fusion_methods.py: how it ranks, its validation metric, each signal alone)."""
+  from calrec_jax.eval.fusion import exclusion_mask
   ec = config.eval
   ks = [int(k) for k in split_names(ec.ks)]
   if "dense" in split_names(ec.fusion) and item_emb is None:
@@ -320,13 +321,13 @@ def evaluate_fused(config, parts, params, rows, valid_rows, cat: int, item_emb: 
   n_items = len(parts.categories[cat].catalog)
   valid = fusion_signals(config, parts, params, valid_rows, cat, item_emb, mesh)
   excluded = exclusion_mask([h for _, h, _ in valid_rows], n_items) if ec.exclude_history else None
-  choice = choose_weights(valid, np.asarray([t for _, _, t in valid_rows], np.int64), excluded, ec.fusion_metric, ks)
+  choice = fusion_methods.fit(ec.get("fusion_method", "weights"), valid, [t for _, _, t in valid_rows], excluded,
+                              [len(h) for _, h, _ in valid_rows], ec.fusion_metric, ks, config.seed)
   del valid, excluded
   test = fusion_signals(config, parts, params, rows, cat, item_emb, mesh, beams, generated)
-  ranks, records = ranked_records(config, parts.categories[cat], rows, fused_scores(test, choice.weights), ks)
-  info = {"weights": choice.weights, "valid_users": choice.users, f"valid_{ec.fusion_metric}": choice.valid_metric,
-          f"valid_{ec.fusion_metric}_alone": choice.single}
-  return ranking_metrics(ranks, ks), records, info
+  fused = fusion_methods.apply(choice, test, [len(h) for _, h, _ in rows])
+  ranks, records = ranked_records(config, parts.categories[cat], rows, fused, ks)
+  return ranking_metrics(ranks, ks), records, choice
 
 
 def run_evaluation(config, parts, params, out_dir: str, split: str | None = None, params_source: str = "params"
@@ -385,9 +386,7 @@ def run_evaluation(config, parts, params, out_dir: str, split: str | None = None
       results[method], records[method], choice = evaluate_fused(config, parts, params, rows, valid_rows, cat, item_emb,
                                                                 mesh, beams, records.get("bm25"))
       results["fused_choice"] = choice
-      notes.append("fused weights (chosen on %d validation users, %s %.4f): %s" % (
-          choice["valid_users"], config.eval.fusion_metric, choice[f"valid_{config.eval.fusion_metric}"],
-          ", ".join(f"{k}={v:g}" for k, v in choice["weights"].items())))
+      notes.append(fusion_methods.describe(choice, config.eval.fusion_metric))
     log.info("%s retrieval on %d %s users of %s: %.1fs", method, len(rows), split, parts.categories[cat].name,
              time.time() - t0)
   results["popularity"], records["popularity"] = evaluate_popularity(config, parts.categories[cat], rows)

@@ -8,8 +8,8 @@
 A history names items by catalog id or by text (an item's rendered text, or its title; case and surrounding
 spaces ignored); a name that matches no item, or several, is reported on that user's result and left out.
 Rankers: `dense` (v_U . v_T), `beam` (catalog-constrained beams), `bm25` (BM25 over the texts of the last
-items, no model), `fused` (the weights an evaluation chose on validation: `<workdir>/eval/metrics.json`'s
-`fused_choice`, or given). History items are never recommended unless `exclude_history=False`.
+items, no model), `fused` (the fused ranking an evaluation fitted on validation, weights or learned:
+`<workdir>/eval/metrics.json`'s `fused_choice` or the export's serving.json, or weights given). History items are never recommended unless `exclude_history=False`.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Recommender:
   parts: object           # model.run_parts.RunParts
   params: dict
   category: int
-  fusion_weights: dict | None = None
+  fusion: dict | None = None  # the fused ranking's choice (eval/fusion_methods.py), checked
   _item_emb: np.ndarray | None = None
   _names: dict | None = None
 
@@ -76,10 +76,8 @@ class Recommender:
     if "lora" in params:
       raise CalrecError(f"{workdir}: holds LoRA adapters but no export/ (a finished run writes one); let the run "
                         "finish, or evaluate a checkpoint with python -m calrec_jax.evaluate --step=N")
-    if fusion_weights is None:
-      fusion_weights = _evaluated_fusion_weights(workdir)
-    rec = cls(config, parts, params, eval_category_index(config, parts.categories), fusion_weights,
-              workdir=workdir)
+    fusion = _given_weights(fusion_weights) or _evaluated_fusion(workdir)
+    rec = cls(config, parts, params, eval_category_index(config, parts.categories), fusion, workdir=workdir)
     return rec.with_catalog(catalog) if catalog else rec
 
   @classmethod
@@ -90,15 +88,17 @@ class Recommender:
     from calrec_jax.data.serving import read_serving_files
     from calrec_jax.model.params_io import load_params
     from calrec_jax.model.run_parts import build
-    recorded, category, attributes, counts, weights, item_id_row = read_serving_files(folder)
+    from calrec_jax.eval.fusion_methods import check
+    recorded, category, attributes, counts, stored, item_id_row = read_serving_files(folder)
+    stored = check(stored, os.path.join(folder, "serving.json")) if stored is not None else None
     config = ml_collections.ConfigDict(recorded)
     with config.unlocked():  # the export's own tokenizer and weights, not the run's sources
       config.model.pretrained, config.ckpt.init_from, config.tokenizer.path = "", "", ""
       config.data.attributes, config.data.min_attribute_coverage = ",".join(attributes), 0.0
     parts = build(config, folder, [category])
     params = load_params(os.path.join(folder, "params"))
-    return cls(config, parts, params, 0, fusion_weights if fusion_weights is not None else weights,
-               workdir=folder, popularity=counts, table_ids=item_id_row + np.arange(len(category.catalog)))
+    return cls(config, parts, params, 0, _given_weights(fusion_weights) or stored, workdir=folder,
+               popularity=counts, table_ids=item_id_row + np.arange(len(category.catalog)))
 
   def with_catalog(self, path: str) -> "Recommender":
     """This model over another catalog (`{"id": ..., "title": ..., ...}` per line, RecBole's `<name>.item`
@@ -211,7 +211,8 @@ class Recommender:
   def scores(self, histories: Sequence[Sequence[int]], ranker: str) -> np.ndarray:
     """[U, I] scores of every catalog item for each (non-empty) history of item indices."""
     from calrec_jax.eval import evaluate as ev
-    from calrec_jax.eval.fusion import fused_scores, standardise
+    from calrec_jax.eval import fusion_methods
+    from calrec_jax.eval.fusion import standardise
     from calrec_jax.eval.signals import model_free_signals
     c = self._ranking_config()
     rows = [(0, list(h), h[-1]) for h in histories]
@@ -238,13 +239,12 @@ class Recommender:
       return beam()
     if ranker == "bm25":
       return model_free("bm25_history")
-    weights = self.fusion_weights
-    if not weights:
-      raise ConfigError("ranker 'fused' needs fusion weights chosen on validation: evaluate the run with "
-                        "--config.eval.fusion=dense,bm25_history,popularity first (they are read from "
+    if not self.fusion:
+      raise ConfigError("ranker 'fused' needs a fused ranking fitted on validation: evaluate the run with "
+                        "--config.eval.fusion=dense,bm25_history,popularity first (it is read from "
                         "<workdir>/eval/metrics.json), or pass fusion weights")
     signals = {}
-    for name in weights:
+    for name in fusion_methods.signal_names(self.fusion):
       if name == "dense":
         signals[name] = standardise(dense())
       elif name == "beam":
@@ -255,7 +255,7 @@ class Recommender:
         signals[name] = standardise(ev.generation_signal(records, n_items))
       else:
         signals[name] = standardise(model_free(name))
-    return fused_scores(signals, weights)
+    return fusion_methods.apply(self.fusion, signals, [len(h) for h in histories])
 
   def recommend(self, histories: Iterable[Sequence[str]], k: int = 10, ranker: str = "dense",
                 exclude_history: bool = True) -> list[dict]:
@@ -299,13 +299,22 @@ def _key(name: str) -> str:
   return " ".join(name.split()).casefold()
 
 
-def _evaluated_fusion_weights(workdir: str) -> dict | None:
-  """The fused row's weights of the workdir's evaluation (<workdir>/eval/metrics.json), if it made one."""
+def _given_weights(weights: dict | None) -> dict | None:
+  """Fusion weights given by the caller ({signal: weight}) as a choice of the weights method."""
+  from calrec_jax.eval.fusion_methods import check
+  if weights is None:
+    return None
+  return check({"method": "weights", "weights": {str(n): float(w) for n, w in weights.items()}}, "fusion_weights")
+
+
+def _evaluated_fusion(workdir: str) -> dict | None:
+  """The fused row's choice of the workdir's evaluation (<workdir>/eval/metrics.json), if it made one; a damaged
+  one is a DataError naming the file."""
+  from calrec_jax.eval.fusion_methods import check
   path = os.path.join(workdir, "eval", "metrics.json")
   try:
     with open(path, encoding="utf-8") as f:
-      choice = json.load(f).get("fused_choice") or {}
+      choice = json.load(f).get("fused_choice")
   except (OSError, ValueError, AttributeError):
     return None
-  weights = choice.get("weights")
-  return {str(n): float(w) for n, w in weights.items()} if isinstance(weights, dict) else None
+  return check(choice, path) if choice else None

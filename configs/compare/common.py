@@ -38,6 +38,9 @@ def get_config(calrec: ml_collections.ConfigDict, title: str) -> ml_collections.
   # ensembles: name -> comma-separated CALRec variants (listed before it in `methods`) whose dense scores are fused
   # with the model-free signals of calrec.eval.fusion, weights chosen on validation (eval/ensemble.py)
   c.ensembles = ml_collections.ConfigDict()
+  # ensemble_fusion: name -> how that ensemble fuses ("weights" | "learned", eval/fusion_methods.py); an ensemble
+  # not named here uses calrec.eval.fusion_method
+  c.ensemble_fusion = ml_collections.ConfigDict()
   c.labels = lb = ml_collections.ConfigDict()           # row labels of the variants and ensembles
   lb.calrec = "CALRec (stage 2)"
   lb.calrec_two_stage = "CALRec (stage 1 + 2)"

@@ -22,7 +22,8 @@ for 250 steps of batch 16 (stage 1 + 2: 250 + 250); every method is evaluated on
   and encoded fresh beside the batch's targets (loss.sampled_negatives, mixed negative sampling).
   `:epochs10_bias` trains `:epochs_bias` for 10 epochs.
 - `:ensemble` trains `:epochs_bias_last`'s and `:packed2_bias`'s CALRec rows and fuses their dense scores with BM25
-  over the history texts and popularity, weights chosen on validation (configs/compare/common.py `ensembles`).
+  over the history texts and popularity, weights chosen on validation (configs/compare/common.py `ensembles`), and
+  again with the learned fusion (`ensemble_fusion`, eval/learned_fusion.py), also fitted on validation only.
 - `:cold` is a cold-start split (20% of the items never in training, the users whose test item is one of them).
 For the paper's setting set --config.calrec.model.pretrained=gemma3-270m-gguf (or larger) on accelerators.
 """
@@ -154,7 +155,10 @@ def get_config(arg: str = ""):
     name = add_five_epoch_variant(c, "epochs_bias_last")
     c.ensembles.calrec_ensemble = f"{name},calrec_packed"
     c.labels.calrec_ensemble = "CALRec ensemble: small 5 epochs + Gemma-3-270M 2 epochs, fused with BM25 + popularity"
-    c.methods = f"popularity,bm25_history,text_fused,sasrec,{name},calrec_packed,calrec_ensemble"
+    c.ensembles.calrec_ensemble_learned = c.ensembles.calrec_ensemble  # the same signals, the learned fusion
+    c.ensemble_fusion.calrec_ensemble_learned = "learned"
+    c.labels.calrec_ensemble_learned = c.labels.calrec_ensemble + ", learned fusion"
+    c.methods = f"popularity,bm25_history,text_fused,sasrec,{name},calrec_packed,calrec_ensemble,calrec_ensemble_learned"
   elif arg == "cold":  # a cold-start split: 20% of the items never in training; users whose test item is one
     c.title = "Amazon 2018 Scientific, cold start: test items that training never saw"
     c.methods = "popularity,bm25_history,text_fused,sasrec,calrec_epochs"
