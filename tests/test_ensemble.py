@@ -45,7 +45,8 @@ def test_the_ensemble_row_fuses_its_members_with_weights_chosen_on_validation(co
   assert both["train_seconds"] == pytest.approx(a["train_seconds"] + b["train_seconds"])
   assert "A + B ensemble" in open(paths["md"]).read()
   learned = doc["methods"]["both_learned"]
-  assert list(learned["rows"]) == ["A + B ensemble, learned fusion"] and learned["notes"]["fused"]["method"] == "learned"
+  assert list(learned["rows"]) == ["A + B ensemble, learned fusion"]
+  assert learned["notes"]["fused"]["method"] == "learned"
   assert learned["notes"]["fused"]["signals"] == list(weights)
   assert learned["rows"]["A + B ensemble, learned fusion"]["users"] == 12
 

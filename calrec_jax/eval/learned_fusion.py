@@ -112,8 +112,8 @@ def fit(signals: dict[str, np.ndarray], targets: np.ndarray, excluded: np.ndarra
         history_lengths: np.ndarray, start: Sequence[float], seed: int = 0, steps: int = STEPS
         ) -> dict[str, np.ndarray]:
   """Parameters fitted on VALIDATION rows: signals {name: standardised [U, I]}, targets [U], excluded [U, I] bool
-  or None, history_lengths [U]; `start` [S]: the linear part's first weights on the signals. A user whose target is excluded
-  (a repeat purchase the ranking can never show) carries no weight."""
+  or None, history_lengths [U]; `start` [S]: the linear part's first weights on the signals. A user whose target
+  is excluded (a repeat purchase the ranking can never show) carries no weight."""
   import jax.numpy as jnp
   import optax
   names = list(signals)

@@ -9,7 +9,8 @@ A history names items by catalog id or by text (an item's rendered text, or its 
 spaces ignored); a name that matches no item, or several, is reported on that user's result and left out.
 Rankers: `dense` (v_U . v_T), `beam` (catalog-constrained beams), `bm25` (BM25 over the texts of the last
 items, no model), `fused` (the fused ranking an evaluation fitted on validation, weights or learned:
-`<workdir>/eval/metrics.json`'s `fused_choice` or the export's serving.json, or weights given). History items are never recommended unless `exclude_history=False`.
+`<workdir>/eval/metrics.json`'s `fused_choice` or the export's serving.json, or weights given). History items are
+never recommended unless `exclude_history=False`.
 """
 from __future__ import annotations
 
