@@ -76,7 +76,7 @@ def _chunk_nll(params, x, allowed, targets, weight):
 @functools.lru_cache(maxsize=None)
 def _jitted():
   import jax
-  return (jax.jit(features), jax.jit(jax.value_and_grad(_chunk_nll)), jax.jit(_score),
+  return (jax.jit(features), jax.jit(jax.value_and_grad(_chunk_nll)),
           jax.jit(lambda p, z, h: _score(p, features(z, h))))
 
 
@@ -124,7 +124,7 @@ def fit(signals: dict[str, np.ndarray], targets: np.ndarray, excluded: np.ndarra
   weight = allowed[np.arange(u), targets].astype(np.float32)
   total = max(float(weight.sum()), 1.0)
   history_lengths = np.asarray(history_lengths, np.float32)
-  build, value_and_grad, _, _ = _jitted()
+  build, value_and_grad, _ = _jitted()
   b = min(_chunk_users(n, s), u)
   chunks = []
   for lo in range(0, u, b):  # every chunk padded to b users (one compilation); padded users weigh 0
@@ -162,7 +162,7 @@ def scores(params: dict[str, np.ndarray], signals: dict[str, np.ndarray], names:
   """[U, I] float32 fused scores of the standardised `signals` (in the fitted order `names`)."""
   z = _stack(signals, names)
   u, n, s = z.shape
-  _, _, _, fused = _jitted()
+  _, _, fused = _jitted()
   b = min(_chunk_users(n, s), max(u, 1))
   h = np.asarray(history_lengths, np.float32)
   out = [np.asarray(fused(params, _padded(z[lo:lo + b], b), _padded(h[lo:lo + b], b)))[:min(b, u - lo)]
